@@ -1,0 +1,408 @@
+//! `/etc/porthole/porthole.toml`: the one file an admin edits.
+//!
+//! Every program reads it, one of them setuid root, so it is opened like
+//! sudo-rs opens sudoers: no symlinks, a regular root-owned file that nobody
+//! else can write, in a directory nobody else can write, size-capped.
+//! Unknown keys are refused so that a typo never silently means "default".
+
+use serde::Deserialize;
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// Where the programs look unless an admin-only override says otherwise.
+pub const DEFAULT_PATH: &str = "/etc/porthole/porthole.toml";
+const MAX_CONFIG_BYTES: u64 = 256 * 1024;
+
+/// Why the configuration could not be used. Every variant is for the admin:
+/// the hooks fail closed and log the message; the CLI prints it.
+#[derive(Debug)]
+pub enum ConfigError {
+    /// The file is absent: install or restore it.
+    Missing(PathBuf),
+    /// Ownership, mode or type is unsafe: fix with chown root / chmod go-w.
+    Unsafe { path: PathBuf, why: String },
+    /// Reading failed for another reason (permissions, I/O).
+    Io { path: PathBuf, err: std::io::Error },
+    /// TOML syntax or an unknown/mistyped key: the message names the line.
+    Parse { path: PathBuf, msg: String },
+    /// A value parses but makes no sense (zero timeout, relative path, …).
+    Invalid(String),
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigError::Missing(p) => write!(f, "configuration {} does not exist", p.display()),
+            ConfigError::Unsafe { path, why } => {
+                write!(f, "refusing configuration {}: {why}", path.display())
+            }
+            ConfigError::Io { path, err } => write!(f, "cannot read {}: {err}", path.display()),
+            ConfigError::Parse { path, msg } => write!(f, "{}: {msg}", path.display()),
+            ConfigError::Invalid(msg) => write!(f, "invalid configuration: {msg}"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub control_plane: ControlPlane,
+    pub cache: Cache,
+    pub runtime: Runtime,
+    pub session: Session,
+    pub log: Log,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlPlane {
+    /// `https://…`, `http://…` (API v1) or `file:///dir` (one `<service>.json` each).
+    pub url: String,
+    /// Root-owned file holding the bearer token; none for `file://`.
+    pub token_file: Option<PathBuf>,
+    /// Hard budget for one keys-hook call, connect to last byte, in ms.
+    pub timeout_ms: u64,
+    /// Largest answer body accepted, in bytes.
+    pub max_body_bytes: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Cache {
+    /// Directory owned by the keys-hook user.
+    pub dir: PathBuf,
+    /// An answer younger than this is used without asking the control plane.
+    pub fresh_secs: u64,
+    /// When the control plane fails, an answer up to this old is still served.
+    pub stale_secs: u64,
+    /// How long a 404 ("no such service") is remembered.
+    pub negative_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Runtime {
+    /// OCI runtime state roots to search for instances, in order.
+    pub roots: Vec<PathBuf>,
+    /// Annotation naming the service a container belongs to.
+    pub service_annotation: String,
+    /// Annotation naming the instance slug.
+    pub instance_annotation: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Session {
+    /// The user sshd runs the keys hook as; owns the cache the shell trusts.
+    pub keys_user: String,
+    /// The shared account every service name maps to (the NSS module reads
+    /// its uid/gid/home/shell from /etc/passwd).
+    pub account: String,
+    /// Shell used when the container user's login shell is missing or nologin.
+    pub fallback_shell: String,
+    /// Subsystem command sshd passes for sftp; mapped to the container's server.
+    pub sftp_server_paths: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// The syslog socket; events go to facility authpriv.
+    pub socket: PathBuf,
+}
+
+impl Default for ControlPlane {
+    fn default() -> Self {
+        ControlPlane {
+            url: "file:///etc/porthole/services".into(),
+            token_file: None,
+            timeout_ms: 3000,
+            max_body_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Cache {
+            dir: "/var/cache/porthole".into(),
+            fresh_secs: 60,
+            stale_secs: 24 * 3600,
+            negative_secs: 30,
+        }
+    }
+}
+
+impl Default for Runtime {
+    fn default() -> Self {
+        Runtime {
+            roots: vec![
+                "/run/runc".into(),
+                "/run/containerd/runc/default".into(),
+                "/run/containerd/runc/k8s.io".into(),
+                "/run/docker/runtime-runc/moby".into(),
+            ],
+            service_annotation: "io.porthole.service".into(),
+            instance_annotation: "io.porthole.instance".into(),
+        }
+    }
+}
+
+impl Default for Session {
+    fn default() -> Self {
+        Session {
+            keys_user: "porthole".into(),
+            account: "porthole-session".into(),
+            fallback_shell: "/bin/sh".into(),
+            sftp_server_paths: vec![
+                "/usr/lib/openssh/sftp-server".into(),
+                "/usr/libexec/sftp-server".into(),
+                "/usr/lib/ssh/sftp-server".into(),
+                "/usr/libexec/openssh/sftp-server".into(),
+            ],
+        }
+    }
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            socket: "/dev/log".into(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            control_plane: ControlPlane::default(),
+            cache: Cache::default(),
+            runtime: Runtime::default(),
+            session: Session::default(),
+            log: Log::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Parses TOML text and checks the values (no file-safety checks).
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            msg: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let cp = &self.control_plane;
+        let scheme_ok = ["https://", "http://", "file:///"]
+            .iter()
+            .any(|s| cp.url.starts_with(s));
+        if !scheme_ok {
+            return Err(ConfigError::Invalid(format!(
+                "control_plane.url {:?} must start with https://, http:// or file:///",
+                cp.url
+            )));
+        }
+        if cp.timeout_ms == 0 || cp.timeout_ms > 60_000 {
+            return Err(ConfigError::Invalid(
+                "control_plane.timeout_ms must be between 1 and 60000".into(),
+            ));
+        }
+        if cp.max_body_bytes < 1024 {
+            return Err(ConfigError::Invalid(
+                "control_plane.max_body_bytes must be at least 1024".into(),
+            ));
+        }
+        let mut paths: Vec<(&str, &Path)> = vec![
+            ("cache.dir", &self.cache.dir),
+            ("log.socket", &self.log.socket),
+        ];
+        if let Some(t) = &cp.token_file {
+            paths.push(("control_plane.token_file", t));
+        }
+        for r in &self.runtime.roots {
+            paths.push(("runtime.roots", r));
+        }
+        for (key, p) in paths {
+            if !p.is_absolute() {
+                return Err(ConfigError::Invalid(format!(
+                    "{key} {} must be an absolute path",
+                    p.display()
+                )));
+            }
+        }
+        if !self.session.fallback_shell.starts_with('/') {
+            return Err(ConfigError::Invalid(
+                "session.fallback_shell must be an absolute path".into(),
+            ));
+        }
+        if self.runtime.service_annotation.is_empty() || self.runtime.instance_annotation.is_empty()
+        {
+            return Err(ConfigError::Invalid(
+                "runtime annotations must not be empty".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Loads the file at `path` after checking it is safe to trust.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = read_root_owned(path, MAX_CONFIG_BYTES).map_err(|e| match e {
+            SecureReadError::Missing => ConfigError::Missing(path.to_owned()),
+            SecureReadError::Unsafe(why) => ConfigError::Unsafe {
+                path: path.to_owned(),
+                why,
+            },
+            SecureReadError::Io(err) => ConfigError::Io {
+                path: path.to_owned(),
+                err,
+            },
+        })?;
+        let text = String::from_utf8(text).map_err(|_| ConfigError::Parse {
+            path: path.to_owned(),
+            msg: "not UTF-8".into(),
+        })?;
+        Config::from_toml(&text, path)
+    }
+}
+
+/// Why a root-owned file could not be trusted.
+#[derive(Debug)]
+pub enum SecureReadError {
+    Missing,
+    Unsafe(String),
+    Io(std::io::Error),
+}
+
+impl std::fmt::Display for SecureReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecureReadError::Missing => f.write_str("does not exist"),
+            SecureReadError::Unsafe(why) => f.write_str(why),
+            SecureReadError::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// Reads a file that must be a regular file owned by root, not writable by
+/// group or others, in a directory with the same properties, at most `max`
+/// bytes. Used for the config and the bearer-token file.
+pub fn read_root_owned(path: &Path, max: u64) -> Result<Vec<u8>, SecureReadError> {
+    let file = File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ENOENT) => SecureReadError::Missing,
+            Some(libc::ELOOP) => SecureReadError::Unsafe("it is a symbolic link".into()),
+            _ => SecureReadError::Io(e),
+        })?;
+    let meta = file.metadata().map_err(SecureReadError::Io)?;
+    check_root_owned(&meta, "file")?;
+    if !meta.file_type().is_file() {
+        return Err(SecureReadError::Unsafe("not a regular file".into()));
+    }
+    if meta.len() > max {
+        return Err(SecureReadError::Unsafe(format!("larger than {max} bytes")));
+    }
+    if let Some(dir) = path.parent() {
+        let dmeta = std::fs::metadata(dir).map_err(SecureReadError::Io)?;
+        check_root_owned(&dmeta, "directory")?;
+    }
+    let mut buf = Vec::with_capacity(meta.len() as usize);
+    file.take(max + 1)
+        .read_to_end(&mut buf)
+        .map_err(SecureReadError::Io)?;
+    if buf.len() as u64 > max {
+        return Err(SecureReadError::Unsafe(format!("larger than {max} bytes")));
+    }
+    Ok(buf)
+}
+
+fn check_root_owned(meta: &std::fs::Metadata, what: &str) -> Result<(), SecureReadError> {
+    if meta.uid() != 0 {
+        return Err(SecureReadError::Unsafe(format!(
+            "{what} is owned by uid {}, not root",
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(SecureReadError::Unsafe(format!(
+            "{what} is writable by group or others (mode {:o})",
+            meta.mode() & 0o7777
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_file_gets_defaults() {
+        let cfg = Config::from_toml(
+            "[control_plane]\nurl = \"https://api.example.com\"\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        assert_eq!(cfg.control_plane.url, "https://api.example.com");
+        assert_eq!(cfg.control_plane.timeout_ms, 3000);
+        assert_eq!(cfg.cache, Cache::default());
+    }
+
+    #[test]
+    fn empty_file_is_the_embedded_default() {
+        assert_eq!(
+            Config::from_toml("", Path::new("x")).unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        let e = Config::from_toml("[cache]\nfresh_sec = 5\n", Path::new("x")).unwrap_err();
+        assert!(e.to_string().contains("fresh_sec"), "{e}");
+        let e =
+            Config::from_toml("[control_plane]\nurl = \"ftp://x\"\n", Path::new("x")).unwrap_err();
+        assert!(matches!(e, ConfigError::Invalid(_)));
+        let e = Config::from_toml("[control_plane]\ntimeout_ms = 0\n", Path::new("x")).unwrap_err();
+        assert!(matches!(e, ConfigError::Invalid(_)));
+        let e = Config::from_toml("[cache]\ndir = \"rel\"\n", Path::new("x")).unwrap_err();
+        assert!(matches!(e, ConfigError::Invalid(_)));
+    }
+
+    #[test]
+    fn unsafe_files_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let p = dir.path().join("porthole.toml");
+        std::fs::write(&p, "").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o666)).unwrap();
+        if nix::unistd::geteuid().is_root() {
+            assert!(matches!(Config::load(&p), Err(ConfigError::Unsafe { .. })));
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+            assert!(Config::load(&p).is_ok());
+            let link = dir.path().join("link.toml");
+            std::os::unix::fs::symlink(&p, &link).unwrap();
+            assert!(matches!(
+                Config::load(&link),
+                Err(ConfigError::Unsafe { .. })
+            ));
+            std::os::unix::fs::chown(&p, Some(1), None).unwrap();
+            assert!(matches!(Config::load(&p), Err(ConfigError::Unsafe { .. })));
+        }
+        assert!(matches!(
+            Config::load(&dir.path().join("absent.toml")),
+            Err(ConfigError::Missing(_))
+        ));
+    }
+}

@@ -1,0 +1,24 @@
+//! porthole: SSH into the running instances of a hosting platform through
+//! the stock OpenSSH sshd. The library holds one module per concern; the
+//! binaries in `bin/` are thin wrappers that map errors to exit codes.
+//!
+//! Which module runs where matters for security: `fetch` (HTTP) is only
+//! compiled with the `http` feature and only the keys hook and admin CLI
+//! use it; the setuid session shell links none of it.
+
+pub mod api;
+pub mod cache;
+pub mod config;
+pub mod keys;
+pub mod log;
+pub mod names;
+pub mod time;
+
+#[cfg(feature = "http")]
+pub mod fetch;
+
+pub mod container;
+pub mod enter;
+pub mod pty;
+pub mod runtime;
+pub mod session;
