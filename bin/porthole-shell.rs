@@ -1,1 +1,74 @@
-fn main() {}
+//! porthole-shell: sshd's ForceCommand and the session account's login
+//! shell. Installed setuid root (4750 root:porthole-session); hardened the
+//! way sudo-rs is: no core dumps, environment captured then wiped, every
+//! inherited fd above stderr closed, config only from a root-owned file.
+
+use porthole::config::{Config, DEFAULT_PATH};
+use porthole::log::Logger;
+use porthole::session::{self, Handover};
+use std::path::Path;
+
+fn harden() {
+    // SAFETY: process-wide settings with integer arguments, done before
+    // anything else runs (single-threaded).
+    unsafe {
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+        let zero: libc::rlimit = std::mem::zeroed();
+        libc::setrlimit(libc::RLIMIT_CORE, &zero);
+        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+        libc::umask(0o077);
+    }
+}
+
+/// Takes what we need from the (client-influenced) environment, then
+/// clears it so nothing of it reaches libc or a child.
+fn capture() -> Handover {
+    let var = |k: &str| std::env::var(k).ok();
+    let args: Vec<String> = std::env::args().collect();
+    let dash_c = match args.as_slice() {
+        [_, flag, cmd, ..] if flag == "-c" => Some(cmd.clone()),
+        _ => None,
+    };
+    let h = Handover {
+        user: var("USER"),
+        original_command: var("SSH_ORIGINAL_COMMAND"),
+        user_auth: var("SSH_USER_AUTH"),
+        term: var("TERM"),
+        connection: var("SSH_CONNECTION"),
+        dash_c,
+        self_path: std::env::current_exe()
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned()),
+        real_uid: nix::unistd::getuid().as_raw(),
+        // SAFETY: isatty on fd 0 has no memory effects.
+        stdin_is_tty: unsafe { libc::isatty(0) } == 1,
+    };
+    // SAFETY: single-threaded; nobody holds pointers into the environment.
+    unsafe { libc::clearenv() };
+    h
+}
+
+fn main() {
+    harden();
+    let handover = capture();
+    let euid = nix::unistd::geteuid().as_raw();
+    if let Err(msg) = session::self_check(handover.real_uid, euid) {
+        eprintln!("porthole: {msg}");
+        std::process::exit(1);
+    }
+    let cfg = match Config::load(Path::new(DEFAULT_PATH)) {
+        Ok(c) => c,
+        Err(e) => {
+            let log = Logger::new("porthole-shell", Path::new("/dev/log"));
+            log.emit(
+                &porthole::log::Event::new("session.rejected", porthole::log::Severity::Error)
+                    .field("reason", "config")
+                    .field("message", e.to_string()),
+            );
+            eprintln!("porthole: SSH is not available on this host right now (configuration error); the platform team has been notified");
+            std::process::exit(1);
+        }
+    };
+    let log = Logger::new("porthole-shell", &cfg.log.socket);
+    std::process::exit(session::run(&cfg, &log, &handover));
+}

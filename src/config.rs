@@ -47,7 +47,7 @@ impl std::fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub control_plane: ControlPlane,
@@ -172,18 +172,6 @@ impl Default for Log {
     fn default() -> Self {
         Log {
             socket: "/dev/log".into(),
-        }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            control_plane: ControlPlane::default(),
-            cache: Cache::default(),
-            runtime: Runtime::default(),
-            session: Session::default(),
-            log: Log::default(),
         }
     }
 }

@@ -1,1 +1,512 @@
-//! (to be written)
+//! What we learn about an instance from the host side, before entering it.
+//!
+//! nsenter and runc exec taught that everything needed inside must be read
+//! (or opened) while still in the host's namespaces, from the pinned init
+//! process: its credentials and capability sets, its cgroups, and files of
+//! its root filesystem. Files inside the container belong to the tenant, so
+//! they are opened with `openat2(RESOLVE_IN_ROOT)` relative to the pinned
+//! root: a symlink `/etc/passwd -> /host/etc/shadow` resolves inside the
+//! container, never on the host. Parsers here are pure and size-capped.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+const MAX_PASSWD_BYTES: u64 = 4 * 1024 * 1024;
+const MAX_ENV_BYTES: u64 = 1024 * 1024;
+const MAX_BUNDLE_CONFIG_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Credentials and privilege limits of the container's init process.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProcessCreds {
+    /// Real uid/gid as the host sees them.
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    pub cap_inh: u64,
+    pub cap_prm: u64,
+    pub cap_eff: u64,
+    pub cap_bnd: u64,
+    pub cap_amb: u64,
+    pub no_new_privs: bool,
+}
+
+/// Parses `/proc/PID/status`. Missing lines mean the kernel is not what we
+/// expect: None (fail closed) rather than guessing privileges.
+pub fn parse_status(text: &str) -> Option<ProcessCreds> {
+    let mut c = ProcessCreds::default();
+    let mut seen = 0u32;
+    for line in text.lines() {
+        let Some((key, val)) = line.split_once(':') else {
+            continue;
+        };
+        let val = val.trim();
+        let first = || {
+            val.split_ascii_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u32>().ok())
+        };
+        let hex = || u64::from_str_radix(val, 16).ok();
+        match key {
+            "Uid" => (c.uid, seen) = (first()?, seen | 1),
+            "Gid" => (c.gid, seen) = (first()?, seen | 2),
+            "Groups" => {
+                c.groups = val
+                    .split_ascii_whitespace()
+                    .map(|g| g.parse().ok())
+                    .collect::<Option<Vec<u32>>>()?;
+                seen |= 4;
+            }
+            "CapInh" => (c.cap_inh, seen) = (hex()?, seen | 8),
+            "CapPrm" => (c.cap_prm, seen) = (hex()?, seen | 16),
+            "CapEff" => (c.cap_eff, seen) = (hex()?, seen | 32),
+            "CapBnd" => (c.cap_bnd, seen) = (hex()?, seen | 64),
+            "CapAmb" => (c.cap_amb, seen) = (hex()?, seen | 128),
+            "NoNewPrivs" => (c.no_new_privs, seen) = (val == "1", seen | 256),
+            _ => {}
+        }
+    }
+    (seen == 511).then_some(c)
+}
+
+/// One `inside outside count` line set of a uid_map/gid_map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdMap(Vec<(u32, u32, u32)>);
+
+impl IdMap {
+    pub fn parse(text: &str) -> Option<IdMap> {
+        let mut v = Vec::new();
+        for line in text.lines() {
+            let mut it = line.split_ascii_whitespace().map(|x| x.parse::<u32>().ok());
+            let (Some(Some(inside)), Some(Some(outside)), Some(Some(count))) =
+                (it.next(), it.next(), it.next())
+            else {
+                return None;
+            };
+            v.push((inside, outside, count));
+        }
+        Some(IdMap(v))
+    }
+
+    /// Host id → id inside the namespace.
+    pub fn to_inside(&self, host: u32) -> Option<u32> {
+        self.0.iter().find_map(|&(inside, outside, count)| {
+            (host >= outside && u64::from(host) < u64::from(outside) + u64::from(count))
+                .then(|| inside + (host - outside))
+        })
+    }
+}
+
+/// A line of the container's `/etc/passwd`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PasswdEntry {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: String,
+    pub shell: String,
+}
+
+/// Finds `uid` in passwd text. Lines that do not parse are skipped; fields
+/// with control characters are refused (they end up in the environment).
+pub fn passwd_lookup(text: &[u8], uid: u32) -> Option<PasswdEntry> {
+    for line in text.split(|&b| b == b'\n') {
+        let Ok(line) = std::str::from_utf8(line) else {
+            continue;
+        };
+        if line.starts_with('#') || line.chars().any(|c| c.is_control()) {
+            continue;
+        }
+        let f: Vec<&str> = line.split(':').collect();
+        if f.len() != 7 {
+            continue;
+        }
+        let (Ok(u), Ok(g)) = (f[2].parse::<u32>(), f[3].parse::<u32>()) else {
+            continue;
+        };
+        if u != uid || f[0].is_empty() {
+            continue;
+        }
+        return Some(PasswdEntry {
+            name: f[0].to_owned(),
+            uid: u,
+            gid: g,
+            home: f[5].to_owned(),
+            shell: f[6].to_owned(),
+        });
+    }
+    None
+}
+
+/// One cgroup the init process is in, as a host path to its directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupDir {
+    /// Controllers of the hierarchy ("memory", "pids", "" for v2, …).
+    pub controllers: String,
+    pub dir: PathBuf,
+}
+
+impl CgroupDir {
+    /// Charging the session's memory to the instance is the point of joining;
+    /// these must succeed, the others are best effort.
+    pub fn is_required(&self) -> bool {
+        self.controllers.is_empty()
+            || self
+                .controllers
+                .split(',')
+                .any(|c| c == "memory" || c == "pids")
+    }
+}
+
+/// Maps `/proc/PID/cgroup` lines to directories using the mount table of
+/// the reader (`/proc/self/mountinfo`): v1 hierarchies by controller list,
+/// v2 (`0::/path`) by the cgroup2 mount.
+pub fn cgroup_dirs(proc_cgroup: &str, mountinfo: &str) -> Vec<CgroupDir> {
+    let mounts = parse_cgroup_mounts(mountinfo);
+    let mut out = Vec::new();
+    for line in proc_cgroup.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(id), Some(ctrls), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        if path.contains("/../") || path.ends_with("/..") || !path.starts_with('/') {
+            continue;
+        }
+        let mount = if id == "0" && ctrls.is_empty() {
+            mounts.iter().find(|m| m.v2)
+        } else {
+            let want: Vec<&str> = ctrls.split(',').collect();
+            mounts.iter().find(|m| {
+                !m.v2 && {
+                    let have: Vec<&str> = m.options.split(',').collect();
+                    want.iter().all(|w| have.contains(w))
+                }
+            })
+        };
+        let Some(m) = mount else { continue };
+        // The mount may expose only a subtree (its root field).
+        let rel = if m.root == "/" {
+            Some(path)
+        } else {
+            path.strip_prefix(m.root.as_str())
+                .filter(|r| r.is_empty() || r.starts_with('/'))
+        };
+        let Some(rel) = rel else { continue };
+        let dir = Path::new(&m.mount_point).join(rel.trim_start_matches('/'));
+        out.push(CgroupDir {
+            controllers: ctrls.to_owned(),
+            dir,
+        });
+    }
+    out
+}
+
+struct CgroupMount {
+    root: String,
+    mount_point: String,
+    options: String,
+    v2: bool,
+}
+
+fn parse_cgroup_mounts(mountinfo: &str) -> Vec<CgroupMount> {
+    let mut v = Vec::new();
+    for line in mountinfo.lines() {
+        let Some((pre, post)) = line.split_once(" - ") else {
+            continue;
+        };
+        let pre: Vec<&str> = pre.split(' ').collect();
+        let post: Vec<&str> = post.split(' ').collect();
+        if pre.len() < 5 || post.len() < 3 {
+            continue;
+        }
+        let fstype = post[0];
+        if fstype != "cgroup" && fstype != "cgroup2" {
+            continue;
+        }
+        v.push(CgroupMount {
+            root: unescape_mount(pre[3]),
+            mount_point: unescape_mount(pre[4]),
+            options: post[2].to_owned(),
+            v2: fstype == "cgroup2",
+        });
+    }
+    v
+}
+
+fn unescape_mount(s: &str) -> String {
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+}
+
+/// Opens `path` inside the tree of `root` (a directory fd) with
+/// `RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS`, so absolute symlinks and `..`
+/// stay inside the container. O_NONBLOCK keeps a FIFO from hanging us.
+pub fn open_in_root(root: &OwnedFd, path: &str, flags: i32) -> std::io::Result<File> {
+    let cpath = CString::new(path).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    #[repr(C)]
+    struct OpenHow {
+        flags: u64,
+        mode: u64,
+        resolve: u64,
+    }
+    const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+    const RESOLVE_IN_ROOT: u64 = 0x10;
+    let how = OpenHow {
+        flags: (flags | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK) as u64,
+        mode: 0,
+        resolve: RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+    };
+    // SAFETY: openat2 reads `how` (size given) and the NUL-terminated path;
+    // both outlive the call. The returned fd is owned by the File below.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            root.as_raw_fd(),
+            cpath.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd was just returned by openat2 and is owned by nobody else.
+    Ok(unsafe { File::from_raw_fd(fd as i32) })
+}
+
+/// Reads a regular file inside the container, at most `max` bytes.
+pub fn read_in_root(root: &OwnedFd, path: &str, max: u64) -> std::io::Result<Vec<u8>> {
+    let f = open_in_root(root, path, libc::O_RDONLY)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not a regular file",
+        ));
+    }
+    let mut buf = Vec::new();
+    f.take(max + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "file too large",
+        ));
+    }
+    Ok(buf)
+}
+
+/// The container user's passwd entry, read through the pinned root.
+pub fn container_user(root: &OwnedFd, uid: u32) -> Option<PasswdEntry> {
+    let text = read_in_root(root, "/etc/passwd", MAX_PASSWD_BYTES).ok()?;
+    passwd_lookup(&text, uid)
+}
+
+/// Whether `shell` names an executable regular file inside the container
+/// and is not one of the "no login" programs.
+pub fn usable_shell(root: &OwnedFd, shell: &str) -> bool {
+    if !shell.starts_with('/') {
+        return false;
+    }
+    let base = shell.rsplit('/').next().unwrap_or("");
+    if matches!(base, "nologin" | "false" | "") {
+        return false;
+    }
+    match open_in_root(root, shell, libc::O_PATH) {
+        Ok(f) => f
+            .metadata()
+            .map(|m| m.is_file() && exec_bits(&m))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+fn exec_bits(m: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    m.permissions().mode() & 0o111 != 0
+}
+
+/// Environment entries (`KEY=value`) from the OCI bundle's config.json
+/// `process.env`. Entries with NULs or without `=` are dropped.
+pub fn env_from_oci_config(bytes: &[u8]) -> Option<Vec<String>> {
+    let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let env = v.get("process")?.get("env")?.as_array()?;
+    Some(
+        env.iter()
+            .filter_map(|e| e.as_str())
+            .filter(|e| valid_env_entry(e))
+            .map(str::to_owned)
+            .collect(),
+    )
+}
+
+/// Environment entries from a NUL-separated `/proc/PID/environ`.
+pub fn env_from_environ(bytes: &[u8]) -> Vec<String> {
+    bytes
+        .split(|&b| b == 0)
+        .filter_map(|e| std::str::from_utf8(e).ok())
+        .filter(|e| valid_env_entry(e))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn valid_env_entry(e: &str) -> bool {
+    match e.split_once('=') {
+        Some((k, _)) => !k.is_empty() && !e.contains('\0'),
+        None => false,
+    }
+}
+
+/// The container's environment: its bundle's OCI config when readable
+/// (what the platform configured), else what its init process holds.
+pub fn container_env(bundle: Option<&Path>, pid: i32) -> Vec<String> {
+    if let Some(b) = bundle {
+        if let Ok(bytes) = read_host_file(&b.join("config.json"), MAX_BUNDLE_CONFIG_BYTES) {
+            if let Some(env) = env_from_oci_config(&bytes) {
+                return env;
+            }
+        }
+    }
+    read_host_file(Path::new(&format!("/proc/{pid}/environ")), MAX_ENV_BYTES)
+        .map(|b| env_from_environ(&b))
+        .unwrap_or_default()
+}
+
+fn read_host_file(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)?;
+    let mut buf = Vec::new();
+    f.take(max + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "file too large",
+        ));
+    }
+    Ok(buf)
+}
+
+/// TERM from the client, only when it is a plausible terminfo name.
+pub fn validated_term(term: Option<&str>) -> Option<String> {
+    let t = term?;
+    let ok = !t.is_empty()
+        && t.len() <= 64
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.+".contains(&b));
+    ok.then(|| t.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STATUS: &str = "Name:\tsleep\nUid:\t1000\t1000\t1000\t1000\nGid:\t1000\t1000\t1000\t1000\n\
+Groups:\t10 1000 \nCapInh:\t0000000000000000\nCapPrm:\t0000000000000000\nCapEff:\t0000000000000000\n\
+CapBnd:\t00000000a80425fb\nCapAmb:\t0000000000000000\nNoNewPrivs:\t1\n";
+
+    #[test]
+    fn status_parsing() {
+        let c = parse_status(STATUS).unwrap();
+        assert_eq!((c.uid, c.gid), (1000, 1000));
+        assert_eq!(c.groups, vec![10, 1000]);
+        assert_eq!(c.cap_bnd, 0xa80425fb);
+        assert!(c.no_new_privs);
+        assert!(
+            parse_status("Uid:\t0\n").is_none(),
+            "incomplete status must fail closed"
+        );
+        let me = std::fs::read_to_string("/proc/self/status").unwrap();
+        assert!(parse_status(&me).is_some());
+    }
+
+    #[test]
+    fn id_maps_translate() {
+        let m = IdMap::parse("         0     100000      65536\n").unwrap();
+        assert_eq!(m.to_inside(101000), Some(1000));
+        assert_eq!(m.to_inside(5), None);
+        let ident = IdMap::parse("0 0 4294967295").unwrap();
+        assert_eq!(ident.to_inside(1000), Some(1000));
+        assert!(IdMap::parse("0 x 1").is_none());
+    }
+
+    #[test]
+    fn passwd_lookup_skips_garbage() {
+        let text = b"# comment\nroot:x:0:0:root:/root:/bin/sh\nbroken\n\
+evil:x:1000:1000::/home/ev\x1bil:/bin/sh\napp:x:1000:1000:App:/home/app:/bin/sh\n";
+        let e = passwd_lookup(text, 1000).unwrap();
+        assert_eq!(e.name, "app");
+        assert_eq!(e.home, "/home/app");
+        assert_eq!(passwd_lookup(text, 0).unwrap().shell, "/bin/sh");
+        assert!(passwd_lookup(text, 7).is_none());
+        assert!(passwd_lookup(b"\xff\xfe:x:5:5::/:/bin/sh\n", 5).is_none());
+    }
+
+    #[test]
+    fn cgroups_v1_and_v2() {
+        let mountinfo = "\
+30 25 0:26 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n\
+31 30 0:27 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n\
+32 30 0:28 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n\
+33 30 0:29 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n";
+        let proc_cg = "4:memory:/a/t1\n2:cpu,cpuacct:/t1\n0::/t1\n9:name=systemd:/t1\n";
+        let dirs = cgroup_dirs(proc_cg, mountinfo);
+        assert_eq!(dirs.len(), 3);
+        assert_eq!(dirs[0].dir, Path::new("/sys/fs/cgroup/memory/a/t1"));
+        assert!(dirs[0].is_required());
+        assert_eq!(dirs[1].dir, Path::new("/sys/fs/cgroup/cpu,cpuacct/t1"));
+        assert!(!dirs[1].is_required());
+        assert_eq!(dirs[2].dir, Path::new("/sys/fs/cgroup/unified/t1"));
+        assert!(dirs[2].is_required());
+        assert!(cgroup_dirs("4:memory:/../../etc\n", mountinfo).is_empty());
+        // A mount exposing a subtree.
+        let sub = "31 30 0:27 /a /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
+        let d = cgroup_dirs("4:memory:/a/t1\n", sub);
+        assert_eq!(d[0].dir, Path::new("/sys/fs/cgroup/memory/t1"));
+    }
+
+    #[test]
+    fn environment_sources() {
+        let cfg = br#"{"process":{"env":["PATH=/bin","DATABASE_URL=postgres://x","bad","=x"]}}"#;
+        assert_eq!(
+            env_from_oci_config(cfg).unwrap(),
+            vec!["PATH=/bin", "DATABASE_URL=postgres://x"]
+        );
+        assert!(env_from_oci_config(b"{}").is_none());
+        assert_eq!(env_from_environ(b"A=1\0B=2\0junk\0"), vec!["A=1", "B=2"]);
+    }
+
+    #[test]
+    fn term_validation() {
+        assert_eq!(
+            validated_term(Some("xterm-256color")).as_deref(),
+            Some("xterm-256color")
+        );
+        assert!(validated_term(Some("xterm\x1b]0;pwned\x07")).is_none());
+        assert!(validated_term(Some("() { :; }; echo")).is_none());
+        assert!(validated_term(Some("")).is_none());
+        assert!(validated_term(None).is_none());
+    }
+
+    #[test]
+    fn open_in_root_stays_inside() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("etc")).unwrap();
+        std::fs::write(dir.path().join("etc/passwd"), "app:x:5:5::/h:/bin/sh\n").unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", dir.path().join("etc/link")).unwrap();
+        std::os::unix::fs::symlink("../../../../../../etc/hostname", dir.path().join("etc/up"))
+            .unwrap();
+        let root: OwnedFd = File::open(dir.path()).unwrap().into();
+        assert_eq!(container_user(&root, 5).unwrap().name, "app");
+        // Both symlinks resolve inside the temp root, where no /etc/hostname exists.
+        assert!(read_in_root(&root, "/etc/link", 100).is_err());
+        assert!(read_in_root(&root, "/etc/up", 100).is_err());
+        assert!(!usable_shell(&root, "/bin/sh"));
+        assert!(!usable_shell(&root, "/usr/sbin/nologin"));
+    }
+}

@@ -1,1 +1,794 @@
-//! (to be written)
+//! Entering an instance: pin its init, then fork into its cgroups and
+//! namespaces and exec as its user.
+//!
+//! The order is the lesson of nsenter, lxc-attach and runc exec (and of
+//! their CVEs): pin the init with a pidfd and re-check its start time; open
+//! every host-side thing (root dir, cgroup files, namespaces via the pidfd)
+//! before touching the container; make the process non-dumpable so the
+//! container cannot ptrace or open `/proc/PID/exe` of a privileged process
+//! (CVE-2016-9962, CVE-2019-5736); mark every inherited fd close-on-exec and
+//! never leave a host directory as cwd (CVE-2024-21626).
+//!
+//! Two forks: the first child ("outer") joins cgroups and namespaces and
+//! chroots; joining a pid namespace only affects children, so it forks the
+//! "inner" process, which drops to the container user and execs. The outer
+//! waits and passes the inner's status up. The supervisor (our caller)
+//! never leaves the host namespaces.
+
+use crate::container::{CgroupDir, ProcessCreds};
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+
+/// Why entering failed; each says who can fix it.
+#[derive(Debug)]
+pub enum EnterError {
+    /// The instance went away between resolve and entry: tell the user.
+    Vanished,
+    /// Kernel refused a step (message says which): an admin/host problem.
+    Host(String),
+    /// The process inside could not be set up (message from inside).
+    Inside(String),
+}
+
+impl std::fmt::Display for EnterError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EnterError::Vanished => f.write_str("the instance stopped while connecting"),
+            EnterError::Host(m) => write!(f, "cannot enter the instance: {m}"),
+            EnterError::Inside(m) => write!(f, "cannot start the session: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for EnterError {}
+
+fn host_err(what: &str) -> EnterError {
+    EnterError::Host(format!("{what}: {}", std::io::Error::last_os_error()))
+}
+
+/// The instance's init, pinned: the pidfd cannot come to mean another
+/// process, and the other fds were opened while the start time matched.
+pub struct Pinned {
+    pub pid: i32,
+    pub pidfd: OwnedFd,
+    /// `/proc/PID` as a directory fd.
+    pub proc_dir: OwnedFd,
+    /// The container's root directory (`/proc/PID/root`).
+    pub root: OwnedFd,
+    /// Namespaces that differ from ours (CLONE_NEW* flags for setns).
+    pub ns_flags: libc::c_int,
+}
+
+/// pidfd_open(2).
+pub fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: plain syscall with integer arguments.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just gave us this fd; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// True while the process behind the pidfd is alive.
+pub fn pidfd_alive(pidfd: &OwnedFd) -> bool {
+    // SAFETY: signal 0 only checks; the pidfd is valid for the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            0,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    r == 0
+}
+
+fn open_dir_at(dirfd: Option<&OwnedFd>, path: &str, flags: i32) -> std::io::Result<OwnedFd> {
+    let c = CString::new(path).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    let at = dirfd.map(|d| d.as_raw_fd()).unwrap_or(libc::AT_FDCWD);
+    // SAFETY: c is NUL-terminated and outlives the call.
+    let fd = unsafe { libc::openat(at, c.as_ptr(), flags | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fresh fd from openat.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn read_at(dirfd: &OwnedFd, name: &str, max: u64) -> std::io::Result<String> {
+    let fd = open_dir_at(Some(dirfd), name, libc::O_RDONLY | libc::O_NOFOLLOW)?;
+    let mut s = String::new();
+    File::from(fd).take(max).read_to_string(&mut s)?;
+    Ok(s)
+}
+
+const NAMESPACES: [(&str, libc::c_int); 8] = [
+    ("user", libc::CLONE_NEWUSER),
+    ("mnt", libc::CLONE_NEWNS),
+    ("pid", libc::CLONE_NEWPID),
+    ("net", libc::CLONE_NEWNET),
+    ("ipc", libc::CLONE_NEWIPC),
+    ("uts", libc::CLONE_NEWUTS),
+    ("cgroup", libc::CLONE_NEWCGROUP),
+    ("time", 0x80), // CLONE_NEWTIME
+];
+
+/// Pins `pid` if its start time is still `start`.
+pub fn pin(pid: i32, start: u64) -> Result<Pinned, EnterError> {
+    let pidfd = pidfd_open(pid).map_err(|e| match e.raw_os_error() {
+        Some(libc::ESRCH) => EnterError::Vanished,
+        _ => EnterError::Host(format!("pidfd_open: {e}")),
+    })?;
+    let proc_dir = open_dir_at(
+        None,
+        &format!("/proc/{pid}"),
+        libc::O_DIRECTORY | libc::O_RDONLY,
+    )
+    .map_err(|_| EnterError::Vanished)?;
+    // The pidfd and the /proc dir were both opened before this check: if
+    // the start time still matches, both refer to the instance's init.
+    let stat = read_at(&proc_dir, "stat", 4096).map_err(|_| EnterError::Vanished)?;
+    if crate::runtime::parse_stat_start(&stat) != Some(start) || !pidfd_alive(&pidfd) {
+        return Err(EnterError::Vanished);
+    }
+    let root = open_dir_at(Some(&proc_dir), "root", libc::O_DIRECTORY | libc::O_RDONLY)
+        .map_err(|e| EnterError::Host(format!("open container root: {e}")))?;
+    let mut ns_flags = 0;
+    for (name, flag) in NAMESPACES {
+        let theirs = std::fs::metadata(format!("/proc/{pid}/ns/{name}"));
+        let ours = std::fs::metadata(format!("/proc/self/ns/{name}"));
+        use std::os::unix::fs::MetadataExt;
+        match (theirs, ours) {
+            (Ok(t), Ok(o)) if t.ino() != o.ino() || t.dev() != o.dev() => ns_flags |= flag,
+            (Ok(_), Ok(_)) => {}
+            (Err(_), Err(_)) => {} // kernel without this namespace type
+            (Err(_), Ok(_)) => return Err(EnterError::Vanished),
+            (Ok(_), Err(e)) => return Err(EnterError::Host(format!("/proc/self/ns/{name}: {e}"))),
+        }
+    }
+    if !pidfd_alive(&pidfd) {
+        return Err(EnterError::Vanished);
+    }
+    Ok(Pinned {
+        pid,
+        pidfd,
+        proc_dir,
+        root,
+        ns_flags,
+    })
+}
+
+impl Pinned {
+    /// Reads a file of `/proc/PID` through the pinned directory.
+    pub fn read_proc(&self, name: &str) -> Result<String, EnterError> {
+        read_at(&self.proc_dir, name, 1 << 20).map_err(|_| EnterError::Vanished)
+    }
+}
+
+/// Window size for a new pty.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WinSize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+/// Everything the inner process needs, prepared on the host side.
+pub struct Plan {
+    /// Path of the program inside the container.
+    pub program: CString,
+    pub argv: Vec<CString>,
+    pub env: Vec<CString>,
+    /// Ids as seen inside the container's user namespace.
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    pub creds: ProcessCreds,
+    pub home: CString,
+    /// Some when the session gets a terminal.
+    pub pty: Option<WinSize>,
+    /// `cgroup.procs` files to join, opened before forking.
+    pub cgroups: Vec<(CgroupDir, File)>,
+}
+
+/// Opens the `cgroup.procs` file of each directory. A required one
+/// (memory, pids, v2) that cannot be opened is an error: the session's
+/// memory must be charged to the instance.
+pub fn open_cgroups(dirs: Vec<CgroupDir>) -> Result<Vec<(CgroupDir, File)>, EnterError> {
+    let mut out = Vec::new();
+    for d in dirs {
+        let f = File::options()
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+            .open(d.dir.join("cgroup.procs"));
+        match f {
+            Ok(f) => out.push((d, f)),
+            Err(e) if d.is_required() => {
+                return Err(EnterError::Host(format!("cgroup {}: {e}", d.dir.display())))
+            }
+            Err(_) => {}
+        }
+    }
+    Ok(out)
+}
+
+/// The session's processes as the supervisor holds them.
+pub struct Spawned {
+    /// The outer child (host pid namespace); its exit status is the session's.
+    pub outer_pid: i32,
+    /// Host pid of the inner process (session leader inside the container).
+    pub inner_pid: i32,
+    pub io: SessionIo,
+}
+
+/// The supervisor's ends of the session's stdio.
+pub enum SessionIo {
+    Pipes {
+        stdin: OwnedFd,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+    },
+    Pty {
+        master: OwnedFd,
+    },
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), EnterError> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: fds is a valid array of two ints.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(host_err("pipe2"));
+    }
+    // SAFETY: pipe2 returned two fresh fds that we now own.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn socketpair() -> Result<(OwnedFd, OwnedFd), EnterError> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: fds is a valid array of two ints.
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    if r != 0 {
+        return Err(host_err("socketpair"));
+    }
+    // SAFETY: fresh fds we now own.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Forks the session into the pinned instance. Returns once the inner
+/// process has exec'd (or failed, with its message).
+pub fn spawn(pinned: &Pinned, plan: &Plan) -> Result<Spawned, EnterError> {
+    let (status_r, status_w) = pipe()?;
+    let (pty_sock_parent, pty_sock_child) = socketpair()?;
+    let (child_io, parent_io) = if plan.pty.is_some() {
+        (None, None)
+    } else {
+        let (in_r, in_w) = pipe()?;
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        (Some([in_r, out_w, err_w]), Some((in_w, out_r, err_r)))
+    };
+    let supervisor = std::process::id() as i32;
+
+    // SAFETY: porthole-shell is single-threaded (no thread is ever spawned),
+    // so the child may allocate and use the std library after fork.
+    let outer = unsafe { libc::fork() };
+    if outer < 0 {
+        return Err(host_err("fork"));
+    }
+    if outer == 0 {
+        drop(status_r);
+        drop(pty_sock_parent);
+        drop(parent_io);
+        let mut status = File::from(status_w);
+        let code = match outer_child(
+            pinned,
+            plan,
+            supervisor,
+            &mut status,
+            child_io,
+            pty_sock_child,
+        ) {
+            Ok(code) => code,
+            Err(msg) => {
+                let _ = status.write_all(format!("E{msg}\n").as_bytes());
+                125
+            }
+        };
+        // SAFETY: _exit never returns; no destructors or atexit handlers
+        // of the parent's state may run in the child.
+        unsafe { libc::_exit(code) }
+    }
+
+    drop(status_w);
+    drop(pty_sock_child);
+    drop(child_io);
+    let mut report = String::new();
+    let _ = File::from(status_r)
+        .take(64 * 1024)
+        .read_to_string(&mut report);
+    let mut inner_pid = 0;
+    let mut error = None;
+    for line in report.lines() {
+        if let Some(p) = line.strip_prefix('P') {
+            inner_pid = p.parse().unwrap_or(0);
+        } else if let Some(e) = line.strip_prefix('E') {
+            error = Some(e.to_owned());
+        }
+    }
+    if let Some(e) = error {
+        reap(outer);
+        return Err(if e == "vanished" {
+            EnterError::Vanished
+        } else {
+            EnterError::Inside(e)
+        });
+    }
+    if inner_pid <= 0 {
+        reap(outer);
+        return Err(if pidfd_alive(&pinned.pidfd) {
+            EnterError::Inside("the session process died before it started".into())
+        } else {
+            EnterError::Vanished
+        });
+    }
+    let io = match parent_io {
+        Some((stdin, stdout, stderr)) => SessionIo::Pipes {
+            stdin,
+            stdout,
+            stderr,
+        },
+        None => {
+            let master = recv_fd(&pty_sock_parent)
+                .ok_or_else(|| EnterError::Inside("no terminal was received".into()))?;
+            check_pty_master(&master)?;
+            SessionIo::Pty { master }
+        }
+    };
+    Ok(Spawned {
+        outer_pid: outer,
+        inner_pid,
+        io,
+    })
+}
+
+fn reap(pid: i32) {
+    let mut st = 0;
+    // SAFETY: waiting for our own child; st is a valid int.
+    unsafe { libc::waitpid(pid, &mut st, 0) };
+}
+
+/// The fd came from inside the container: make sure it is a pty master
+/// (char device 5:2, the ptmx multiplexer) before relaying to it.
+fn check_pty_master(fd: &OwnedFd) -> Result<(), EnterError> {
+    let f = File::from(
+        fd.try_clone()
+            .map_err(|e| EnterError::Host(e.to_string()))?,
+    );
+    let meta = f.metadata().map_err(|e| EnterError::Host(e.to_string()))?;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let rdev = meta.rdev();
+    if !meta.file_type().is_char_device() || libc::major(rdev) != 5 || libc::minor(rdev) != 2 {
+        return Err(EnterError::Inside(
+            "the container's /dev/ptmx is not a terminal multiplexer".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn recv_fd(sock: &OwnedFd) -> Option<OwnedFd> {
+    let mut data = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+    let mut cbuf = vec![0u8; space];
+    // SAFETY: msghdr is plain data; zeroed is a valid initial state.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = space;
+    // SAFETY: msg points at live buffers sized as declared.
+    let n = unsafe {
+        libc::recvmsg(
+            sock.as_raw_fd(),
+            &mut msg,
+            libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
+        )
+    };
+    if n <= 0 {
+        return None;
+    }
+    // SAFETY: msg was filled by recvmsg; CMSG_FIRSTHDR walks its control buffer.
+    let cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    if cmsg.is_null() {
+        return None;
+    }
+    // SAFETY: cmsg is non-null and inside cbuf.
+    let (level, kind) = unsafe { ((*cmsg).cmsg_level, (*cmsg).cmsg_type) };
+    if level != libc::SOL_SOCKET || kind != libc::SCM_RIGHTS {
+        return None;
+    }
+    // SAFETY: SCM_RIGHTS data holds at least one int; read it unaligned.
+    let fd = unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const RawFd) };
+    // SAFETY: the kernel installed this fd in our table for us.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn send_fd(sock: &OwnedFd, fd: RawFd) -> Result<(), String> {
+    let mut data = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: pure size computations.
+    let (space, len) = unsafe {
+        (
+            libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) as usize,
+            libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize,
+        )
+    };
+    let mut cbuf = vec![0u8; space];
+    // SAFETY: plain data; zeroed is valid.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = space;
+    // SAFETY: the control buffer is large enough for one SCM_RIGHTS int.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = len;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut RawFd, fd);
+    }
+    // SAFETY: msg points at live buffers.
+    if unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, 0) } < 0 {
+        return Err(format!("sendmsg: {}", std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+fn os_err(what: &str) -> String {
+    format!("{what}: {}", std::io::Error::last_os_error())
+}
+
+fn check(r: libc::c_int, what: &str) -> Result<(), String> {
+    if r < 0 {
+        Err(os_err(what))
+    } else {
+        Ok(())
+    }
+}
+
+/// Runs in the outer child: host pid namespace, about to join everything.
+fn outer_child(
+    pinned: &Pinned,
+    plan: &Plan,
+    supervisor: i32,
+    status: &mut File,
+    child_io: Option<[OwnedFd; 3]>,
+    pty_sock: OwnedFd,
+) -> Result<i32, String> {
+    // SAFETY: prctl/getppid with integer arguments.
+    unsafe {
+        check(
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0),
+            "prctl",
+        )?;
+        if libc::getppid() != supervisor {
+            return Err("supervisor gone".into());
+        }
+    }
+    let me = std::process::id().to_string();
+    for (dir, file) in &plan.cgroups {
+        let mut f = file;
+        if let Err(e) = f.write_all(me.as_bytes()) {
+            if dir.is_required() {
+                return Err(format!("joining cgroup {}: {e}", dir.dir.display()));
+            }
+        }
+    }
+    if pinned.ns_flags != 0 {
+        // SAFETY: setns with a valid pidfd and namespace flags.
+        let r = unsafe { libc::setns(pinned.pidfd.as_raw_fd(), pinned.ns_flags) };
+        if r != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ESRCH) {
+                return Err("vanished".into());
+            }
+            return Err(format!("setns: {e}"));
+        }
+    }
+    // SAFETY: fchdir/chroot on the pinned root fd and a constant path.
+    unsafe {
+        check(
+            libc::fchdir(pinned.root.as_raw_fd()),
+            "fchdir to container root",
+        )?;
+        check(libc::chroot(c".".as_ptr()), "chroot")?;
+        check(libc::chdir(c"/".as_ptr()), "chdir /")?;
+    }
+    // SAFETY: single-threaded, see spawn().
+    let inner = unsafe { libc::fork() };
+    if inner < 0 {
+        return Err(os_err("fork into the instance"));
+    }
+    if inner == 0 {
+        let err = inner_child(plan, child_io, &pty_sock).unwrap_or_else(|e| e);
+        let _ = status.write_all(format!("E{err}\n").as_bytes());
+        // SAFETY: _exit never returns.
+        unsafe { libc::_exit(126) }
+    }
+    let _ = status.write_all(format!("P{inner}\n").as_bytes());
+    drop(child_io);
+    drop(pty_sock);
+    // Wait for the inner process and pass its fate up unchanged.
+    let mut st = 0;
+    loop {
+        // SAFETY: our own child; st valid.
+        let r = unsafe { libc::waitpid(inner, &mut st, 0) };
+        if r == inner {
+            break;
+        }
+        if r < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return Ok(125);
+        }
+    }
+    if libc::WIFSIGNALED(st) {
+        reraise(libc::WTERMSIG(st));
+    }
+    Ok(libc::WEXITSTATUS(st))
+}
+
+/// Dies of `sig` like the process whose status we pass on.
+pub fn reraise(sig: libc::c_int) {
+    // SAFETY: resetting a disposition, unblocking and raising a signal.
+    unsafe {
+        let rl: libc::rlimit = std::mem::zeroed();
+        libc::setrlimit(libc::RLIMIT_CORE, &rl);
+        libc::signal(sig, libc::SIG_DFL);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, sig);
+        libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        libc::kill(libc::getpid(), sig);
+    }
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+fn capset(eff: u64, prm: u64, inh: u64) -> Result<(), String> {
+    let header = CapHeader {
+        version: 0x2008_0522,
+        pid: 0,
+    }; // _LINUX_CAPABILITY_VERSION_3
+    let data = [
+        CapData {
+            effective: eff as u32,
+            permitted: prm as u32,
+            inheritable: inh as u32,
+        },
+        CapData {
+            effective: (eff >> 32) as u32,
+            permitted: (prm >> 32) as u32,
+            inheritable: (inh >> 32) as u32,
+        },
+    ];
+    // SAFETY: header and data are valid for the duration of the call.
+    let r = unsafe { libc::syscall(libc::SYS_capset, &header as *const CapHeader, data.as_ptr()) };
+    if r != 0 {
+        return Err(os_err("capset"));
+    }
+    Ok(())
+}
+
+/// Runs in the inner child: inside every namespace, still privileged.
+/// Becomes the container user and execs. Returns only on failure.
+fn inner_child(
+    plan: &Plan,
+    child_io: Option<[OwnedFd; 3]>,
+    pty_sock: &OwnedFd,
+) -> Result<String, String> {
+    // SAFETY: all calls below are plain syscalls on valid arguments in a
+    // single-threaded child; pointers reference live locals.
+    unsafe {
+        check(
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0),
+            "prctl",
+        )?;
+        check(libc::setsid(), "setsid")?;
+        // Drop from the bounding set what the container's init does not have.
+        for cap in 0..64u32 {
+            if plan.creds.cap_bnd & (1u64 << cap) == 0 {
+                let r = libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0);
+                if r != 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL) {
+                    return Err(os_err("dropping capabilities"));
+                }
+            }
+        }
+        check(
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL,
+                0,
+                0,
+                0,
+            ),
+            "clearing ambient capabilities",
+        )?;
+        let groups: Vec<libc::gid_t> = plan.groups.clone();
+        check(libc::setgroups(groups.len(), groups.as_ptr()), "setgroups")?;
+        check(libc::setresgid(plan.gid, plan.gid, plan.gid), "setgid")?;
+        check(libc::setresuid(plan.uid, plan.uid, plan.uid), "setuid")?;
+    }
+    // A root container user keeps exactly the init's capabilities; any
+    // other user lost them all with setuid and we make sure of it.
+    if plan.uid == 0 {
+        capset(plan.creds.cap_eff, plan.creds.cap_prm, plan.creds.cap_inh)?;
+    } else {
+        capset(0, 0, 0)?;
+    }
+    // SAFETY: integer-argument syscalls.
+    unsafe {
+        if plan.creds.no_new_privs {
+            check(
+                libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0),
+                "no_new_privs",
+            )?;
+        }
+        // Still non-dumpable: setuid keeps it off, exec turns it back on.
+        if libc::geteuid() != plan.uid || libc::getegid() != plan.gid {
+            return Err("credentials did not change".into());
+        }
+    }
+    // HOME: chdir as the user, and make sure we ended up where we asked
+    // (a symlinked HOME resolves inside the container's root anyway).
+    let mut notice = None;
+    // SAFETY: home is NUL-terminated.
+    let home_ok = unsafe { libc::chdir(plan.home.as_ptr()) } == 0
+        && std::env::current_dir()
+            .map(|d| d.as_os_str().as_encoded_bytes() == plan.home.as_bytes())
+            .unwrap_or(false);
+    if !home_ok {
+        // SAFETY: constant path.
+        check(unsafe { libc::chdir(c"/".as_ptr()) }, "chdir /")?;
+        notice = Some(format!(
+            "porthole: home directory {} is not usable; starting in /\r\n",
+            plan.home.to_string_lossy()
+        ));
+    }
+    match (plan.pty, child_io) {
+        (Some(ws), _) => setup_pty(ws, pty_sock)?,
+        (None, Some([stdin, stdout, stderr])) => {
+            // SAFETY: dup2 onto the standard fds; the pipes are ours.
+            unsafe {
+                check(libc::dup2(stdin.as_raw_fd(), 0), "dup2")?;
+                check(libc::dup2(stdout.as_raw_fd(), 1), "dup2")?;
+                check(libc::dup2(stderr.as_raw_fd(), 2), "dup2")?;
+            }
+        }
+        (None, None) => return Err("no stdio for the session".into()),
+    }
+    if let Some(n) = notice {
+        // SAFETY: writing a byte buffer to fd 2.
+        unsafe { libc::write(2, n.as_ptr().cast(), n.len()) };
+    }
+    // SAFETY: resets and mask changes on our own process before exec.
+    unsafe {
+        // Rust ignores SIGPIPE; ignored dispositions survive exec.
+        for sig in 1..32 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        // Every fd but stdio must close at exec: nothing of the host leaks.
+        check(
+            libc::syscall(
+                libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            ) as libc::c_int,
+            "close_range",
+        )?;
+    }
+    let argv: Vec<*const libc::c_char> = plan
+        .argv
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let envp: Vec<*const libc::c_char> = plan
+        .env
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    // SAFETY: argv/envp are NULL-terminated arrays of live C strings.
+    unsafe { libc::execve(plan.program.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+    Err(format!(
+        "cannot run {}: {}",
+        plan.program.to_string_lossy(),
+        std::io::Error::last_os_error()
+    ))
+}
+
+/// Gives the session a terminal of the container's own devpts: opened as
+/// the container user, so nothing of the host's tty enters the container.
+fn setup_pty(ws: WinSize, sock: &OwnedFd) -> Result<(), String> {
+    // SAFETY: plain syscalls; the fds are checked before use.
+    unsafe {
+        let master = libc::open(
+            c"/dev/ptmx".as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        );
+        if master < 0 {
+            return Err(os_err("the container has no usable /dev/ptmx"));
+        }
+        let master = OwnedFd::from_raw_fd(master);
+        let unlock: libc::c_int = 0;
+        check(
+            libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock),
+            "unlockpt",
+        )?;
+        const TIOCGPTPEER: libc::c_ulong = 0x5441;
+        let slave = libc::ioctl(
+            master.as_raw_fd(),
+            TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY,
+        );
+        if slave < 0 {
+            return Err(os_err("opening the terminal"));
+        }
+        let slave = OwnedFd::from_raw_fd(slave);
+        let size = libc::winsize {
+            ws_row: ws.rows,
+            ws_col: ws.cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        check(
+            libc::ioctl(slave.as_raw_fd(), libc::TIOCSWINSZ, &size),
+            "setting the window size",
+        )?;
+        check(
+            libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY, 0),
+            "setting the controlling terminal",
+        )?;
+        for fd in 0..3 {
+            check(libc::dup2(slave.as_raw_fd(), fd), "dup2")?;
+        }
+        send_fd(sock, master.as_raw_fd())?;
+    }
+    Ok(())
+}

@@ -19,6 +19,6 @@ pub mod fetch;
 
 pub mod container;
 pub mod enter;
-pub mod pty;
 pub mod runtime;
 pub mod session;
+pub mod supervise;

@@ -1,1 +1,472 @@
-//! (to be written)
+//! Finding a service's running instances in OCI runtime state.
+//!
+//! runc, and containerd and Docker which drive runc, keep one
+//! `<root>/<container-id>/state.json` per container. We read those files
+//! instead of running `runc list`: no child process, no PATH, and it works
+//! for every root the admin configured. Everything in them is treated as
+//! hostile (tenants' deploys choose annotations and ids), so a container
+//! counts only when its init process is alive and is the same process the
+//! state describes (start time), and names are checked against our grammar.
+
+use crate::names::{is_slug, ServiceId};
+use serde::Deserialize;
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+const MAX_STATE_BYTES: u64 = 8 * 1024 * 1024;
+const MAX_ID_LEN: usize = 1024;
+
+/// A running instance of a service on this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    /// The runtime's container id.
+    pub container_id: String,
+    pub service: ServiceId,
+    pub slug: String,
+    /// Host pid of the container's init process.
+    pub init_pid: i32,
+    /// Its start time in clock ticks after boot (field 22 of /proc/PID/stat).
+    pub init_start: u64,
+    /// The OCI bundle directory, when the runtime recorded it.
+    pub bundle: Option<PathBuf>,
+    /// The runtime root the state was found in.
+    pub runtime_root: PathBuf,
+}
+
+impl Instance {
+    /// `srv-abc123-d4e5f`.
+    pub fn name(&self) -> String {
+        self.service.instance_name(&self.slug)
+    }
+}
+
+/// What a resolve failed on; every variant is a message for the user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResolveError {
+    /// No running instance of the service on this host.
+    NoneRunning { service: String },
+    /// The asked slug is not running; lists those that are.
+    SlugNotRunning {
+        service: String,
+        slug: String,
+        running: Vec<String>,
+    },
+    /// The slug exists but belongs to a different service.
+    OtherService { service: String, slug: String },
+    /// No configured runtime root could be read (admin problem).
+    NoRuntime { roots: Vec<PathBuf> },
+    /// The random source failed (should not happen; fail closed).
+    Random(String),
+}
+
+impl std::fmt::Display for ResolveError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ResolveError::NoneRunning { service } => {
+                write!(f, "{service} has no running instance on this host")
+            }
+            ResolveError::SlugNotRunning {
+                service,
+                slug,
+                running,
+            } => {
+                write!(f, "instance {service}-{slug} is not running")?;
+                if running.is_empty() {
+                    write!(f, "; {service} has no running instance on this host")
+                } else {
+                    write!(f, "; running instances: {}", running.join(", "))
+                }
+            }
+            ResolveError::OtherService { service, slug } => {
+                write!(f, "{slug} is not an instance of {service}")
+            }
+            ResolveError::NoRuntime { roots } => {
+                let list: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
+                write!(
+                    f,
+                    "no container runtime state found (looked in {})",
+                    list.join(", ")
+                )
+            }
+            ResolveError::Random(e) => write!(f, "cannot pick an instance: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ResolveError {}
+
+#[derive(Deserialize)]
+struct RawState {
+    id: String,
+    init_process_pid: i32,
+    init_process_start: u64,
+    #[serde(default)]
+    config: RawConfig,
+}
+
+#[derive(Deserialize, Default)]
+struct RawConfig {
+    #[serde(default)]
+    labels: Vec<String>,
+}
+
+/// A container as the runtime describes it, before matching.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerState {
+    pub id: String,
+    pub init_pid: i32,
+    pub init_start: u64,
+    pub labels: Vec<(String, String)>,
+}
+
+impl ContainerState {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.labels
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Parses one `state.json` (runc's libcontainer format). Annotations live in
+/// `config.labels` as `key=value`, next to `bundle=<dir>`.
+pub fn parse_state(bytes: &[u8]) -> Option<ContainerState> {
+    let raw: RawState = serde_json::from_slice(bytes).ok()?;
+    if raw.init_process_pid <= 1 || !valid_container_id(&raw.id) {
+        return None;
+    }
+    let labels = raw
+        .config
+        .labels
+        .into_iter()
+        .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+        .collect();
+    Some(ContainerState {
+        id: raw.id,
+        init_pid: raw.init_process_pid,
+        init_start: raw.init_process_start,
+        labels,
+    })
+}
+
+fn valid_container_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_ID_LEN
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-+".contains(&b))
+}
+
+/// Which service and slug a container belongs to, if any: annotations
+/// first, then the `<service-id>-<slug>` container-id convention.
+pub fn classify(
+    c: &ContainerState,
+    service_key: &str,
+    instance_key: &str,
+) -> Option<(ServiceId, String)> {
+    if let Some(svc) = c.label(service_key) {
+        let service = ServiceId::parse(svc)?;
+        let slug = match c.label(instance_key) {
+            Some(s) if is_slug(s) => s.to_owned(),
+            Some(_) => return None,
+            None => {
+                // Annotated service without a slug: the id may still carry it.
+                let rest = c.id.strip_prefix(service.as_str())?.strip_prefix('-')?;
+                if !is_slug(rest) {
+                    return None;
+                }
+                rest.to_owned()
+            }
+        };
+        return Some((service, slug));
+    }
+    let (svc, slug) = c.id.rsplit_once('-')?;
+    let service = ServiceId::parse(svc)?;
+    is_slug(slug).then(|| (service, slug.to_owned()))
+}
+
+/// Start time (clock ticks) of `pid` when it is alive and not a zombie.
+pub fn process_start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat_start(&stat)
+}
+
+/// Field 22 (starttime) of a /proc/PID/stat line; None for zombies.
+pub fn parse_stat_start(stat: &str) -> Option<u64> {
+    // The command name may contain spaces and ')': split after the last ')'.
+    let after = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after.split_ascii_whitespace();
+    let state = fields.next()?;
+    if state == "Z" || state == "X" {
+        return None;
+    }
+    // After the state come fields 4..; starttime is field 22 → index 18 here.
+    fields.nth(18)?.parse().ok()
+}
+
+fn read_state_file(path: &Path) -> Option<Vec<u8>> {
+    let f = std::fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    let meta = f.metadata().ok()?;
+    if !meta.is_file() || meta.len() > MAX_STATE_BYTES {
+        return None;
+    }
+    let mut buf = Vec::with_capacity(meta.len() as usize);
+    f.take(MAX_STATE_BYTES).read_to_end(&mut buf).ok()?;
+    Some(buf)
+}
+
+/// Every running container of our grammar under the roots. Unreadable or
+/// corrupt entries are skipped (one broken container must not lock every
+/// service out); an error only when no root at all could be listed.
+pub fn running_instances(
+    roots: &[PathBuf],
+    service_key: &str,
+    instance_key: &str,
+) -> Result<Vec<Instance>, ResolveError> {
+    let mut found = Vec::new();
+    let mut any_root = false;
+    for root in roots {
+        let Ok(entries) = std::fs::read_dir(root) else {
+            continue;
+        };
+        any_root = true;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if !valid_container_id(name) {
+                continue;
+            }
+            let Some(bytes) = read_state_file(&root.join(name).join("state.json")) else {
+                continue;
+            };
+            let Some(state) = parse_state(&bytes) else {
+                continue;
+            };
+            if state.id != name {
+                continue;
+            }
+            let Some((service, slug)) = classify(&state, service_key, instance_key) else {
+                continue;
+            };
+            if process_start_time(state.init_pid) != Some(state.init_start) {
+                continue;
+            }
+            let bundle = state
+                .label("bundle")
+                .map(PathBuf::from)
+                .filter(|p| p.is_absolute());
+            found.push(Instance {
+                container_id: state.id,
+                service,
+                slug,
+                init_pid: state.init_pid,
+                init_start: state.init_start,
+                bundle,
+                runtime_root: root.clone(),
+            });
+        }
+    }
+    if !any_root {
+        return Err(ResolveError::NoRuntime {
+            roots: roots.to_vec(),
+        });
+    }
+    found.sort_by(|a, b| {
+        a.slug
+            .cmp(&b.slug)
+            .then(a.container_id.cmp(&b.container_id))
+    });
+    Ok(found)
+}
+
+/// Picks the instance for a login: the given slug, or a uniformly random
+/// running instance of the service.
+pub fn choose(
+    all: Vec<Instance>,
+    service: &ServiceId,
+    slug: Option<&str>,
+) -> Result<Instance, ResolveError> {
+    let (mine, others): (Vec<Instance>, Vec<Instance>) =
+        all.into_iter().partition(|i| &i.service == service);
+    match slug {
+        Some(slug) => {
+            if let Some(i) = mine.iter().find(|i| i.slug == slug) {
+                return Ok(i.clone());
+            }
+            if others.iter().any(|i| i.slug == slug) {
+                return Err(ResolveError::OtherService {
+                    service: service.to_string(),
+                    slug: slug.to_owned(),
+                });
+            }
+            Err(ResolveError::SlugNotRunning {
+                service: service.to_string(),
+                slug: slug.to_owned(),
+                running: mine.iter().map(Instance::name).collect(),
+            })
+        }
+        None => {
+            if mine.is_empty() {
+                return Err(ResolveError::NoneRunning {
+                    service: service.to_string(),
+                });
+            }
+            let idx = random_below(mine.len()).map_err(ResolveError::Random)?;
+            mine.into_iter()
+                .nth(idx)
+                .ok_or_else(|| ResolveError::Random("index".into()))
+        }
+    }
+}
+
+/// Uniform integer in 0..n from the kernel's random source (rejection
+/// sampling, so no modulo bias).
+fn random_below(n: usize) -> Result<usize, String> {
+    if n <= 1 {
+        return Ok(0);
+    }
+    let n = n as u64;
+    let zone = u64::MAX - (u64::MAX % n);
+    loop {
+        let mut buf = [0u8; 8];
+        // SAFETY: buf is a valid writable buffer of the given length.
+        let got = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if got != buf.len() as isize {
+            return Err(std::io::Error::last_os_error().to_string());
+        }
+        let v = u64::from_ne_bytes(buf);
+        if v < zone {
+            return Ok((v % n) as usize);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(id: &str, labels: &[&str]) -> ContainerState {
+        let l: Vec<String> = labels.iter().map(|s| s.to_string()).collect();
+        let json = serde_json::json!({"id": id, "init_process_pid": 4242, "init_process_start": 99,
+            "config": {"labels": l}, "other": {"x": 1}});
+        parse_state(json.to_string().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn parses_runc_state_and_labels() {
+        let s = state("srv-a1-d4e5f", &["bundle=/b", "io.porthole.service=srv-a1"]);
+        assert_eq!(s.init_pid, 4242);
+        assert_eq!(s.label("bundle"), Some("/b"));
+        assert!(parse_state(b"{").is_none());
+        assert!(
+            parse_state(br#"{"id":"../x","init_process_pid":5,"init_process_start":1}"#).is_none()
+        );
+        assert!(
+            parse_state(br#"{"id":"x","init_process_pid":1,"init_process_start":1}"#).is_none()
+        );
+        assert!(
+            parse_state(br#"{"id":"x","init_process_pid":"5","init_process_start":1}"#).is_none()
+        );
+    }
+
+    #[test]
+    fn classifies_by_annotation_then_id() {
+        let k = ("io.porthole.service", "io.porthole.instance");
+        let by_id = state("srv-a1-d4e5f", &[]);
+        assert_eq!(classify(&by_id, k.0, k.1).unwrap().1, "d4e5f");
+        let by_ann = state(
+            "f00ba4",
+            &["io.porthole.service=srv-b2", "io.porthole.instance=zz9zz"],
+        );
+        let (svc, slug) = classify(&by_ann, k.0, k.1).unwrap();
+        assert_eq!((svc.as_str(), slug.as_str()), ("srv-b2", "zz9zz"));
+        // Annotation wins over the id.
+        let both = state(
+            "srv-a1-d4e5f",
+            &["io.porthole.service=srv-c3", "io.porthole.instance=aaaaa"],
+        );
+        assert_eq!(classify(&both, k.0, k.1).unwrap().0.as_str(), "srv-c3");
+        // Hostile annotations are not ours.
+        assert!(classify(&state("x", &["io.porthole.service=srv-../x"]), k.0, k.1).is_none());
+        assert!(classify(
+            &state(
+                "x",
+                &["io.porthole.service=srv-a1", "io.porthole.instance=TOOLONG"]
+            ),
+            k.0,
+            k.1
+        )
+        .is_none());
+        assert!(classify(&state("web-1", &[]), k.0, k.1).is_none());
+        assert!(classify(&state("srv-a1-d4e5", &[]), k.0, k.1).is_none());
+    }
+
+    #[test]
+    fn stat_start_time_survives_hostile_comm() {
+        let line = "123 (evil) Z 1 ) R 1 1 1 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 777 0 0";
+        assert_eq!(parse_stat_start(line), Some(777));
+        let zombie = "123 (x) Z 1 1 1 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 777 0 0";
+        assert_eq!(parse_stat_start(zombie), None);
+        let me = process_start_time(std::process::id() as i32);
+        assert!(me.is_some());
+    }
+
+    fn inst(svc: &str, slug: &str) -> Instance {
+        Instance {
+            container_id: format!("{svc}-{slug}"),
+            service: ServiceId::parse(svc).unwrap(),
+            slug: slug.into(),
+            init_pid: 2,
+            init_start: 1,
+            bundle: None,
+            runtime_root: "/run/runc".into(),
+        }
+    }
+
+    #[test]
+    fn choose_by_slug_and_explains_misses() {
+        let all = vec![
+            inst("srv-a1", "aaaaa"),
+            inst("srv-a1", "bbbbb"),
+            inst("srv-b2", "ccccc"),
+        ];
+        let a1 = ServiceId::parse("srv-a1").unwrap();
+        assert_eq!(
+            choose(all.clone(), &a1, Some("bbbbb")).unwrap().slug,
+            "bbbbb"
+        );
+        let e = choose(all.clone(), &a1, Some("zzzzz")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "instance srv-a1-zzzzz is not running; running instances: srv-a1-aaaaa, srv-a1-bbbbb"
+        );
+        let e = choose(all.clone(), &a1, Some("ccccc")).unwrap_err();
+        assert_eq!(e.to_string(), "ccccc is not an instance of srv-a1");
+        let c3 = ServiceId::parse("srv-c3").unwrap();
+        assert_eq!(
+            choose(all, &c3, None).unwrap_err().to_string(),
+            "srv-c3 has no running instance on this host"
+        );
+    }
+
+    #[test]
+    fn random_choice_reaches_every_instance() {
+        let all = vec![
+            inst("srv-a1", "aaaaa"),
+            inst("srv-a1", "bbbbb"),
+            inst("srv-a1", "ccccc"),
+        ];
+        let a1 = ServiceId::parse("srv-a1").unwrap();
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..200 {
+            seen.insert(choose(all.clone(), &a1, None).unwrap().slug);
+        }
+        assert_eq!(seen.len(), 3);
+    }
+}

@@ -1,1 +1,632 @@
-//! (to be written)
+//! One SSH session, from sshd's hand-over to the exit status: who logged
+//! in, to which instance, whether the platform allows it, then entry and
+//! supervision.
+//!
+//! Inputs are hostile: the environment comes through sshd from the client
+//! (AcceptEnv), the auth-info file lives in a directory others can write,
+//! the cache is written by a less privileged user. Only `USER` is trusted
+//! (sshd sets it from the passwd name). Every refusal is a sentence for the
+//! developer on stderr and one `session.rejected` event for the admin.
+
+use crate::api::{shell_policy, ShellPolicy};
+use crate::config::Config;
+use crate::container::{self, IdMap};
+use crate::enter::{self, EnterError, Plan, WinSize};
+use crate::log::{elapsed_ms, Event, Logger, Severity};
+use crate::names::Target;
+use crate::runtime::{self, Instance};
+use crate::supervise::{self, EndReason, ExitStatus};
+use std::ffi::CString;
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::time::Instant;
+
+const MAX_AUTH_INFO: u64 = 64 * 1024;
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// What sshd handed us, captured before the environment was wiped.
+#[derive(Debug, Clone, Default)]
+pub struct Handover {
+    pub user: Option<String>,
+    pub original_command: Option<String>,
+    pub user_auth: Option<String>,
+    pub term: Option<String>,
+    pub connection: Option<String>,
+    /// `-c <command>` from argv when sshd ran us as the login shell.
+    pub dash_c: Option<String>,
+    /// Our own path, to tell ForceCommand (`-c <ourselves>`) from a command.
+    pub self_path: Option<String>,
+    /// Real uid that ran us (must be the session account's).
+    pub real_uid: u32,
+    /// Whether sshd gave the session a terminal (stdin is a tty).
+    pub stdin_is_tty: bool,
+}
+
+/// What the client asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Shell,
+    Exec(String),
+    Sftp,
+}
+
+impl Request {
+    fn describe(&self) -> String {
+        match self {
+            Request::Shell => "shell".into(),
+            Request::Exec(c) => c.clone(),
+            Request::Sftp => "subsystem:sftp".into(),
+        }
+    }
+}
+
+/// Decides the request from the hand-over. sshd runs us as
+/// `<login shell> -c <ForceCommand>`: when that command is ourselves, the
+/// client's wish is in SSH_ORIGINAL_COMMAND; when we are only the login
+/// shell (no ForceCommand), it is the `-c` argument.
+pub fn classify_request(h: &Handover, sftp_paths: &[String]) -> Request {
+    let forced = match (&h.dash_c, &h.self_path) {
+        (None, _) => true,
+        (Some(c), Some(me)) => c.trim() == me || c.trim() == "porthole-shell",
+        (Some(_), None) => false,
+    };
+    let cmd = if forced {
+        h.original_command.clone()
+    } else {
+        h.dash_c.clone()
+    };
+    match cmd {
+        None => Request::Shell,
+        Some(c) if c.trim().is_empty() => Request::Shell,
+        Some(c) => {
+            let t = c.trim();
+            if t == "internal-sftp" || sftp_paths.iter().any(|p| p == t) {
+                Request::Sftp
+            } else {
+                Request::Exec(c)
+            }
+        }
+    }
+}
+
+/// A refusal: the sentence for the user and the reason code for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+fn refuse(reason: &'static str, message: impl Into<String>) -> Refusal {
+    Refusal {
+        reason,
+        message: message.into(),
+    }
+}
+
+/// Parses the `SSH_USER_AUTH` file: the first `publickey <type> <base64>`.
+pub fn parse_user_auth(text: &str) -> Option<(String, String)> {
+    for line in text.lines() {
+        let mut parts = line.split(' ');
+        if parts.next() != Some("publickey") {
+            continue;
+        }
+        let (Some(kind), Some(b64)) = (parts.next(), parts.next()) else {
+            return None;
+        };
+        let ok = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 16 * 1024
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+/=@.-".contains(&b))
+        };
+        return (ok(kind) && ok(b64)).then(|| (kind.to_owned(), b64.to_owned()));
+    }
+    None
+}
+
+/// Reads the auth-info file sshd wrote for this session: a regular file
+/// (no symlink, no FIFO), owned by the session uid, size-capped.
+pub fn read_user_auth(path: &str, uid: u32) -> Result<String, Refusal> {
+    let bad = |why: &str| refuse("auth_info", format!("cannot verify the login key: {why}"));
+    if !path.starts_with('/') {
+        return Err(bad(
+            "SSH_USER_AUTH is not an absolute path (is ExposeAuthInfo on?)",
+        ));
+    }
+    let f = std::fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| bad(&format!("{path}: {e}")))?;
+    let meta = f.metadata().map_err(|e| bad(&e.to_string()))?;
+    if !meta.is_file() {
+        return Err(bad("the auth info is not a regular file"));
+    }
+    if meta.uid() != uid {
+        return Err(bad("the auth info belongs to another user"));
+    }
+    if meta.len() > MAX_AUTH_INFO {
+        return Err(bad("the auth info is too large"));
+    }
+    let mut s = String::new();
+    f.take(MAX_AUTH_INFO)
+        .read_to_string(&mut s)
+        .map_err(|_| bad("the auth info is not text"))?;
+    Ok(s)
+}
+
+/// Who the session belongs to, established from the key and the cache.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub owner: String,
+    pub fingerprint: String,
+    pub key_type: String,
+}
+
+fn lookup_uid(name: &str) -> Option<u32> {
+    nix::unistd::User::from_name(name)
+        .ok()
+        .flatten()
+        .map(|u| u.uid.as_raw())
+}
+
+/// Everything up to the choice of instance. Pure checks, no side effects.
+pub fn authorize(cfg: &Config, h: &Handover) -> Result<(Target, Identity, Request), Refusal> {
+    let user = h.user.as_deref().unwrap_or("");
+    let target = Target::parse(user).ok_or_else(|| {
+        refuse(
+            "bad_name",
+            format!("{user:?} is not a service or instance name"),
+        )
+    })?;
+    let session_uid = lookup_uid(&cfg.session.account).ok_or_else(|| {
+        refuse(
+            "setup",
+            format!("the session account {} does not exist", cfg.session.account),
+        )
+    })?;
+    if h.real_uid != session_uid {
+        return Err(refuse(
+            "wrong_uid",
+            format!(
+                "porthole-shell may only be run by sshd for the {} account",
+                cfg.session.account
+            ),
+        ));
+    }
+    let auth_path = h.user_auth.as_deref().ok_or_else(|| {
+        refuse("auth_info", "cannot verify the login key: SSH_USER_AUTH is not set (ExposeAuthInfo yes is required)")
+    })?;
+    let auth = read_user_auth(auth_path, session_uid)?;
+    let (key_type, b64) = parse_user_auth(&auth).ok_or_else(|| {
+        refuse(
+            "auth_info",
+            "cannot verify the login key: no public key in the auth info",
+        )
+    })?;
+    let keys_uid = lookup_uid(&cfg.session.keys_user);
+    let cached = crate::cache::read(&cfg.cache.dir, &target.service, keys_uid)
+        .map_err(|e| {
+            refuse(
+                "cache",
+                format!(
+                    "cannot read the authorization record of {}: {e}",
+                    target.service
+                ),
+            )
+        })?
+        .ok_or_else(|| {
+            refuse(
+                "cache",
+                format!("no authorization record for {}; try again", target.service),
+            )
+        })?;
+    let now = crate::time::now_unix();
+    let max_age = i64::try_from(cfg.cache.stale_secs).unwrap_or(i64::MAX);
+    if now.saturating_sub(cached.fetched_at) > max_age {
+        return Err(refuse(
+            "cache",
+            format!(
+                "the authorization record of {} is too old; try again",
+                target.service
+            ),
+        ));
+    }
+    let doc = cached
+        .doc
+        .ok_or_else(|| refuse("no_service", format!("{} does not exist", target.service)))?;
+    let (entry, key) =
+        crate::keys::find_listed_key(&doc, &key_type, &b64, now).ok_or_else(|| {
+            refuse(
+                "key_not_listed",
+                format!(
+                    "the key you logged in with is not (or no longer) allowed for {}",
+                    target.service
+                ),
+            )
+        })?;
+    let identity = Identity {
+        owner: entry.owner.clone(),
+        fingerprint: key.fingerprint,
+        key_type: key.algorithm,
+    };
+    if let ShellPolicy::Refused(msg) = shell_policy(&doc.service) {
+        return Err(refuse("service_type", msg));
+    }
+    let request = classify_request(h, &cfg.session.sftp_server_paths);
+    Ok((target, identity, request))
+}
+
+/// The whole session. Returns only on refusal or error (with the exit
+/// code); a session that ran exits like its process did.
+pub fn run(cfg: &Config, log: &Logger, h: &Handover) -> i32 {
+    let started = Instant::now();
+    let client = h
+        .connection
+        .as_deref()
+        .and_then(|c| c.split(' ').next())
+        .map(str::to_owned);
+    let reject = |user: &str, r: &Refusal, extra: Option<&Identity>| {
+        eprintln!("porthole: {}", r.message);
+        log.emit(
+            &Event::new("session.rejected", Severity::Notice)
+                .field("user", user)
+                .field("reason", r.reason)
+                .field("message", r.message.as_str())
+                .opt("owner", extra.map(|i| i.owner.clone()))
+                .opt("fingerprint", extra.map(|i| i.fingerprint.clone()))
+                .opt("client", client.clone())
+                .field("ms", elapsed_ms(started)),
+        );
+        1
+    };
+    let user = h.user.clone().unwrap_or_default();
+    let (target, identity, request) = match authorize(cfg, h) {
+        Ok(v) => v,
+        Err(r) => return reject(&user, &r, None),
+    };
+    let all = match runtime::running_instances(
+        &cfg.runtime.roots,
+        &cfg.runtime.service_annotation,
+        &cfg.runtime.instance_annotation,
+    ) {
+        Ok(a) => a,
+        Err(e) => return reject(&user, &refuse("no_runtime", e.to_string()), Some(&identity)),
+    };
+    let instance = match runtime::choose(all, &target.service, target.slug.as_deref()) {
+        Ok(i) => i,
+        Err(e) => {
+            return reject(
+                &user,
+                &refuse("no_instance", e.to_string()),
+                Some(&identity),
+            )
+        }
+    };
+    let tty = h.stdin_is_tty;
+    let prepared = match prepare(cfg, h, &instance, &request, tty) {
+        Ok(p) => p,
+        Err(r) => return reject(&user, &r, Some(&identity)),
+    };
+    let (pinned, plan, notices) = prepared;
+    for n in notices {
+        eprintln!("porthole: {n}");
+    }
+    let spawned = match enter::spawn(&pinned, &plan) {
+        Ok(s) => s,
+        Err(EnterError::Vanished) => {
+            let r = refuse(
+                "instance_stopped",
+                format!(
+                    "instance {} stopped while connecting; try again",
+                    instance.name()
+                ),
+            );
+            return reject(&user, &r, Some(&identity));
+        }
+        Err(e) => {
+            return reject(
+                &user,
+                &refuse("enter_failed", e.to_string()),
+                Some(&identity),
+            )
+        }
+    };
+    log.emit(
+        &Event::new("session.start", Severity::Info)
+            .field("service", target.service.as_str())
+            .field("instance", instance.name())
+            .field("container", instance.container_id.as_str())
+            .field("owner", identity.owner.as_str())
+            .field("fingerprint", identity.fingerprint.as_str())
+            .field("key_type", identity.key_type.as_str())
+            .opt("client", client.clone())
+            .field("command", request.describe())
+            .field("tty", plan.pty.is_some())
+            .field("uid", plan.uid)
+            .field("pid", spawned.outer_pid),
+    );
+    let outcome = supervise::run(spawned, &pinned.pidfd);
+    if outcome.reason == EndReason::InstanceStopped {
+        eprint!(
+            "{}porthole: instance {} stopped (deploy or restart); session closed\r\n",
+            if plan.pty.is_some() { "\r\n" } else { "" },
+            instance.name()
+        );
+    }
+    let (exit_code, signal) = match outcome.status {
+        ExitStatus::Code(c) => (Some(c), None),
+        ExitStatus::Signal(s) => (None, Some(s)),
+        ExitStatus::Unknown => (None, None),
+    };
+    log.emit(
+        &Event::new("session.end", Severity::Info)
+            .field("service", target.service.as_str())
+            .field("instance", instance.name())
+            .field("owner", identity.owner.as_str())
+            .field("reason", outcome.reason.as_str())
+            .opt("exit_status", exit_code)
+            .opt("signal", signal)
+            .field("bytes_in", outcome.bytes_in)
+            .field("bytes_out", outcome.bytes_out)
+            .field("duration_ms", elapsed_ms(started)),
+    );
+    match outcome.reason {
+        EndReason::InstanceStopped => 1,
+        _ => supervise::exit_like(outcome.status, 1),
+    }
+}
+
+type Prepared = (enter::Pinned, Plan, Vec<String>);
+
+/// Pins the instance and reads everything the entry needs from the host
+/// side: credentials, user, shell, environment, cgroups.
+fn prepare(
+    cfg: &Config,
+    h: &Handover,
+    inst: &Instance,
+    req: &Request,
+    tty: bool,
+) -> Result<Prepared, Refusal> {
+    let vanished = || {
+        refuse(
+            "instance_stopped",
+            format!(
+                "instance {} stopped while connecting; try again",
+                inst.name()
+            ),
+        )
+    };
+    let pinned = enter::pin(inst.init_pid, inst.init_start).map_err(|e| match e {
+        EnterError::Vanished => vanished(),
+        other => refuse("enter_failed", other.to_string()),
+    })?;
+    let status = pinned.read_proc("status").map_err(|_| vanished())?;
+    let creds = container::parse_status(&status)
+        .ok_or_else(|| refuse("enter_failed", "cannot read the instance's credentials"))?;
+    let uid_map = IdMap::parse(&pinned.read_proc("uid_map").map_err(|_| vanished())?)
+        .ok_or_else(|| refuse("enter_failed", "cannot read the instance's uid map"))?;
+    let gid_map = IdMap::parse(&pinned.read_proc("gid_map").map_err(|_| vanished())?)
+        .ok_or_else(|| refuse("enter_failed", "cannot read the instance's gid map"))?;
+    let unmapped = || {
+        refuse(
+            "enter_failed",
+            "the instance's user is not mapped in its user namespace",
+        )
+    };
+    let uid = uid_map.to_inside(creds.uid).ok_or_else(unmapped)?;
+    let gid = gid_map.to_inside(creds.gid).ok_or_else(unmapped)?;
+    let groups: Vec<u32> = creds
+        .groups
+        .iter()
+        .filter_map(|g| gid_map.to_inside(*g))
+        .collect();
+
+    let mut notices = Vec::new();
+    let pw = container::container_user(&pinned.root, uid);
+    let (name, home, login_shell) = match &pw {
+        Some(p) => (p.name.clone(), p.home.clone(), p.shell.clone()),
+        None => {
+            notices.push(format!(
+                "uid {uid} has no entry in the instance's /etc/passwd"
+            ));
+            (uid.to_string(), "/".to_owned(), String::new())
+        }
+    };
+    let home = if home.starts_with('/') {
+        home
+    } else {
+        "/".to_owned()
+    };
+    let shell = if container::usable_shell(&pinned.root, &login_shell) {
+        login_shell
+    } else {
+        if pw.is_some() {
+            let shown = if login_shell.is_empty() {
+                "(none)"
+            } else {
+                login_shell.as_str()
+            };
+            notices.push(format!(
+                "{name}'s login shell {shown} is not usable; using {}",
+                cfg.session.fallback_shell
+            ));
+        }
+        cfg.session.fallback_shell.clone()
+    };
+    if !container::usable_shell(&pinned.root, &shell) && *req != Request::Sftp {
+        return Err(refuse(
+            "no_shell",
+            format!(
+                "instance {} has no usable shell ({shell} is missing)",
+                inst.name()
+            ),
+        ));
+    }
+
+    let (program, argv) = match req {
+        Request::Shell => {
+            let base = shell.rsplit('/').next().unwrap_or("sh");
+            (shell.clone(), vec![format!("-{base}")])
+        }
+        Request::Exec(cmd) => (shell.clone(), vec![shell.clone(), "-c".into(), cmd.clone()]),
+        Request::Sftp => {
+            let server = cfg
+                .session
+                .sftp_server_paths
+                .iter()
+                .find(|p| container::usable_shell(&pinned.root, p))
+                .ok_or_else(|| {
+                    refuse(
+                        "no_sftp",
+                        format!(
+                            "sftp is not available: instance {} has no sftp-server; use scp -O or rsync if the image has them",
+                            inst.name()
+                        ),
+                    )
+                })?;
+            (server.clone(), vec![server.clone()])
+        }
+    };
+
+    let mut env: Vec<String> = container::container_env(inst.bundle.as_deref(), inst.init_pid)
+        .into_iter()
+        .filter(|e| {
+            let k = e.split('=').next().unwrap_or("");
+            !matches!(k, "HOME" | "USER" | "LOGNAME" | "SHELL" | "TERM")
+        })
+        .collect();
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.push(format!("PATH={DEFAULT_PATH}"));
+    }
+    env.push(format!("HOME={home}"));
+    env.push(format!("USER={name}"));
+    env.push(format!("LOGNAME={name}"));
+    env.push(format!("SHELL={shell}"));
+    if tty {
+        let term = container::validated_term(h.term.as_deref()).unwrap_or_else(|| "xterm".into());
+        env.push(format!("TERM={term}"));
+    }
+
+    let proc_cgroup = pinned.read_proc("cgroup").map_err(|_| vanished())?;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| refuse("enter_failed", format!("cannot read the mount table: {e}")))?;
+    let dirs = container::cgroup_dirs(&proc_cgroup, &mountinfo);
+    let cgroups = enter::open_cgroups(dirs).map_err(|e| refuse("enter_failed", e.to_string()))?;
+
+    let cs = |s: String| {
+        CString::new(s).map_err(|_| refuse("bad_command", "the command contains a NUL byte"))
+    };
+    let pty = if tty {
+        Some(supervise::window_size(0).unwrap_or(WinSize { rows: 24, cols: 80 }))
+    } else {
+        None
+    };
+    let plan = Plan {
+        program: cs(program)?,
+        argv: argv.into_iter().map(cs).collect::<Result<_, _>>()?,
+        env: env.into_iter().map(cs).collect::<Result<_, _>>()?,
+        uid,
+        gid,
+        groups,
+        creds,
+        home: cs(home)?,
+        pty,
+        cgroups,
+    };
+    Ok((pinned, plan, notices))
+}
+
+/// Checks that the running binary is installed as intended before doing
+/// anything: effective uid root (setuid), and not run by root itself.
+pub fn self_check(real_uid: u32, effective_uid: u32) -> Result<(), String> {
+    if effective_uid != 0 {
+        return Err("porthole-shell is not installed setuid root (expected mode 4750 root:porthole-session)".into());
+    }
+    if real_uid == 0 {
+        return Err("porthole-shell is run by sshd for service logins, not by root".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auth_info_parsing() {
+        let t = "publickey ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB\n";
+        assert_eq!(parse_user_auth(t).unwrap().0, "ssh-ed25519");
+        assert!(parse_user_auth("password\n").is_none());
+        assert!(parse_user_auth("publickey ssh-ed25519 AA\"AA\n").is_none());
+        assert!(parse_user_auth("publickey ssh-ed25519\n").is_none());
+        assert!(parse_user_auth("").is_none());
+        let two = "keyboard-interactive\npublickey ecdsa-sha2-nistp256 AAAA\n";
+        assert_eq!(parse_user_auth(two).unwrap().0, "ecdsa-sha2-nistp256");
+    }
+
+    #[test]
+    fn request_classification() {
+        let sftp = vec!["/usr/lib/openssh/sftp-server".to_string()];
+        let mut h = Handover {
+            dash_c: Some("/usr/lib/porthole/porthole-shell".into()),
+            self_path: Some("/usr/lib/porthole/porthole-shell".into()),
+            ..Default::default()
+        };
+        assert_eq!(classify_request(&h, &sftp), Request::Shell);
+        h.original_command = Some("ls -l".into());
+        assert_eq!(classify_request(&h, &sftp), Request::Exec("ls -l".into()));
+        h.original_command = Some("/usr/lib/openssh/sftp-server".into());
+        assert_eq!(classify_request(&h, &sftp), Request::Sftp);
+        h.original_command = Some("internal-sftp".into());
+        assert_eq!(classify_request(&h, &sftp), Request::Sftp);
+        // Without ForceCommand sshd passes the client's command with -c.
+        let h2 = Handover {
+            dash_c: Some("echo hi".into()),
+            self_path: Some("/usr/lib/porthole/porthole-shell".into()),
+            original_command: Some("ignored".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            classify_request(&h2, &sftp),
+            Request::Exec("echo hi".into())
+        );
+        assert_eq!(
+            classify_request(&Handover::default(), &sftp),
+            Request::Shell
+        );
+    }
+
+    #[test]
+    fn self_check_refuses_wrong_installs() {
+        assert!(self_check(1000, 1000).is_err());
+        assert!(self_check(0, 0).is_err());
+        assert!(self_check(1000, 0).is_ok());
+    }
+
+    #[test]
+    fn user_auth_file_checks() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = nix::unistd::getuid().as_raw();
+        let p = dir.path().join("auth");
+        std::fs::write(&p, "publickey ssh-ed25519 AAAA\n").unwrap();
+        assert!(read_user_auth(p.to_str().unwrap(), me).is_ok());
+        assert!(
+            read_user_auth(p.to_str().unwrap(), me + 1).is_err(),
+            "other owner"
+        );
+        let l = dir.path().join("link");
+        std::os::unix::fs::symlink(&p, &l).unwrap();
+        assert!(read_user_auth(l.to_str().unwrap(), me).is_err(), "symlink");
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert!(
+            read_user_auth(fifo.to_str().unwrap(), me).is_err(),
+            "fifo must not hang"
+        );
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![b'a'; 70 * 1024]).unwrap();
+        assert!(read_user_auth(big.to_str().unwrap(), me).is_err(), "huge");
+        assert!(read_user_auth("relative", me).is_err());
+    }
+}

@@ -1,0 +1,556 @@
+//! The supervisor: stays in the host namespaces for the whole session,
+//! relays the session's bytes, and ends it when anything ends.
+//!
+//! All stdio is relayed, also without a terminal, for three reasons: no fd
+//! of sshd's ever enters the container, a client that goes away is noticed
+//! (the write side of sshd's pipe errors) even while the command is silent,
+//! and the byte counts are known. With a terminal, sshd's tty is put in raw
+//! mode and the container's own pty does the line discipline.
+//!
+//! One `poll` loop watches: the relays, the outer child (pidfd), the
+//! instance's init (pidfd: readable when the instance stops) and the
+//! signals that matter (signalfd: SIGWINCH resizes, SIGHUP/SIGTERM end).
+
+use crate::enter::{pidfd_open, SessionIo, Spawned};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+const BUF: usize = 64 * 1024;
+/// After the command exits, how long stragglers may keep its output open.
+const DRAIN_GRACE: Duration = Duration::from_millis(1000);
+
+/// Why the session ended (audit `end_reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    Exit,
+    ClientDisconnect,
+    InstanceStopped,
+    Signal,
+}
+
+impl EndReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Exit => "exit",
+            EndReason::ClientDisconnect => "client_disconnect",
+            EndReason::InstanceStopped => "instance_stopped",
+            EndReason::Signal => "signal",
+        }
+    }
+}
+
+/// How the session's main process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    Code(i32),
+    Signal(i32),
+    Unknown,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Outcome {
+    pub reason: EndReason,
+    pub status: ExitStatus,
+    /// Bytes from the client into the session, and out of it.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+/// One direction of the relay.
+struct Pump {
+    src: RawFd,
+    dst: RawFd,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    src_eof: bool,
+    /// Destination closed (or failed): nothing more goes there.
+    dst_done: bool,
+    /// Close `dst` when the source is exhausted (to pass EOF on).
+    close_dst_on_eof: bool,
+    count: u64,
+}
+
+impl Pump {
+    fn new(src: RawFd, dst: RawFd, close_dst_on_eof: bool) -> Pump {
+        Pump {
+            src,
+            dst,
+            buf: vec![0; BUF],
+            start: 0,
+            end: 0,
+            src_eof: false,
+            dst_done: false,
+            close_dst_on_eof,
+            count: 0,
+        }
+    }
+
+    fn pending(&self) -> bool {
+        self.end > self.start
+    }
+
+    fn wants_read(&self) -> bool {
+        !self.src_eof && !self.dst_done && self.end < self.buf.len()
+    }
+
+    fn finished(&self) -> bool {
+        (self.src_eof && !self.pending()) || self.dst_done
+    }
+}
+
+fn set_nonblocking(fd: RawFd, on: bool) -> i32 {
+    // SAFETY: fcntl on an fd we hold; returns the old flags.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags >= 0 {
+            let new = if on {
+                flags | libc::O_NONBLOCK
+            } else {
+                flags & !libc::O_NONBLOCK
+            };
+            libc::fcntl(fd, libc::F_SETFL, new);
+        }
+        flags
+    }
+}
+
+fn read_fd(fd: RawFd, buf: &mut [u8]) -> isize {
+    // SAFETY: buf is valid for buf.len() bytes.
+    unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) }
+}
+
+fn write_fd(fd: RawFd, buf: &[u8]) -> isize {
+    // SAFETY: buf is valid for buf.len() bytes.
+    unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) }
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// Saved terminal state of sshd's tty, restored on drop.
+struct RawMode {
+    fd: RawFd,
+    saved: libc::termios,
+}
+
+impl RawMode {
+    fn enter(fd: RawFd) -> Option<RawMode> {
+        // SAFETY: termios is plain data; tcgetattr fills it.
+        unsafe {
+            let mut t: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(fd, &mut t) != 0 {
+                return None;
+            }
+            let saved = t;
+            libc::cfmakeraw(&mut t);
+            libc::tcsetattr(fd, libc::TCSANOW, &t);
+            Some(RawMode { fd, saved })
+        }
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        // SAFETY: restoring the attributes we saved for this fd.
+        unsafe { libc::tcsetattr(self.fd, libc::TCSANOW, &self.saved) };
+    }
+}
+
+/// The client's terminal size (sshd's tty), if it has one.
+pub fn window_size(fd: RawFd) -> Option<crate::enter::WinSize> {
+    // SAFETY: winsize is plain data filled by the ioctl.
+    unsafe {
+        let mut ws: libc::winsize = std::mem::zeroed();
+        (libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) == 0).then_some(crate::enter::WinSize {
+            rows: ws.ws_row,
+            cols: ws.ws_col,
+        })
+    }
+}
+
+fn copy_window_size(from: RawFd, to: RawFd) {
+    // SAFETY: winsize is plain data; both fds are terminals we hold.
+    unsafe {
+        let mut ws: libc::winsize = std::mem::zeroed();
+        if libc::ioctl(from, libc::TIOCGWINSZ, &mut ws) == 0 {
+            libc::ioctl(to, libc::TIOCSWINSZ, &ws);
+        }
+    }
+}
+
+/// Blocks the signals we handle and returns a signalfd for them. Called
+/// after the session process was forked, so its mask is untouched.
+fn signal_fd() -> Option<OwnedFd> {
+    // SAFETY: sigset manipulation on a local; signalfd returns a new fd.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [
+            libc::SIGWINCH,
+            libc::SIGHUP,
+            libc::SIGTERM,
+            libc::SIGINT,
+            libc::SIGQUIT,
+            libc::SIGPIPE,
+        ] {
+            libc::sigaddset(&mut set, s);
+        }
+        if libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            return None;
+        }
+        let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
+        (fd >= 0).then(|| OwnedFd::from_raw_fd(fd))
+    }
+}
+
+/// Kills every process of the session (all members of the inner process's
+/// session, found through /proc in the host pid namespace).
+pub fn kill_session(inner_pid: i32, sig: libc::c_int) -> usize {
+    let mut n = 0;
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        // Fields after the name: state ppid pgrp session …
+        let sid = after
+            .split_ascii_whitespace()
+            .nth(3)
+            .and_then(|s| s.parse::<i32>().ok());
+        if sid == Some(inner_pid) {
+            // SAFETY: sending a signal to a pid.
+            unsafe { libc::kill(pid, sig) };
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Relays until the session ends; returns how it ended. `notify` is called
+/// with the text to show the user when the instance stops.
+pub fn run(spawned: Spawned, init_pidfd: &OwnedFd) -> Outcome {
+    let outer_pidfd = pidfd_open(spawned.outer_pid).ok();
+    let sigfd = signal_fd();
+    let mut raw = None;
+    let mut saved_flags = Vec::new();
+    let mut pumps: Vec<Pump> = Vec::new();
+    // Keep the session's fds alive for the loop; dropping closes them.
+    let mut owned: Vec<OwnedFd> = Vec::new();
+    let master_fd;
+    match spawned.io {
+        SessionIo::Pipes {
+            stdin,
+            stdout,
+            stderr,
+        } => {
+            pumps.push(Pump::new(0, stdin.as_raw_fd(), true));
+            pumps.push(Pump::new(stdout.as_raw_fd(), 1, false));
+            pumps.push(Pump::new(stderr.as_raw_fd(), 2, false));
+            owned.extend([stdin, stdout, stderr]);
+            master_fd = None;
+        }
+        SessionIo::Pty { master } => {
+            raw = RawMode::enter(0);
+            pumps.push(Pump::new(0, master.as_raw_fd(), false));
+            pumps.push(Pump::new(master.as_raw_fd(), 1, false));
+            master_fd = Some(master.as_raw_fd());
+            owned.push(master);
+        }
+    }
+    for fd in [0, 1, 2] {
+        saved_flags.push((fd, set_nonblocking(fd, true)));
+    }
+    for o in &owned {
+        set_nonblocking(o.as_raw_fd(), true);
+    }
+
+    let mut reason = None;
+    let mut status = ExitStatus::Unknown;
+    let mut exited_at: Option<Instant> = None;
+    let mut killed = false;
+    loop {
+        // Output pumps (to the client) are the ones we wait for at the end.
+        let outputs_done = pumps
+            .iter()
+            .filter(|p| p.dst == 1 || p.dst == 2)
+            .all(Pump::finished);
+        if exited_at.is_some() && (outputs_done || reason == Some(EndReason::ClientDisconnect)) {
+            break;
+        }
+        if let Some(t) = exited_at {
+            if !killed && t.elapsed() >= DRAIN_GRACE {
+                kill_session(spawned.inner_pid, libc::SIGKILL);
+                killed = true;
+            }
+            if t.elapsed() >= DRAIN_GRACE * 3 {
+                break;
+            }
+        }
+        let mut fds: Vec<libc::pollfd> = Vec::new();
+        let mut roles: Vec<Role> = Vec::new();
+        for (i, p) in pumps.iter().enumerate() {
+            if p.wants_read() {
+                fds.push(libc::pollfd {
+                    fd: p.src,
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+                roles.push(Role::Read(i));
+            }
+            if p.pending() && !p.dst_done {
+                fds.push(libc::pollfd {
+                    fd: p.dst,
+                    events: libc::POLLOUT,
+                    revents: 0,
+                });
+                roles.push(Role::Write(i));
+            } else if p.dst == 1 && !p.dst_done {
+                // Watch the client side even while idle: POLLERR means the
+                // reader (sshd) went away.
+                fds.push(libc::pollfd {
+                    fd: 1,
+                    events: 0,
+                    revents: 0,
+                });
+                roles.push(Role::ClientOut);
+            }
+        }
+        if exited_at.is_none() {
+            if let Some(p) = &outer_pidfd {
+                fds.push(libc::pollfd {
+                    fd: p.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+                roles.push(Role::Child);
+            }
+        }
+        if reason.is_none() {
+            fds.push(libc::pollfd {
+                fd: init_pidfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+            roles.push(Role::Init);
+        }
+        if let Some(s) = &sigfd {
+            fds.push(libc::pollfd {
+                fd: s.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+            roles.push(Role::Signal);
+        }
+        let timeout_ms = if exited_at.is_some() || outer_pidfd.is_none() {
+            100
+        } else {
+            -1
+        };
+        // SAFETY: fds is a valid array of pollfd of the given length.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+        if n < 0 && errno() != libc::EINTR {
+            break;
+        }
+        if outer_pidfd.is_none() && exited_at.is_none() {
+            if let Some(st) = try_wait(spawned.outer_pid) {
+                status = st;
+                exited_at = Some(Instant::now());
+            }
+        }
+        for (pfd, role) in fds.iter().zip(roles.iter()) {
+            if pfd.revents == 0 {
+                continue;
+            }
+            match *role {
+                Role::Read(i) => {
+                    let p = &mut pumps[i];
+                    let r = read_fd(p.src, &mut p.buf[p.end..]);
+                    if r > 0 {
+                        p.end += r as usize;
+                        p.count += r as u64;
+                    } else if r == 0 || (errno() != libc::EAGAIN && errno() != libc::EINTR) {
+                        // EOF; EIO on a pty master means the last holder of
+                        // the terminal closed it.
+                        p.src_eof = true;
+                    }
+                }
+                Role::Write(i) => {
+                    let p = &mut pumps[i];
+                    let w = write_fd(p.dst, &p.buf[p.start..p.end]);
+                    if w > 0 {
+                        p.start += w as usize;
+                        if p.start == p.end {
+                            p.start = 0;
+                            p.end = 0;
+                        }
+                    } else if w < 0 && errno() != libc::EAGAIN && errno() != libc::EINTR {
+                        p.dst_done = true;
+                        if p.dst == 1 || p.dst == 2 {
+                            reason.get_or_insert(EndReason::ClientDisconnect);
+                        }
+                    }
+                }
+                Role::ClientOut => {
+                    if pfd.revents & (libc::POLLERR | libc::POLLHUP) != 0 {
+                        reason.get_or_insert(EndReason::ClientDisconnect);
+                        for p in pumps.iter_mut().filter(|p| p.dst == 1) {
+                            p.dst_done = true;
+                        }
+                    }
+                }
+                Role::Child => {
+                    if let Some(st) = try_wait(spawned.outer_pid) {
+                        status = st;
+                        exited_at = Some(Instant::now());
+                    }
+                }
+                Role::Init => {
+                    reason.get_or_insert(EndReason::InstanceStopped);
+                }
+                Role::Signal => {
+                    if let Some(s) = &sigfd {
+                        for sig in drain_signals(s) {
+                            if sig == libc::SIGWINCH {
+                                if let Some(m) = master_fd {
+                                    copy_window_size(0, m);
+                                }
+                            } else if sig != libc::SIGPIPE {
+                                reason.get_or_insert(EndReason::Signal);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // Pass EOF on to the session's stdin once everything was written.
+        for p in pumps.iter_mut() {
+            if p.close_dst_on_eof && p.src_eof && !p.pending() && !p.dst_done {
+                p.dst_done = true;
+                if let Some(pos) = owned.iter().position(|o| o.as_raw_fd() == p.dst) {
+                    drop(owned.remove(pos));
+                }
+            }
+        }
+        // A stdin that reached EOF is no reason to stop reading outputs,
+        // but a pty whose client side is gone is.
+        if master_fd.is_some() && pumps[0].src_eof && reason.is_none() && exited_at.is_none() {
+            reason = Some(EndReason::ClientDisconnect);
+        }
+        if let Some(r) = reason {
+            if r != EndReason::Exit && exited_at.is_none() && !killed {
+                kill_session(spawned.inner_pid, libc::SIGHUP);
+                kill_session(spawned.inner_pid, libc::SIGKILL);
+                // SAFETY: killing our own outer child.
+                unsafe { libc::kill(spawned.outer_pid, libc::SIGKILL) };
+                killed = true;
+            }
+        }
+    }
+    if exited_at.is_none() {
+        status = wait_blocking(spawned.outer_pid);
+    }
+    if !killed {
+        kill_session(spawned.inner_pid, libc::SIGKILL);
+    }
+    drop(raw);
+    for (fd, flags) in saved_flags {
+        if flags >= 0 {
+            // SAFETY: restoring flags we read from this fd.
+            unsafe { libc::fcntl(fd, libc::F_SETFL, flags) };
+        }
+    }
+    let bytes_in = pumps.first().map(|p| p.count).unwrap_or(0);
+    let bytes_out = pumps.iter().skip(1).map(|p| p.count).sum();
+    Outcome {
+        reason: reason.unwrap_or(EndReason::Exit),
+        status,
+        bytes_in,
+        bytes_out,
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Role {
+    Read(usize),
+    Write(usize),
+    ClientOut,
+    Child,
+    Init,
+    Signal,
+}
+
+fn decode(st: libc::c_int) -> ExitStatus {
+    if libc::WIFEXITED(st) {
+        ExitStatus::Code(libc::WEXITSTATUS(st))
+    } else if libc::WIFSIGNALED(st) {
+        ExitStatus::Signal(libc::WTERMSIG(st))
+    } else {
+        ExitStatus::Unknown
+    }
+}
+
+fn try_wait(pid: i32) -> Option<ExitStatus> {
+    let mut st = 0;
+    // SAFETY: non-blocking wait for our own child.
+    let r = unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG) };
+    (r == pid).then(|| decode(st))
+}
+
+fn wait_blocking(pid: i32) -> ExitStatus {
+    let mut st = 0;
+    loop {
+        // SAFETY: blocking wait for our own child.
+        let r = unsafe { libc::waitpid(pid, &mut st, 0) };
+        if r == pid {
+            return decode(st);
+        }
+        if r < 0 && errno() != libc::EINTR {
+            return ExitStatus::Unknown;
+        }
+    }
+}
+
+fn drain_signals(fd: &OwnedFd) -> Vec<i32> {
+    let mut out = Vec::new();
+    loop {
+        // SAFETY: signalfd_siginfo is plain data, read fills it whole.
+        let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+        let size = std::mem::size_of::<libc::signalfd_siginfo>();
+        // SAFETY: info is valid for `size` bytes.
+        let r = unsafe {
+            libc::read(
+                fd.as_raw_fd(),
+                (&mut info as *mut libc::signalfd_siginfo).cast(),
+                size,
+            )
+        };
+        if r != size as isize {
+            break;
+        }
+        out.push(info.ssi_signo as i32);
+    }
+    out
+}
+
+/// Ends the supervisor like the session ended: same exit code, or the same
+/// signal re-raised (so sshd reports exit-signal to the client).
+pub fn exit_like(status: ExitStatus, fallback: i32) -> ! {
+    if let ExitStatus::Signal(sig) = status {
+        crate::enter::reraise(sig);
+    }
+    let code = match status {
+        ExitStatus::Code(c) => c,
+        _ => fallback,
+    };
+    std::process::exit(code)
+}
