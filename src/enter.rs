@@ -537,6 +537,12 @@ fn outer_child(
     let _ = status.write_all(format!("P{inner}\n").as_bytes());
     drop(child_io);
     drop(pty_sock);
+    // The outer process needs none of sshd's stdio: holding it would keep
+    // the client's channel open after the supervisor is gone.
+    for fd in 0..3 {
+        // SAFETY: closing our own standard fds; nothing uses them after this.
+        unsafe { libc::close(fd) };
+    }
     // Wait for the inner process and pass its fate up unchanged.
     let mut st = 0;
     loop {

@@ -424,6 +424,9 @@ pub fn run(spawned: Spawned, init_pidfd: &OwnedFd) -> Outcome {
                                 if let Some(m) = master_fd {
                                     copy_window_size(0, m);
                                 }
+                            } else if sig == libc::SIGHUP {
+                                // The terminal hung up: sshd lost the client.
+                                reason.get_or_insert(EndReason::ClientDisconnect);
                             } else if sig != libc::SIGPIPE {
                                 reason.get_or_insert(EndReason::Signal);
                             }
