@@ -59,7 +59,7 @@ fn main() {
     let cfg = match Config::load(Path::new(DEFAULT_PATH)) {
         Ok(c) => c,
         Err(e) => {
-            let log = Logger::new("porthole-shell", Path::new("/dev/log"));
+            let log = Logger::syslog_only("porthole-shell", Path::new("/dev/log"));
             log.emit(
                 &porthole::log::Event::new("session.rejected", porthole::log::Severity::Error)
                     .field("reason", "config")
@@ -69,6 +69,6 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let log = Logger::new("porthole-shell", &cfg.log.socket);
+    let log = Logger::syslog_only("porthole-shell", &cfg.log.socket);
     std::process::exit(session::run(&cfg, &log, &handover));
 }

@@ -73,6 +73,9 @@ impl Event {
 pub struct Logger {
     ident: &'static str,
     socket: Option<UnixDatagram>,
+    /// Whether lines that cannot reach syslog go to stderr. Off for the
+    /// session shell, whose stderr is the developer's terminal.
+    stderr_fallback: bool,
 }
 
 impl Logger {
@@ -81,7 +84,20 @@ impl Logger {
         let socket = UnixDatagram::unbound()
             .and_then(|s| s.connect(socket_path).map(|()| s))
             .ok();
-        Logger { ident, socket }
+        Logger {
+            ident,
+            socket,
+            stderr_fallback: true,
+        }
+    }
+
+    /// Like `new`, but lines that cannot be delivered are dropped instead
+    /// of shown on stderr (`porthole doctor` reports a missing socket).
+    pub fn syslog_only(ident: &'static str, socket_path: &Path) -> Logger {
+        Logger {
+            stderr_fallback: false,
+            ..Logger::new(ident, socket_path)
+        }
     }
 
     /// A logger that writes to stderr only (before the config is known).
@@ -89,6 +105,7 @@ impl Logger {
         Logger {
             ident,
             socket: None,
+            stderr_fallback: true,
         }
     }
 
@@ -115,7 +132,9 @@ impl Logger {
                 return;
             }
         }
-        eprintln!("{}[{pid}]: {body}", self.ident);
+        if self.stderr_fallback {
+            eprintln!("{}[{pid}]: {body}", self.ident);
+        }
     }
 }
 
