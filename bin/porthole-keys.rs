@@ -1,1 +1,85 @@
-fn main() {}
+//! porthole-keys: sshd's AuthorizedKeysCommand (`%u %f %t %k`), run as the
+//! unprivileged `porthole` user. Prints the authorized_keys line of the
+//! offered key when the control plane lists it for the service.
+
+use clap::Parser;
+use porthole::config::{Config, DEFAULT_PATH};
+use porthole::hook::{self, Call};
+use porthole::log::{Event, Logger, Severity};
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(
+    name = "porthole-keys",
+    version,
+    about = "sshd AuthorizedKeysCommand for porthole service logins"
+)]
+struct Args {
+    /// Configuration file.
+    #[arg(long, default_value = DEFAULT_PATH)]
+    config: PathBuf,
+    /// Login name (%u).
+    user: String,
+    /// Fingerprint of the offered key (%f).
+    fingerprint: Option<String>,
+    /// Type of the offered key (%t).
+    key_type: Option<String>,
+    /// Base64 of the offered key (%k).
+    key: Option<String>,
+}
+
+fn main() {
+    let started = Instant::now();
+    let args = Args::parse();
+    // The name is checked before the config is read or the disk touched.
+    if porthole::names::Target::parse(&args.user).is_none() {
+        Logger::new("porthole-keys", std::path::Path::new("/dev/log")).emit(
+            &Event::new("keys.decision", Severity::Notice)
+                .field("user", args.user.as_str())
+                .field("outcome", "refused")
+                .field("reason", "not a service or instance name"),
+        );
+        std::process::exit(1);
+    }
+    let cfg = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            Logger::new("porthole-keys", std::path::Path::new("/dev/log")).emit(
+                &Event::new("keys.decision", Severity::Error)
+                    .field("user", args.user.as_str())
+                    .field("outcome", "refused")
+                    .field("reason", e.to_string()),
+            );
+            std::process::exit(1);
+        }
+    };
+    // Backstop: sshd has no timeout for us. Whatever happens, we are gone
+    // one second after the budget (SIGALRM's default action ends us).
+    let secs = cfg.control_plane.timeout_ms.div_ceil(1000) + 1;
+    // SAFETY: alarm only arms a timer.
+    unsafe { libc::alarm(u32::try_from(secs).unwrap_or(61)) };
+    let log = Logger::new("porthole-keys", &cfg.log.socket);
+    let call = Call {
+        user: args.user,
+        fingerprint: args.fingerprint,
+        key_type: args.key_type,
+        key_base64: args.key,
+    };
+    let lines = hook::run(&cfg, &log, &call, started);
+    let mut out = std::io::stdout().lock();
+    let mut text = String::new();
+    for l in &lines {
+        text.push_str(l);
+        text.push('\n');
+    }
+    if out
+        .write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .is_err()
+        || lines.is_empty()
+    {
+        std::process::exit(1);
+    }
+}

@@ -17,6 +17,8 @@ pub mod time;
 
 #[cfg(feature = "http")]
 pub mod fetch;
+#[cfg(feature = "http")]
+pub mod hook;
 
 pub mod container;
 pub mod enter;

@@ -1,0 +1,271 @@
+//! The keys hook's decision for one sshd call: which answer to trust
+//! (fresh cache, control plane, stale cache, nothing) and which lines to
+//! print, with one audit event for the admin.
+//!
+//! sshd calls this for every key a client offers, at least twice per
+//! login, and waits without a timeout of its own, so the common path is a
+//! cache read and the slow path is bounded by one deadline.
+
+use crate::api::ServiceDoc;
+use crate::cache::{self, CachedAnswer, Freshness};
+use crate::config::Config;
+use crate::fetch::{self, FetchError, FetchOutcome};
+use crate::keys;
+use crate::log::{elapsed_ms, Event, Logger, Severity};
+use crate::names::Target;
+use std::time::{Duration, Instant};
+
+/// What sshd passed: `%u %f %t %k`.
+#[derive(Debug, Clone, Default)]
+pub struct Call {
+    pub user: String,
+    pub fingerprint: Option<String>,
+    pub key_type: Option<String>,
+    pub key_base64: Option<String>,
+}
+
+/// Where the answer came from (the `source` field of the audit event).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Api,
+    Cache,
+    StaleCache,
+    Negative,
+    None,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Api => "api",
+            Source::Cache => "cache",
+            Source::StaleCache => "stale-cache",
+            Source::Negative => "negative",
+            Source::None => "none",
+        }
+    }
+}
+
+/// The answer in force, or why there is none.
+enum Answer {
+    Doc(ServiceDoc, Source),
+    NoService(Source),
+    Refused(String, Severity),
+}
+
+/// Runs one call; returns the lines to print (empty: sshd denies).
+pub fn run(cfg: &Config, log: &Logger, call: &Call, started: Instant) -> Vec<String> {
+    let Some(target) = Target::parse(&call.user) else {
+        log.emit(
+            &Event::new("keys.decision", Severity::Notice)
+                .field("user", call.user.as_str())
+                .field("outcome", "refused")
+                .field("reason", "not a service or instance name")
+                .field("ms", elapsed_ms(started)),
+        );
+        return Vec::new();
+    };
+    let budget = Duration::from_millis(cfg.control_plane.timeout_ms);
+    let deadline = started + budget;
+    let answer = decide(cfg, log, &target, deadline);
+    let now = crate::time::now_unix();
+    let base = Event::new("keys.decision", Severity::Info)
+        .field("service", target.service.as_str())
+        .opt(
+            "instance",
+            target
+                .slug
+                .as_ref()
+                .map(|s| target.service.instance_name(s)),
+        )
+        .opt("fingerprint", call.fingerprint.clone())
+        .opt("key_type", call.key_type.clone());
+    let (doc, source) = match answer {
+        Answer::Doc(doc, source) => (doc, source),
+        Answer::NoService(source) => {
+            log.emit(
+                &base
+                    .field("source", source.as_str())
+                    .field("outcome", "refused")
+                    .field("reason", "no such service")
+                    .field("ms", elapsed_ms(started)),
+            );
+            return Vec::new();
+        }
+        Answer::Refused(reason, severity) => {
+            let mut e = base
+                .field("source", Source::None.as_str())
+                .field("outcome", "refused")
+                .field("reason", reason)
+                .field("ms", elapsed_ms(started));
+            e.severity = severity;
+            log.emit(&e);
+            return Vec::new();
+        }
+    };
+    let checked = keys::check_all(&doc, now);
+    if source == Source::Api {
+        for c in checked.iter().filter(|c| c.result.is_err()) {
+            if let Err(why) = &c.result {
+                log.emit(
+                    &Event::new("keys.skipped", Severity::Warning)
+                        .field("service", target.service.as_str())
+                        .field("index", c.index)
+                        .opt("owner", c.entry.map(|e| e.owner.clone()))
+                        .opt("name", c.entry.and_then(|e| e.name.clone()))
+                        .field("reason", why.to_string()),
+                );
+            }
+        }
+    }
+    let offered = match (&call.key_type, &call.key_base64) {
+        (Some(t), Some(k)) if !t.is_empty() && !k.is_empty() => Some((t.as_str(), k.as_str())),
+        _ => None,
+    };
+    let mut lines = Vec::new();
+    let mut owner = None;
+    for c in &checked {
+        let Ok((key, line)) = &c.result else { continue };
+        match offered {
+            Some((t, k)) if key.algorithm != t || key.base64 != k => continue,
+            Some(_) => owner = c.entry.map(|e| e.owner.clone()),
+            None => {}
+        }
+        lines.push(line.clone());
+    }
+    let outcome = if lines.is_empty() {
+        "no-match"
+    } else {
+        "accepted"
+    };
+    log.emit(
+        &base
+            .opt("owner", owner)
+            .field("source", source.as_str())
+            .field("outcome", outcome)
+            .field("lines", lines.len())
+            .field("ms", elapsed_ms(started)),
+    );
+    lines
+}
+
+fn read_cache(cfg: &Config, log: &Logger, target: &Target) -> Option<CachedAnswer> {
+    match cache::read(&cfg.cache.dir, &target.service, None) {
+        Ok(a) => a,
+        Err(e) => {
+            log.emit(
+                &Event::new("keys.cache_error", Severity::Warning)
+                    .field("service", target.service.as_str())
+                    .field("error", e.to_string()),
+            );
+            None
+        }
+    }
+}
+
+fn from_cache(a: CachedAnswer, source: Source) -> Answer {
+    match a.doc {
+        Some(d) => Answer::Doc(d, source),
+        None => Answer::NoService(Source::Negative),
+    }
+}
+
+fn decide(cfg: &Config, log: &Logger, target: &Target, deadline: Instant) -> Answer {
+    let now = crate::time::now_unix();
+    let cached = read_cache(cfg, log, target);
+    if let Some(a) = cached
+        .as_ref()
+        .filter(|a| cache::freshness(a, now, &cfg.cache) == Freshness::Fresh)
+    {
+        return from_cache(a.clone(), Source::Cache);
+    }
+    // Leave a sliver of the budget for serving the stale answer after a
+    // control plane that used all of it.
+    let fetch_deadline = deadline
+        .checked_sub(Duration::from_millis(50))
+        .unwrap_or(deadline);
+    let lock = match cache::lock(&cfg.cache.dir, &target.service, fetch_deadline) {
+        Ok(l) => l,
+        Err(e) => {
+            log.emit(
+                &Event::new("keys.cache_error", Severity::Warning)
+                    .field("service", target.service.as_str())
+                    .field("error", e.to_string()),
+            );
+            None
+        }
+    };
+    // Whoever held the lock before us may have refreshed the answer.
+    let cached = if lock.is_some() {
+        read_cache(cfg, log, target).or(cached)
+    } else {
+        cached
+    };
+    let now = crate::time::now_unix();
+    if let Some(a) = cached
+        .as_ref()
+        .filter(|a| cache::freshness(a, now, &cfg.cache) == Freshness::Fresh)
+    {
+        return from_cache(a.clone(), Source::Cache);
+    }
+    let stale = cached.filter(|a| cache::freshness(a, now, &cfg.cache) == Freshness::Stale);
+    if lock.is_none() {
+        // Another process is still asking and our budget is gone.
+        return match stale {
+            Some(a) => from_cache(a, Source::StaleCache),
+            None => Answer::Refused(
+                "control plane answer pending in another login; budget exhausted".into(),
+                Severity::Warning,
+            ),
+        };
+    }
+    let fetched = fetch::fetch(&cfg.control_plane, &target.service, fetch_deadline);
+    let failure = match fetched {
+        Ok(FetchOutcome::Found(body)) => match serde_json::from_slice::<serde_json::Value>(&body)
+            .map_err(|e| crate::api::DocError::Malformed(e.to_string()))
+            .and_then(|v| ServiceDoc::from_value(v.clone(), &target.service).map(|d| (v, d)))
+        {
+            Ok((value, doc)) => {
+                write_cache(cfg, log, target, Some(&value));
+                return Answer::Doc(doc, Source::Api);
+            }
+            Err(e) => e.to_string(),
+        },
+        Ok(FetchOutcome::NotFound) => {
+            write_cache(cfg, log, target, None);
+            return Answer::NoService(Source::Api);
+        }
+        Err(FetchError::Unauthorized(s)) => {
+            return Answer::Refused(FetchError::Unauthorized(s).to_string(), Severity::Error);
+        }
+        Err(e @ FetchError::Config(_)) => return Answer::Refused(e.to_string(), Severity::Error),
+        Err(FetchError::Unavailable(m)) => format!("control plane unavailable: {m}"),
+    };
+    match stale {
+        Some(a) => {
+            log.emit(
+                &Event::new("keys.control_plane_error", Severity::Warning)
+                    .field("service", target.service.as_str())
+                    .field("error", failure)
+                    .field("serving", "stale-cache"),
+            );
+            from_cache(a, Source::StaleCache)
+        }
+        None => Answer::Refused(failure, Severity::Error),
+    }
+}
+
+fn write_cache(cfg: &Config, log: &Logger, target: &Target, body: Option<&serde_json::Value>) {
+    if let Err(e) = cache::write(
+        &cfg.cache.dir,
+        &target.service,
+        crate::time::now_unix(),
+        body,
+    ) {
+        log.emit(
+            &Event::new("keys.cache_error", Severity::Warning)
+                .field("service", target.service.as_str())
+                .field("error", e.to_string()),
+        );
+    }
+}
