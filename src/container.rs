@@ -255,8 +255,14 @@ pub fn open_in_root(root: &OwnedFd, path: &str, flags: i32) -> std::io::Result<F
     }
     const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
     const RESOLVE_IN_ROOT: u64 = 0x10;
+    // openat2, unlike open, refuses flags that mean nothing with O_PATH.
+    let extra = if flags & libc::O_PATH != 0 {
+        libc::O_CLOEXEC
+    } else {
+        libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK
+    };
     let how = OpenHow {
-        flags: (flags | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK) as u64,
+        flags: (flags | extra) as u64,
         mode: 0,
         resolve: RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
     };
@@ -508,5 +514,16 @@ evil:x:1000:1000::/home/ev\x1bil:/bin/sh\napp:x:1000:1000:App:/home/app:/bin/sh\
         assert!(read_in_root(&root, "/etc/up", 100).is_err());
         assert!(!usable_shell(&root, "/bin/sh"));
         assert!(!usable_shell(&root, "/usr/sbin/nologin"));
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir(dir.path().join("bin")).unwrap();
+        std::fs::write(dir.path().join("bin/busybox"), "").unwrap();
+        std::fs::set_permissions(dir.path().join("bin/busybox"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::symlink("busybox", dir.path().join("bin/sh")).unwrap();
+        std::os::unix::fs::symlink("/bin/busybox", dir.path().join("bin/ash")).unwrap();
+        std::fs::write(dir.path().join("bin/data"), "").unwrap();
+        assert!(usable_shell(&root, "/bin/sh"), "relative symlink inside the root");
+        assert!(usable_shell(&root, "/bin/ash"), "absolute symlink resolved in the root");
+        assert!(!usable_shell(&root, "/bin/data"), "not executable");
+        assert!(!usable_shell(&root, "bin/sh"), "relative path");
     }
 }
