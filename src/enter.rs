@@ -290,7 +290,7 @@ pub fn spawn(pinned: &Pinned, plan: &Plan) -> Result<Spawned, EnterError> {
         drop(status_r);
         drop(pty_sock_parent);
         drop(parent_io);
-        let mut status = File::from(status_w);
+        let mut status = Some(File::from(status_w));
         let code = match outer_child(
             pinned,
             plan,
@@ -301,7 +301,9 @@ pub fn spawn(pinned: &Pinned, plan: &Plan) -> Result<Spawned, EnterError> {
         ) {
             Ok(code) => code,
             Err(msg) => {
-                let _ = status.write_all(format!("E{msg}\n").as_bytes());
+                if let Some(s) = status.as_mut() {
+                    let _ = s.write_all(format!("E{msg}\n").as_bytes());
+                }
                 125
             }
         };
@@ -480,7 +482,7 @@ fn outer_child(
     pinned: &Pinned,
     plan: &Plan,
     supervisor: i32,
-    status: &mut File,
+    status: &mut Option<File>,
     child_io: Option<[OwnedFd; 3]>,
     pty_sock: OwnedFd,
 ) -> Result<i32, String> {
@@ -530,11 +532,17 @@ fn outer_child(
     }
     if inner == 0 {
         let err = inner_child(plan, child_io, &pty_sock).unwrap_or_else(|e| e);
-        let _ = status.write_all(format!("E{err}\n").as_bytes());
+        if let Some(s) = status.as_mut() {
+            let _ = s.write_all(format!("E{err}\n").as_bytes());
+        }
         // SAFETY: _exit never returns.
         unsafe { libc::_exit(126) }
     }
-    let _ = status.write_all(format!("P{inner}\n").as_bytes());
+    // Report the inner pid and close our end: the supervisor reads until
+    // every writer is gone (we closed it, the inner process exec'd).
+    if let Some(mut s) = status.take() {
+        let _ = s.write_all(format!("P{inner}\n").as_bytes());
+    }
     drop(child_io);
     drop(pty_sock);
     // The outer process needs none of sshd's stdio: holding it would keep
