@@ -517,12 +517,22 @@ evil:x:1000:1000::/home/ev\x1bil:/bin/sh\napp:x:1000:1000:App:/home/app:/bin/sh\
         use std::os::unix::fs::PermissionsExt;
         std::fs::create_dir(dir.path().join("bin")).unwrap();
         std::fs::write(dir.path().join("bin/busybox"), "").unwrap();
-        std::fs::set_permissions(dir.path().join("bin/busybox"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(
+            dir.path().join("bin/busybox"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
         std::os::unix::fs::symlink("busybox", dir.path().join("bin/sh")).unwrap();
         std::os::unix::fs::symlink("/bin/busybox", dir.path().join("bin/ash")).unwrap();
         std::fs::write(dir.path().join("bin/data"), "").unwrap();
-        assert!(usable_shell(&root, "/bin/sh"), "relative symlink inside the root");
-        assert!(usable_shell(&root, "/bin/ash"), "absolute symlink resolved in the root");
+        assert!(
+            usable_shell(&root, "/bin/sh"),
+            "relative symlink inside the root"
+        );
+        assert!(
+            usable_shell(&root, "/bin/ash"),
+            "absolute symlink resolved in the root"
+        );
         assert!(!usable_shell(&root, "/bin/data"), "not executable");
         assert!(!usable_shell(&root, "bin/sh"), "relative path");
     }

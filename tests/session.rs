@@ -40,9 +40,10 @@ impl World {
     }
 
     fn service_of_type(&self, svc: &str, kind: &str, plan: &str) {
-        self.host
-            .control_plane()
-            .set_body(svc, &v1_body(svc, kind, plan, &[KeySpec::new(&self.key, OWNER)]));
+        self.host.control_plane().set_body(
+            svc,
+            &v1_body(svc, kind, plan, &[KeySpec::new(&self.key, OWNER)]),
+        );
     }
 
     fn session_start(&self, instance: &str) -> LogEvent {
@@ -100,15 +101,31 @@ fn random_choice_reaches_every_instance() {
 #[test]
 fn annotated_container_with_an_arbitrary_id_is_found() {
     let w = world();
-    let _i = Instance::start(&w.host, "srv-web1", "zz9zz", InstanceOpts::default().id("0f3a9c"));
-    assert_eq!(ok(&w.ssh("srv-web1-zz9zz", &["hostname"])).trim(), "srv-web1-zz9zz");
+    let _i = Instance::start(
+        &w.host,
+        "srv-web1",
+        "zz9zz",
+        InstanceOpts::default().id("0f3a9c"),
+    );
+    assert_eq!(
+        ok(&w.ssh("srv-web1-zz9zz", &["hostname"])).trim(),
+        "srv-web1-zz9zz"
+    );
 }
 
 #[test]
 fn container_id_convention_without_annotations_is_found() {
     let w = world();
-    let _i = Instance::start(&w.host, "srv-web2", "qqqqq", InstanceOpts::default().no_annotations());
-    assert_eq!(ok(&w.ssh("srv-web2", &["hostname"])).trim(), "srv-web2-qqqqq");
+    let _i = Instance::start(
+        &w.host,
+        "srv-web2",
+        "qqqqq",
+        InstanceOpts::default().no_annotations(),
+    );
+    assert_eq!(
+        ok(&w.ssh("srv-web2", &["hostname"])).trim(),
+        "srv-web2-qqqqq"
+    );
 }
 
 // ----- the user's world -----------------------------------------------------
@@ -122,21 +139,41 @@ fn non_root_user_gets_its_uid_home_and_environment() {
         &["id -u; id -g; pwd; echo $HOME $USER $LOGNAME $SHELL; echo $DATABASE_URL"],
     ));
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines, ["1000", "1000", "/home/app", "/home/app app app /bin/sh", "postgres://demo"]);
+    assert_eq!(
+        lines,
+        [
+            "1000",
+            "1000",
+            "/home/app",
+            "/home/app app app /bin/sh",
+            "postgres://demo"
+        ]
+    );
 }
 
 #[test]
 fn root_user_is_root_in_the_container_only() {
     let w = world();
-    let i = Instance::start(&w.host, "srv-web1", "aaaaa", InstanceOpts::default().root_user());
-    let out = ok(&w.ssh("srv-web1-aaaaa", &["id -u; echo $HOME; grep CapBnd /proc/self/status"]));
+    let i = Instance::start(
+        &w.host,
+        "srv-web1",
+        "aaaaa",
+        InstanceOpts::default().root_user(),
+    );
+    let out = ok(&w.ssh(
+        "srv-web1-aaaaa",
+        &["id -u; echo $HOME; grep CapBnd /proc/self/status"],
+    ));
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], "0");
     assert_eq!(lines[1], "/root");
     // The bounding set is the container init's, not the host's full set.
     let init = std::fs::read_to_string(format!("/proc/{}/status", i.init_pid())).unwrap();
     let init_bnd = init.lines().find(|l| l.starts_with("CapBnd")).unwrap();
-    assert_eq!(lines[2].split_whitespace().nth(1), init_bnd.split_whitespace().nth(1));
+    assert_eq!(
+        lines[2].split_whitespace().nth(1),
+        init_bnd.split_whitespace().nth(1)
+    );
 }
 
 #[test]
@@ -148,14 +185,18 @@ fn environment_is_the_containers_not_the_hosts() {
         "aaaaa",
         app(InstanceOpts::default()).env("APP_SECRET_NAME=billing"),
     );
-    let out = ok(&w.cmd("srv-web1-aaaaa")
+    let out = ok(&w
+        .cmd("srv-web1-aaaaa")
         .option("SetEnv=LD_PRELOAD=/evil.so")
         .args(&["env"])
         .run());
     assert!(out.contains("APP_SECRET_NAME=billing"), "{out}");
     assert!(out.contains("DATABASE_URL=postgres://demo"), "{out}");
     for leaked in ["SSH_", "LD_PRELOAD", "porthole", "MAIL="] {
-        assert!(!out.contains(leaked), "{leaked} leaked into the session:\n{out}");
+        assert!(
+            !out.contains(leaked),
+            "{leaked} leaked into the session:\n{out}"
+        );
     }
 }
 
@@ -179,14 +220,22 @@ fn session_is_charged_to_the_instances_memory_cgroup() {
     let out = ok(&w.ssh("srv-web1-aaaaa", &["cat /proc/self/cgroup"]));
     let memory = out
         .lines()
-        .find_map(|l| l.splitn(3, ':').nth(1).filter(|c| c.split(',').any(|c| c == "memory")).map(|_| l))
+        .find_map(|l| {
+            l.splitn(3, ':')
+                .nth(1)
+                .filter(|c| c.split(',').any(|c| c == "memory"))
+                .map(|_| l)
+        })
         .map(|l| l.splitn(3, ':').nth(2).unwrap().to_owned());
     let init_memory = i.cgroup("memory");
     match init_memory {
         Some(m) => assert_eq!(memory.as_deref(), Some(m.as_str()), "{out}"),
         None => {
             // Pure cgroup v2 host.
-            let v2 = out.lines().find_map(|l| l.strip_prefix("0::")).map(str::to_owned);
+            let v2 = out
+                .lines()
+                .find_map(|l| l.strip_prefix("0::"))
+                .map(str::to_owned);
             assert_eq!(v2, i.cgroup(""), "{out}");
         }
     }
@@ -196,11 +245,17 @@ fn session_is_charged_to_the_instances_memory_cgroup() {
 fn only_the_sessions_stdio_is_open_inside() {
     let w = world();
     let _i = Instance::start(&w.host, "srv-web1", "aaaaa", app(InstanceOpts::default()));
-    let out = ok(&w.ssh("srv-web1-aaaaa", &["ls /proc/self/fd; readlink /proc/self/fd/0 /proc/self/fd/1 /proc/self/cwd /proc/self/root"]));
+    let out = ok(&w.ssh(
+        "srv-web1-aaaaa",
+        &["ls /proc/self/fd; for f in fd/0 fd/1 cwd root; do readlink /proc/self/$f; done"],
+    ));
     let lines: Vec<&str> = out.lines().collect();
     // 0, 1, 2 and the directory ls itself is reading.
     assert_eq!(&lines[..4], ["0", "1", "2", "3"], "{out}");
-    assert!(lines[4].starts_with("pipe:") && lines[5].starts_with("pipe:"), "{out}");
+    assert!(
+        lines[4].starts_with("pipe:") && lines[5].starts_with("pipe:"),
+        "{out}"
+    );
     assert_eq!(lines[6], "/home/app");
     assert_eq!(lines[7], "/");
 }
@@ -214,7 +269,10 @@ fn pty_session_gets_the_containers_own_terminal_and_resizes() {
     assert!(c.wait_for("MARK-42", WAIT), "screen:\n{}", c.screen());
     let screen = c.screen();
     assert!(screen.contains("24 80"), "{screen}");
-    assert!(screen.contains("/dev/pts/0"), "the container's devpts starts at 0:\n{screen}");
+    assert!(
+        screen.contains("/dev/pts/0"),
+        "the container's devpts starts at 0:\n{screen}"
+    );
     c.resize(50, 132);
     std::thread::sleep(Duration::from_millis(300));
     c.send("stty size; echo MARK-$((7*7))\n");
@@ -231,7 +289,11 @@ fn command_without_tty_has_none_and_with_t_has_one() {
     let _i = Instance::start(&w.host, "srv-web1", "aaaaa", app(InstanceOpts::default()));
     let r = w.ssh("srv-web1-aaaaa", &["tty"]);
     assert_eq!(r.stdout_str().trim(), "not a tty");
-    let r = w.cmd("srv-web1-aaaaa").tty(true).args(&["tty; echo $TERM"]).run();
+    let r = w
+        .cmd("srv-web1-aaaaa")
+        .tty(true)
+        .args(&["tty; echo $TERM"])
+        .run();
     assert!(r.stdout_str().contains("/dev/pts/"), "{}", r.describe());
 }
 
@@ -271,7 +333,11 @@ fn signal_death_passes_through() {
 fn stdin_eof_passes_through() {
     let w = world();
     let _i = Instance::start(&w.host, "srv-web1", "aaaaa", app(InstanceOpts::default()));
-    let r = w.cmd("srv-web1-aaaaa").stdin("one\ntwo\n").args(&["wc -l"]).run();
+    let r = w
+        .cmd("srv-web1-aaaaa")
+        .stdin("one\ntwo\n")
+        .args(&["wc -l"])
+        .run();
     assert_eq!(ok(&r).trim(), "2");
 }
 
@@ -319,7 +385,12 @@ fn sha256_hex(data: &[u8]) -> String {
     let writer = std::thread::spawn(move || stdin.write_all(&data).unwrap());
     let out = child.wait_with_output().unwrap();
     writer.join().unwrap();
-    String::from_utf8(out.stdout).unwrap().split_whitespace().next().unwrap().to_owned()
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
 }
 
 // ----- the instance or the client goes away ---------------------------------
@@ -328,7 +399,10 @@ fn sha256_hex(data: &[u8]) -> String {
 fn instance_stopping_closes_the_session_with_a_message() {
     let w = world();
     let i = Instance::start(&w.host, "srv-web1", "aaaaa", app(InstanceOpts::default()));
-    let child = w.cmd("srv-web1-aaaaa").args(&["echo started; sleep 300"]).spawn();
+    let child = w
+        .cmd("srv-web1-aaaaa")
+        .args(&["echo started; sleep 300"])
+        .spawn();
     w.session_start("srv-web1-aaaaa");
     let killed_at = Instant::now();
     let _ = common::container::runc(&w.host.runc_root(), &["kill", i.id(), "KILL"]);
@@ -353,14 +427,25 @@ fn client_killed_mid_command_leaves_nothing_in_the_container() {
     let w = world();
     let i = Instance::start(&w.host, "srv-web1", "aaaaa", app(InstanceOpts::default()));
     let before = i.pids().len();
-    let mut child = w.cmd("srv-web1-aaaaa").args(&["sleep 300 & sleep 301"]).spawn();
+    let mut child = w
+        .cmd("srv-web1-aaaaa")
+        .args(&["sleep 300 & sleep 301"])
+        .spawn();
     w.session_start("srv-web1-aaaaa");
     let grew = util::wait_for(WAIT, || (i.pids().len() >= before + 2).then_some(()));
-    assert!(grew.is_some(), "session processes never appeared: {:?}", i.pids());
+    assert!(
+        grew.is_some(),
+        "session processes never appeared: {:?}",
+        i.pids()
+    );
     child.kill().unwrap();
     let _ = child.wait();
     let gone = util::wait_for(WAIT, || (i.pids().len() == before).then_some(()));
-    assert!(gone.is_some(), "left in the container: {:?}", i.exec(&["ps"]));
+    assert!(
+        gone.is_some(),
+        "left in the container: {:?}",
+        i.exec(&["ps"])
+    );
     w.host.expect_event(
         "session.end client_disconnect",
         |e| e.name() == "session.end" && e.str("reason") == Some("client_disconnect"),
@@ -373,7 +458,11 @@ fn client_killed_mid_command_leaves_nothing_in_the_container() {
 fn refused(w: &World, user: &str, needle: &str) {
     let r = w.ssh(user, &["true"]);
     assert_eq!(r.code(), Some(1), "{}", r.describe());
-    assert!(r.stderr_str().contains(needle), "wanted {needle:?}:\n{}", r.describe());
+    assert!(
+        r.stderr_str().contains(needle),
+        "wanted {needle:?}:\n{}",
+        r.describe()
+    );
     w.host.expect_event(
         &format!("session.rejected for {user}"),
         |e| e.name() == "session.rejected" && e.str("user") == Some(user),
@@ -385,8 +474,18 @@ fn refused(w: &World, user: &str, needle: &str) {
 fn services_without_ssh_are_refused_with_a_sentence() {
     let w = world();
     let cases = [
-        ("srv-free1", "web_service", "free", "free web service; SSH needs a paid instance type"),
-        ("srv-cron1", "cron_job", "starter", "no SSH for cron jobs, use the dashboard shell"),
+        (
+            "srv-free1",
+            "web_service",
+            "free",
+            "free web service; SSH needs a paid instance type",
+        ),
+        (
+            "srv-cron1",
+            "cron_job",
+            "starter",
+            "no SSH for cron jobs, use the dashboard shell",
+        ),
         ("srv-site1", "static_site", "starter", "static site"),
         ("srv-pg1", "postgres", "pro", "datastore"),
         ("srv-kv1", "key_value", "pro", "datastore"),
@@ -403,7 +502,11 @@ fn services_without_ssh_are_refused_with_a_sentence() {
 #[test]
 fn missing_instances_are_explained() {
     let w = world();
-    refused(&w, "srv-web1", "srv-web1 has no running instance on this host");
+    refused(
+        &w,
+        "srv-web1",
+        "srv-web1 has no running instance on this host",
+    );
     let _a = Instance::start(&w.host, "srv-web1", "aaaaa", InstanceOpts::default());
     let _b = Instance::start(&w.host, "srv-web2", "bbbbb", InstanceOpts::default());
     refused(&w, "srv-web1-zzzzz", "running instances: srv-web1-aaaaa");
@@ -421,31 +524,86 @@ fn unusable_login_shell_falls_back_to_sh_with_a_notice() {
     );
     let r = w.ssh("srv-web1-aaaaa", &["echo hi"]);
     assert_eq!(ok(&r), "hi\n");
-    assert!(r.stderr_str().contains("login shell /usr/sbin/nologin is not usable; using /bin/sh"), "{}", r.describe());
+    assert!(
+        r.stderr_str()
+            .contains("login shell /usr/sbin/nologin is not usable; using /bin/sh"),
+        "{}",
+        r.describe()
+    );
 }
 
 #[test]
 fn sftp_without_a_server_in_the_image_is_explained() {
     let w = world();
     let _i = Instance::start(&w.host, "srv-web1", "aaaaa", app(InstanceOpts::default()));
-    let r = w.cmd("srv-web1-aaaaa").args(&["-s", "sftp"]).run();
-    assert!(!r.success());
-    assert!(r.stderr_str().contains("sftp is not available"), "{}", r.describe());
+    // The real sftp client asks for the "sftp" subsystem.
+    let out = util::run_with_timeout(
+        std::process::Command::new("sftp")
+            .args([
+                "-F",
+                "/dev/null",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+            ])
+            .args(["-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-b", "-"])
+            .arg("-i")
+            .arg(&w.key.path)
+            .arg("-P")
+            .arg(w.host.port().to_string())
+            .arg("srv-web1-aaaaa@127.0.0.1"),
+        Some(b"ls\n".to_vec()),
+        Duration::from_secs(30),
+    )
+    .output;
+    assert!(!out.status.success(), "{}", util::lossy(&out.stdout));
+    // sshd does not forward a subsystem's stderr, so the sentence reaches
+    // the admin's log; the client sees the connection close at once.
+    let e = w.host.expect_event(
+        "session.rejected no_sftp",
+        |e| e.name() == "session.rejected" && e.str("reason") == Some("no_sftp"),
+        WAIT,
+    );
+    let msg = e.str("message").unwrap();
+    assert!(
+        msg.contains("sftp is not available: instance srv-web1-aaaaa has no sftp-server"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn shell_refuses_to_run_outside_sshd() {
     let w = world();
     // As root (not the session account): refused before anything else.
-    let out = util::run(std::process::Command::new(w.host.bin_dir().join("porthole-shell")).env("USER", "srv-web1"));
-    assert_eq!(out.status.code(), Some(1));
-    assert!(util::lossy(&out.stderr).contains("not by root"), "{}", util::lossy(&out.stderr));
-    // As an unrelated uid: the mode (4750 root:porthole-session) keeps it out.
     let out = util::run(
-        std::process::Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(w.host.bin_dir().join("porthole-shell")),
+        std::process::Command::new(w.host.bin_dir().join("porthole-shell")).env("USER", "srv-web1"),
     );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        util::lossy(&out.stderr).contains("not by root"),
+        "{}",
+        util::lossy(&out.stderr)
+    );
+    // As an unrelated uid, inside the bastion's namespace (real config):
+    // the mode (4750 root:porthole-session) keeps it out, and where a kernel
+    // lets it run anyway the shell itself refuses any uid but the session
+    // account's before reading the cache or touching a container.
+    let bin = w.host.bin_dir().join("porthole-shell");
+    let out = w.host.in_ns(&[
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "env",
+        "USER=srv-web1",
+        bin.to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
-    assert!(util::lossy(&out.stderr).contains("Permission denied"), "{}", util::lossy(&out.stderr));
+    let err = util::lossy(&out.stderr);
+    assert!(
+        err.contains("Permission denied")
+            || err.contains("may only be run by sshd for the porthole-session account"),
+        "{err}"
+    );
 }
