@@ -46,14 +46,27 @@ done
 
 cleanup_cgroups() {
 	# runc's cgroups of the test container, if the inner cleanup did not run
-	local d
-	for d in /sys/fs/cgroup/*/"$CGROUP_PARENT" /sys/fs/cgroup/"$CGROUP_PARENT"; do
-		[ -d "$d" ] || continue
-		find "$d" -depth -type d -exec rmdir {} + 2>/dev/null || true
+	# (the PID namespace's processes may still be dying: retry a little)
+	local d try
+	for try in 1 2 3 4 5 6 7 8 9 10; do
+		for d in /sys/fs/cgroup/*/"$CGROUP_PARENT" /sys/fs/cgroup/"$CGROUP_PARENT"; do
+			[ -d "$d" ] || continue
+			find "$d" -depth -type d -exec rmdir {} + 2>/dev/null || true
+		done
+		compgen -G "/sys/fs/cgroup/*/$CGROUP_PARENT" >/dev/null || return 0
+		sleep 0.5
 	done
+	echo "package test: could not remove cgroups /sys/fs/cgroup/*/$CGROUP_PARENT" >&2
 }
+inner=
 cleanup() {
 	local rc=$?
+	if [ -n "$inner" ] && kill -0 "$inner" 2>/dev/null; then
+		# unshare blocks SIGTERM while it waits; --kill-child: the
+		# namespace's init, and so all of the namespace, dies with it
+		kill -KILL "$inner" 2>/dev/null || true
+		wait "$inner" 2>/dev/null || true
+	fi
 	cleanup_cgroups
 	if [ -d "$WORK/mnt" ]; then
 		rmdir "$WORK/mnt" 2>/dev/null || true
@@ -82,9 +95,9 @@ fi
 
 echo "== build"
 cd "$REPO"
-cargo build --release --workspace --locked
+cargo build --release --workspace
 cargo deb --no-build --output "$WORK/debs/"
-version=$(cargo metadata --no-deps --format-version 1 --locked |
+version=$(cargo metadata --no-deps --format-version 1 |
 	python3 -c 'import json,sys; print(next(p["version"] for p in json.load(sys.stdin)["packages"] if p["name"]=="porthole"))')
 # the "rebuilt package with a higher version" the upgrade step installs
 cargo deb --no-build --deb-revision 1+pkgtest2 --output "$WORK/debs/"
@@ -109,7 +122,14 @@ echo "ok - lintian: no errors or warnings beyond packaging/lintian-overrides"
 echo "== disposable root"
 mkdir -p "$WORK/mnt"
 cp "$REPO/tests/package/scenario.sh" "$WORK/"
-unshare --mount --pid --net --fork --mount-proc --propagation private \
-	"$REPO/tests/package/inside.sh" "$WORK" "$deb1" "$deb2" "$CGROUP_PARENT" "$so_has_soname"
-
+unshare --mount --pid --net --fork --kill-child --mount-proc --propagation private \
+	"$REPO/tests/package/inside.sh" "$WORK" "$deb1" "$deb2" "$CGROUP_PARENT" "$so_has_soname" &
+inner=$!
+rc=0
+wait "$inner" || rc=$?
+inner=
 echo "package test: took $(($(date +%s) - start)) s"
+if [ -f "$WORK/logs/summary" ]; then
+	echo "package: $(cat "$WORK/logs/summary")"
+fi
+exit $rc

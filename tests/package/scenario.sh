@@ -2,8 +2,9 @@
 # Stage 3 of the package test (see run.sh): runs inside the disposable root.
 # Installs, uses, upgrades, removes and purges the package, and checks the
 # host comes back byte for byte. Prints TAP-like lines and a closing
-#   package: N passed, N failed, N skipped
-# ("skipped" counts the "pending" checks of PORTHOLE_PKGTEST_INTEGRATION=report).
+#   scenario: N passed, N failed, N skipped
+# ("skipped" counts the "pending" checks of PORTHOLE_PKGTEST_INTEGRATION=report;
+# run.sh prints it last as "package: …").
 set -uo pipefail
 
 P=/tmp/pkgtest
@@ -78,7 +79,9 @@ cleanup() {
 	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
 	kill "$(cat /run/sshd.pid 2>/dev/null)" 2>/dev/null || true
 	wait 2>/dev/null
-	echo "package: $pass passed, $fail failed, $pend skipped"
+	# run.sh repeats this as its last line
+	echo "$pass passed, $fail failed, $pend skipped" >"$L/summary"
+	echo "scenario: $pass passed, $fail failed, $pend skipped"
 	[ $fail = 0 ]
 	exit $?
 }
