@@ -37,6 +37,15 @@ enum Command {
     },
     /// List the running instances porthole can see, per service.
     Instances,
+    /// Check the whole host setup and print a checklist with the fix for each failure.
+    Doctor {
+        /// sshd binary to ask for its effective configuration.
+        #[arg(long, default_value = "/usr/sbin/sshd")]
+        sshd: PathBuf,
+        /// sshd's main configuration file.
+        #[arg(long, default_value = "/etc/ssh/sshd_config")]
+        sshd_config: PathBuf,
+    },
 }
 
 fn main() -> Result<()> {
@@ -66,6 +75,27 @@ fn main() -> Result<()> {
             println!();
             for l in lines {
                 println!("{l}");
+            }
+        }
+        Command::Doctor { sshd, sshd_config } => {
+            let paths = porthole::doctor::Paths {
+                config: cli.config.clone(),
+                sshd,
+                sshd_config,
+                ..porthole::doctor::Paths::default()
+            };
+            let checks = porthole::doctor::run(&paths);
+            let failed = checks.iter().filter(|c| !c.ok).count();
+            for c in &checks {
+                println!(
+                    "[{}] {:<16} {}",
+                    if c.ok { " ok " } else { "FAIL" },
+                    c.name,
+                    c.detail
+                );
+            }
+            if failed > 0 {
+                bail!("{failed} check(s) failed");
             }
         }
         Command::Instances => {

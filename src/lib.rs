@@ -16,6 +16,8 @@ pub mod names;
 pub mod time;
 
 #[cfg(feature = "http")]
+pub mod doctor;
+#[cfg(feature = "http")]
 pub mod fetch;
 #[cfg(feature = "http")]
 pub mod hook;

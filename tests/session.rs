@@ -218,15 +218,15 @@ fn session_is_charged_to_the_instances_memory_cgroup() {
     let w = world();
     let i = Instance::start(&w.host, "srv-web1", "aaaaa", app(InstanceOpts::default()));
     let out = ok(&w.ssh("srv-web1-aaaaa", &["cat /proc/self/cgroup"]));
-    let memory = out
-        .lines()
-        .find_map(|l| {
-            l.splitn(3, ':')
-                .nth(1)
-                .filter(|c| c.split(',').any(|c| c == "memory"))
-                .map(|_| l)
-        })
-        .map(|l| l.splitn(3, ':').nth(2).unwrap().to_owned());
+    // `N:controllers:path` lines; the one whose controllers include memory.
+    let memory = out.lines().find_map(|l| {
+        let mut f = l.splitn(3, ':');
+        let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
+        ctrls
+            .split(',')
+            .any(|c| c == "memory")
+            .then(|| path.to_owned())
+    });
     let init_memory = i.cgroup("memory");
     match init_memory {
         Some(m) => assert_eq!(memory.as_deref(), Some(m.as_str()), "{out}"),

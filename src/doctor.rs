@@ -1,0 +1,400 @@
+//! `porthole doctor`: checks the whole host setup an admin is responsible
+//! for and says, for each broken piece, how to fix it. Every check looks
+//! at the real thing (NSS answers, sshd's effective config, file modes,
+//! the control plane), not at what the package meant to install.
+
+use crate::config::{Config, ConfigError};
+use crate::fetch::{self, FetchError, FetchOutcome};
+use crate::names::ServiceId;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// One line of the checklist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub name: String,
+    pub ok: bool,
+    /// What was found (ok) or what is wrong and how to fix it.
+    pub detail: String,
+}
+
+fn check(name: &str, ok: bool, detail: impl Into<String>) -> Check {
+    Check {
+        name: name.into(),
+        ok,
+        detail: detail.into(),
+    }
+}
+
+/// Where things are, overridable for tests of the doctor itself.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub config: PathBuf,
+    pub nsswitch: PathBuf,
+    pub sshd: PathBuf,
+    pub sshd_config: PathBuf,
+}
+
+impl Default for Paths {
+    fn default() -> Self {
+        Paths {
+            config: crate::config::DEFAULT_PATH.into(),
+            nsswitch: "/etc/nsswitch.conf".into(),
+            sshd: "/usr/sbin/sshd".into(),
+            sshd_config: "/etc/ssh/sshd_config".into(),
+        }
+    }
+}
+
+/// True when `db:` lists `porthole` after `files`.
+pub fn nsswitch_line_ok(text: &str, db: &str) -> bool {
+    text.lines().any(|l| {
+        let l = l.split('#').next().unwrap_or("");
+        let Some((k, v)) = l.split_once(':') else {
+            return false;
+        };
+        if k.trim() != db {
+            return false;
+        }
+        let words: Vec<&str> = v
+            .split_whitespace()
+            .filter(|w| !w.starts_with('['))
+            .collect();
+        match (
+            words.iter().position(|w| *w == "files"),
+            words.iter().position(|w| *w == "porthole"),
+        ) {
+            (Some(f), Some(p)) => f < p,
+            _ => false,
+        }
+    })
+}
+
+/// Runs every check.
+pub fn run(paths: &Paths) -> Vec<Check> {
+    let mut out = Vec::new();
+    let cfg = match Config::load(&paths.config) {
+        Ok(c) => {
+            out.push(check(
+                "configuration",
+                true,
+                format!("{} parses and is root-owned", paths.config.display()),
+            ));
+            c
+        }
+        Err(e) => {
+            let fix = match &e {
+                ConfigError::Unsafe { .. } => " (fix: chown root:root and chmod 0644)",
+                ConfigError::Missing(_) => " (fix: reinstall the package or restore the file)",
+                _ => "",
+            };
+            out.push(check("configuration", false, format!("{e}{fix}")));
+            Config::default()
+        }
+    };
+
+    match std::fs::read_to_string(&paths.nsswitch) {
+        Ok(text) => {
+            for db in ["passwd", "group"] {
+                let ok = nsswitch_line_ok(&text, db);
+                out.push(check(
+                    &format!("nsswitch {db}"),
+                    ok,
+                    if ok {
+                        format!("{db}: lists porthole after files")
+                    } else {
+                        format!(
+                            "add `porthole` after `files` on the {db}: line of {}",
+                            paths.nsswitch.display()
+                        )
+                    },
+                ));
+            }
+        }
+        Err(e) => out.push(check(
+            "nsswitch",
+            false,
+            format!("{}: {e}", paths.nsswitch.display()),
+        )),
+    }
+
+    let session = nix::unistd::User::from_name(&cfg.session.account)
+        .ok()
+        .flatten();
+    let keys_user = nix::unistd::User::from_name(&cfg.session.keys_user)
+        .ok()
+        .flatten();
+    out.push(check(
+        "session account",
+        session.is_some(),
+        match &session {
+            Some(u) => format!("{} is uid {} gid {}", cfg.session.account, u.uid, u.gid),
+            None => format!(
+                "{} does not exist (fix: reinstall the package)",
+                cfg.session.account
+            ),
+        },
+    ));
+    out.push(check(
+        "keys-hook user",
+        keys_user.is_some(),
+        match &keys_user {
+            Some(u) => format!("{} is uid {}", cfg.session.keys_user, u.uid),
+            None => format!(
+                "{} does not exist (fix: reinstall the package)",
+                cfg.session.keys_user
+            ),
+        },
+    ));
+    let probe = nix::unistd::User::from_name("srv-probe").ok().flatten();
+    let probe_ok = matches!((&probe, &session), (Some(p), Some(s)) if p.uid == s.uid);
+    out.push(check(
+        "NSS module",
+        probe_ok,
+        if probe_ok {
+            "getpwnam(srv-probe) answers with the session account".to_string()
+        } else {
+            "getpwnam(srv-probe) is not answered by libnss_porthole (check nsswitch.conf and that libnss_porthole.so.2 is installed)".to_string()
+        },
+    ));
+
+    let sshd_t = Command::new(&paths.sshd)
+        .arg("-T")
+        .arg("-f")
+        .arg(&paths.sshd_config)
+        .args(["-C", "user=srv-probe,host=localhost,addr=127.0.0.1"])
+        .output();
+    let mut shell_path = None;
+    match sshd_t {
+        Ok(o) if o.status.success() => {
+            let text = String::from_utf8_lossy(&o.stdout).into_owned();
+            let get = |k: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(k).and_then(|r| r.strip_prefix(' ')))
+                    .map(str::to_owned)
+            };
+            let akc = get("authorizedkeyscommand").unwrap_or_default();
+            let fc = get("forcecommand").unwrap_or_default();
+            shell_path = fc.split_whitespace().next().map(PathBuf::from);
+            let ok = akc.contains("porthole-keys")
+                && fc.contains("porthole-shell")
+                && get("disableforwarding").as_deref() == Some("yes")
+                && get("exposeauthinfo").as_deref() == Some("yes")
+                && get("authorizedkeyscommanduser").as_deref()
+                    == Some(cfg.session.keys_user.as_str());
+            out.push(check(
+                "sshd drop-in",
+                ok,
+                if ok {
+                    format!("srv-* logins use {akc} and {fc}")
+                } else {
+                    format!(
+                        "sshd -T for srv-probe shows authorizedkeyscommand {akc:?} and forcecommand {fc:?}: \
+                         another Match block or config takes precedence over 10-porthole.conf, or the drop-in is not included"
+                    )
+                },
+            ));
+        }
+        Ok(o) => out.push(check(
+            "sshd drop-in",
+            false,
+            format!(
+                "sshd -T failed: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+        )),
+        Err(e) => out.push(check(
+            "sshd drop-in",
+            false,
+            format!("cannot run {}: {e}", paths.sshd.display()),
+        )),
+    }
+
+    let shell_path =
+        shell_path.unwrap_or_else(|| PathBuf::from("/usr/lib/porthole/porthole-shell"));
+    out.push(shell_mode_check(
+        &shell_path,
+        session.as_ref().map(|s| s.gid.as_raw()),
+    ));
+
+    let deadline = Instant::now() + Duration::from_millis(cfg.control_plane.timeout_ms);
+    let probe_id = ServiceId::parse("srv-probe");
+    let cp = match probe_id {
+        Some(id) => match fetch::fetch(&cfg.control_plane, &id, deadline) {
+            Ok(FetchOutcome::Found(_)) | Ok(FetchOutcome::NotFound) => check(
+                "control plane",
+                true,
+                format!(
+                    "{} answers with this bastion's token",
+                    cfg.control_plane.url
+                ),
+            ),
+            Err(e @ FetchError::Unauthorized(_)) => check("control plane", false, e.to_string()),
+            Err(e) => check(
+                "control plane",
+                false,
+                format!("{e} ({})", cfg.control_plane.url),
+            ),
+        },
+        None => check("control plane", false, "internal: probe name"),
+    };
+    out.push(cp);
+
+    let readable: Vec<&PathBuf> = cfg
+        .runtime
+        .roots
+        .iter()
+        .filter(|r| std::fs::read_dir(r).is_ok())
+        .collect();
+    out.push(check(
+        "runtime roots",
+        !readable.is_empty(),
+        if readable.is_empty() {
+            "none of runtime.roots exists yet (no container has run on this host, or the roots are wrong)".to_string()
+        } else {
+            let n = crate::runtime::running_instances(
+                &cfg.runtime.roots,
+                &cfg.runtime.service_annotation,
+                &cfg.runtime.instance_annotation,
+            )
+            .map(|v| v.len())
+            .unwrap_or(0);
+            format!(
+                "{} readable, {n} running instance(s)",
+                readable.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+            )
+        },
+    ));
+
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let v2 = mountinfo.lines().any(|l| l.contains(" - cgroup2 "));
+    let v1_memory = mountinfo
+        .lines()
+        .any(|l| l.contains(" - cgroup ") && l.ends_with("memory"))
+        || mountinfo
+            .lines()
+            .any(|l| l.contains(" - cgroup ") && l.contains(",memory"));
+    out.push(check(
+        "cgroups",
+        v2 || v1_memory,
+        match (v1_memory, v2) {
+            (true, true) => "hybrid: memory on cgroup v1, cgroup v2 mounted too",
+            (true, false) => "cgroup v1 with a memory hierarchy",
+            (false, true) => "cgroup v2 (unified)",
+            (false, false) => "no memory cgroup found: sessions cannot be charged to instances",
+        },
+    ));
+
+    let cache_ok = std::fs::metadata(&cfg.cache.dir)
+        .map(|m| {
+            m.is_dir()
+                && keys_user
+                    .as_ref()
+                    .is_some_and(|u| m.uid() == u.uid.as_raw())
+        })
+        .unwrap_or(false);
+    out.push(check(
+        "cache",
+        cache_ok,
+        if cache_ok {
+            format!(
+                "{} is owned by {}",
+                cfg.cache.dir.display(),
+                cfg.session.keys_user
+            )
+        } else {
+            format!(
+                "{} must be a directory owned by {} (fix: install -d -o {} {})",
+                cfg.cache.dir.display(),
+                cfg.session.keys_user,
+                cfg.session.keys_user,
+                cfg.cache.dir.display()
+            )
+        },
+    ));
+    let log_ok = Path::new(&cfg.log.socket).exists();
+    out.push(check(
+        "syslog",
+        log_ok,
+        if log_ok {
+            format!("{} exists", cfg.log.socket.display())
+        } else {
+            format!(
+                "{} is missing: audit events are lost (install rsyslog or systemd-journald)",
+                cfg.log.socket.display()
+            )
+        },
+    ));
+    out
+}
+
+fn shell_mode_check(path: &Path, session_gid: Option<u32>) -> Check {
+    match std::fs::metadata(path) {
+        Ok(m) => {
+            let mode = m.mode() & 0o7777;
+            let ok = m.uid() == 0 && mode == 0o4750 && Some(m.gid()) == session_gid;
+            check(
+                "session shell",
+                ok,
+                if ok {
+                    format!("{} is 4750 root:porthole-session", path.display())
+                } else {
+                    format!(
+                        "{} is mode {mode:o} owner {}:{}; want 4750 root:porthole-session \
+                         (fix: dpkg-statoverride --update --add root porthole-session 4750 {})",
+                        path.display(),
+                        m.uid(),
+                        m.gid(),
+                        path.display()
+                    )
+                },
+            )
+        }
+        Err(e) => check("session shell", false, format!("{}: {e}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nsswitch_lines() {
+        assert!(nsswitch_line_ok(
+            "passwd:  files porthole systemd\n",
+            "passwd"
+        ));
+        assert!(nsswitch_line_ok(
+            "passwd: files [SUCCESS=return] porthole\n",
+            "passwd"
+        ));
+        assert!(!nsswitch_line_ok("passwd: porthole files\n", "passwd"));
+        assert!(!nsswitch_line_ok("passwd: files systemd\n", "passwd"));
+        assert!(!nsswitch_line_ok("#passwd: files porthole\n", "passwd"));
+        assert!(!nsswitch_line_ok("group: files porthole\n", "passwd"));
+    }
+
+    #[test]
+    fn doctor_names_broken_pieces() {
+        let dir = tempfile::tempdir().unwrap();
+        let ns = dir.path().join("nsswitch.conf");
+        std::fs::write(&ns, "passwd: files systemd\ngroup: files porthole\n").unwrap();
+        let paths = Paths {
+            config: dir.path().join("absent.toml"),
+            nsswitch: ns,
+            sshd: "/nonexistent/sshd".into(),
+            sshd_config: "/nonexistent".into(),
+        };
+        let checks = run(&paths);
+        let get = |n: &str| checks.iter().find(|c| c.name == n).unwrap().clone();
+        assert!(!get("configuration").ok);
+        assert!(!get("nsswitch passwd").ok);
+        assert!(get("nsswitch group").ok);
+        assert!(!get("sshd drop-in").ok);
+        assert!(get("nsswitch passwd")
+            .detail
+            .contains("add `porthole` after `files`"));
+    }
+}

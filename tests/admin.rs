@@ -1,0 +1,49 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! The admin CLI against a real bastion: `porthole doctor` passes on the
+//! harness's working setup and names each piece an admin breaks.
+
+mod common;
+
+use common::*;
+use std::os::unix::fs::PermissionsExt;
+
+fn doctor(host: &TestHost) -> (bool, String) {
+    let out = host.in_ns(&[env!("CARGO_BIN_EXE_porthole"), "doctor"]);
+    let text = format!("{}{}", util::lossy(&out.stdout), util::lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+fn line<'a>(text: &'a str, name: &str) -> &'a str {
+    text.lines()
+        .find(|l| l.contains(&format!("] {name:<16}")) || l.contains(&format!("] {name} ")))
+        .unwrap_or_else(|| panic!("no {name} line in:\n{text}"))
+}
+
+#[test]
+fn doctor_passes_on_a_working_bastion() {
+    let host = TestHost::start(TestHostOpts::default());
+    let _i = Instance::start(&host, "srv-web1", "aaaaa", InstanceOpts::default());
+    let (ok, text) = doctor(&host);
+    assert!(ok, "{text}");
+    assert!(line(&text, "runtime roots").contains("1 running instance"), "{text}");
+    assert!(line(&text, "NSS module").starts_with("[ ok ]"), "{text}");
+}
+
+#[test]
+fn doctor_names_the_broken_piece() {
+    let host = TestHost::start(TestHostOpts::default());
+    let shell = host.bin_dir().join("porthole-shell");
+    std::fs::set_permissions(&shell, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ns = host.dir().join("etc/nsswitch.conf");
+    let text = std::fs::read_to_string(&ns).unwrap();
+    std::fs::write(&ns, text.replace(" porthole", "")).unwrap();
+    host.control_plane().set_token("rotated-elsewhere");
+    let (ok, text) = doctor(&host);
+    assert!(!ok, "{text}");
+    assert!(line(&text, "session shell").starts_with("[FAIL]"), "{text}");
+    assert!(line(&text, "session shell").contains("dpkg-statoverride"), "{text}");
+    assert!(line(&text, "nsswitch passwd").contains("add `porthole` after `files`"), "{text}");
+    assert!(line(&text, "NSS module").starts_with("[FAIL]"), "{text}");
+    assert!(line(&text, "control plane").contains("token"), "{text}");
+    assert!(line(&text, "configuration").starts_with("[ ok ]"), "{text}");
+}
