@@ -25,7 +25,10 @@ fn doctor_passes_on_a_working_bastion() {
     let _i = Instance::start(&host, "srv-web1", "aaaaa", InstanceOpts::default());
     let (ok, text) = doctor(&host);
     assert!(ok, "{text}");
-    assert!(line(&text, "runtime roots").contains("1 running instance"), "{text}");
+    assert!(
+        line(&text, "runtime roots").contains("1 running instance"),
+        "{text}"
+    );
     assert!(line(&text, "NSS module").starts_with("[ ok ]"), "{text}");
 }
 
@@ -41,8 +44,14 @@ fn doctor_names_the_broken_piece() {
     let (ok, text) = doctor(&host);
     assert!(!ok, "{text}");
     assert!(line(&text, "session shell").starts_with("[FAIL]"), "{text}");
-    assert!(line(&text, "session shell").contains("dpkg-statoverride"), "{text}");
-    assert!(line(&text, "nsswitch passwd").contains("add `porthole` after `files`"), "{text}");
+    assert!(
+        line(&text, "session shell").contains("dpkg-statoverride"),
+        "{text}"
+    );
+    assert!(
+        line(&text, "nsswitch passwd").contains("add `porthole` after `files`"),
+        "{text}"
+    );
     assert!(line(&text, "NSS module").starts_with("[FAIL]"), "{text}");
     assert!(line(&text, "control plane").contains("token"), "{text}");
     assert!(line(&text, "configuration").starts_with("[ ok ]"), "{text}");

@@ -607,3 +607,124 @@ fn shell_refuses_to_run_outside_sshd() {
         "{err}"
     );
 }
+
+// ----- scp, rsync and sftp when the image has them ----------------------------
+
+/// Copies host programs and the shared libraries they need into the
+/// instance's rootfs (an image "with openssh tools and rsync").
+fn with_host_programs(mut opts: InstanceOpts, programs: &[&str]) -> InstanceOpts {
+    let mut files = BTreeSet::new();
+    for p in programs {
+        files.insert(p.to_string());
+        let out = util::run_ok(std::process::Command::new("ldd").arg(p));
+        for l in util::lossy(&out.stdout).lines() {
+            // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)" or "/lib64/ld-linux… (0x…)"
+            if let Some(path) = l.split_whitespace().find(|w| w.starts_with('/')) {
+                files.insert(path.to_owned());
+            }
+        }
+    }
+    for f in files {
+        let bytes = std::fs::read(&f).unwrap_or_else(|e| panic!("{f}: {e}"));
+        opts = opts.file(&f, bytes, 0o755);
+    }
+    opts
+}
+
+fn transfer_world() -> (World, Instance) {
+    let w = world();
+    let opts = with_host_programs(
+        app(InstanceOpts::default()),
+        &[
+            "/usr/bin/scp",
+            "/usr/bin/rsync",
+            "/usr/lib/openssh/sftp-server",
+        ],
+    );
+    let i = Instance::start(&w.host, "srv-web1", "aaaaa", opts);
+    (w, i)
+}
+
+fn client_opts(w: &World) -> Vec<String> {
+    [
+        "-F",
+        "/dev/null",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "LogLevel=ERROR",
+        "-i",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([w.key.path.display().to_string()])
+    .collect()
+}
+
+#[test]
+fn scp_rsync_and_sftp_work_when_the_image_has_them() {
+    let (w, i) = transfer_world();
+    let local = w.host.dir().join("payload.bin");
+    let data: Vec<u8> = (0..3_000_000u32).map(|n| (n * 7 % 251) as u8).collect();
+    std::fs::write(&local, &data).unwrap();
+    let port = w.host.port().to_string();
+    let remote = "srv-web1-aaaaa@127.0.0.1";
+
+    let scp = util::run(
+        std::process::Command::new("scp")
+            .arg("-O")
+            .args(client_opts(&w))
+            .args(["-P", &port])
+            .arg(&local)
+            .arg(format!("{remote}:/home/app/via-scp.bin")),
+    );
+    assert!(scp.status.success(), "scp -O: {}", util::lossy(&scp.stderr));
+    assert_eq!(
+        std::fs::read(i.rootfs().join("home/app/via-scp.bin")).unwrap(),
+        data
+    );
+
+    let rsh = format!("ssh {} -p {port}", client_opts(&w).join(" "));
+    let rsync = util::run(
+        std::process::Command::new("rsync")
+            .args(["-a", "-e", &rsh])
+            .arg(&local)
+            .arg(format!("{remote}:/home/app/via-rsync.bin")),
+    );
+    assert!(
+        rsync.status.success(),
+        "rsync: {}",
+        util::lossy(&rsync.stderr)
+    );
+    assert_eq!(
+        std::fs::read(i.rootfs().join("home/app/via-rsync.bin")).unwrap(),
+        data
+    );
+
+    let back = w.host.dir().join("back.bin");
+    let sftp = util::run_with_timeout(
+        std::process::Command::new("sftp")
+            .args(client_opts(&w))
+            .args(["-P", &port, "-b", "-"])
+            .arg(remote),
+        Some(format!("get /home/app/via-rsync.bin {}\n", back.display()).into_bytes()),
+        Duration::from_secs(60),
+    )
+    .output;
+    assert!(sftp.status.success(), "sftp: {}", util::lossy(&sftp.stderr));
+    assert_eq!(std::fs::read(&back).unwrap(), data);
+    // Files written in the session belong to the container user.
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::metadata(i.rootfs().join("home/app/via-scp.bin"))
+            .unwrap()
+            .uid(),
+        1000
+    );
+}

@@ -1,0 +1,60 @@
+#!/bin/bash
+# Demo smoke test (run by .ci/run as root): bring the demo bastion up,
+# log in with the generated demo key and run a command in an instance, see
+# the cron-job refusal, tear it down, and check that nothing is left:
+# no state directory, no process, no container, no cgroup, no mount.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
+export PORTHOLE_DEMO_DIR=${PORTHOLE_DEMO_DIR:-/run/porthole-demo-smoke}
+export PORTHOLE_DEMO_PORT=${PORTHOLE_DEMO_PORT:-2223}
+STATE=$PORTHOLE_DEMO_DIR
+passed=0 failed=0
+
+ok() { echo "ok: $*"; passed=$((passed + 1)); }
+bad() { echo "FAILED: $*"; failed=$((failed + 1)); }
+
+mounts_before=$(findmnt -rn -o TARGET | sort)
+trap '"$REPO/bin/demo" down >/dev/null 2>&1 || true' EXIT
+
+"$REPO/bin/demo" up --detach
+
+ssh_demo() {
+    timeout 30 ssh -F /dev/null -o BatchMode=yes -o IdentitiesOnly=yes \
+        -o UserKnownHostsFile="$STATE/known_hosts" -o StrictHostKeyChecking=yes \
+        -i "$STATE/demo_key" -p "$PORTHOLE_DEMO_PORT" "$@"
+}
+
+out=$(ssh_demo srv-demo1-bbbbb@127.0.0.1 'hostname; id -u; echo $APP_ENV' 2>&1) || true
+if [ "$out" = "$(printf 'srv-demo1-bbbbb\n1000\ndemo')" ]; then
+    ok "command in srv-demo1-bbbbb as the app user with the app's environment"
+else
+    bad "command in srv-demo1-bbbbb printed: $out"
+fi
+
+out=$(ssh_demo srv-demo1@127.0.0.1 'exit 7' 2>&1) && rc=0 || rc=$?
+[ "$rc" = 7 ] && ok "exit status passes through" || bad "exit status was $rc: $out"
+
+out=$(ssh_demo srv-demo2@127.0.0.1 true 2>&1) && rc=0 || rc=$?
+if [ "$rc" = 1 ] && grep -q "cron job; there is no SSH for cron jobs" <<<"$out"; then
+    ok "cron job refused with its sentence"
+else
+    bad "cron job login: rc=$rc: $out"
+fi
+
+"$REPO/bin/demo" down
+trap - EXIT
+
+[ ! -e "$STATE" ] && ok "state directory removed" || bad "$STATE still exists"
+if pgrep -f "$STATE" >/dev/null || pgrep -f "sshd -D -f /etc/ssh/sshd_config -E $STATE" >/dev/null; then
+    bad "processes left: $(pgrep -af "$STATE")"
+else
+    ok "no process left"
+fi
+left=$(find /sys/fs/cgroup -maxdepth 4 -type d -name 'srv-demo*' 2>/dev/null || true)
+[ -z "$left" ] && ok "no container cgroup left" || bad "cgroups left: $left"
+mounts_after=$(findmnt -rn -o TARGET | sort)
+[ "$mounts_before" = "$mounts_after" ] && ok "mount table unchanged" || bad "mounts differ"
+
+echo "demo smoke: $passed passed, $failed failed"
+[ "$failed" = 0 ]
