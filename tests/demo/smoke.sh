@@ -20,22 +20,21 @@ trap '"$REPO/bin/demo" down >/dev/null 2>&1 || true' EXIT
 "$REPO/bin/demo" up --detach
 
 ssh_demo() {
-    timeout 30 ssh -F /dev/null -o BatchMode=yes -o IdentitiesOnly=yes \
-        -o UserKnownHostsFile="$STATE/known_hosts" -o StrictHostKeyChecking=yes \
-        -i "$STATE/demo_key" -p "$PORTHOLE_DEMO_PORT" "$@"
+    # Exactly the lines the demo prints, plus batch mode.
+    timeout 30 ssh -F "$STATE/ssh_config" -o BatchMode=yes -o IdentitiesOnly=yes "$@"
 }
 
-out=$(ssh_demo srv-demo1-bbbbb@127.0.0.1 'hostname; id -u; echo $APP_ENV' 2>&1) || true
+out=$(ssh_demo srv-demo1-bbbbb@demo 'hostname; id -u; echo $APP_ENV' 2>&1) || true
 if [ "$out" = "$(printf 'srv-demo1-bbbbb\n1000\ndemo')" ]; then
     ok "command in srv-demo1-bbbbb as the app user with the app's environment"
 else
     bad "command in srv-demo1-bbbbb printed: $out"
 fi
 
-out=$(ssh_demo srv-demo1@127.0.0.1 'exit 7' 2>&1) && rc=0 || rc=$?
+out=$(ssh_demo srv-demo1@demo 'exit 7' 2>&1) && rc=0 || rc=$?
 [ "$rc" = 7 ] && ok "exit status passes through" || bad "exit status was $rc: $out"
 
-out=$(ssh_demo srv-demo2@127.0.0.1 true 2>&1) && rc=0 || rc=$?
+out=$(ssh_demo srv-demo2@demo true 2>&1) && rc=0 || rc=$?
 if [ "$rc" = 1 ] && grep -q "cron job; there is no SSH for cron jobs" <<<"$out"; then
     ok "cron job refused with its sentence"
 else
