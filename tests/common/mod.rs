@@ -191,12 +191,7 @@ impl TestHost {
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::SeqCst)
         );
-        let e2e = profile_dir().parent().expect("target dir").join("e2e");
-        if !e2e.is_dir() {
-            fs::create_dir_all(&e2e).expect("create e2e dir");
-            util::set_owner_mode(&e2e, 0o755, 0, 0);
-        }
-        let e2e = e2e.canonicalize().expect("canonical e2e dir");
+        let e2e = e2e_base();
         let dir = e2e.join(format!("{name}-{tag}"));
         if dir.exists() {
             fs::remove_dir_all(&dir).expect("remove stale test dir");
@@ -722,6 +717,31 @@ fn sanitize(name: &str) -> String {
     } else {
         s
     }
+}
+
+/// Where the per-test directories go: `<target>/e2e` when every directory
+/// above it is root-owned and not group/world-writable (what sshd demands
+/// of an AuthorizedKeysCommand's path), else `/var/lib/porthole-e2e` (a
+/// checkout under /tmp, as CI may use, would make sshd refuse the hook).
+fn e2e_base() -> PathBuf {
+    let target = profile_dir().parent().expect("target dir").join("e2e");
+    let safe = |p: &Path| {
+        p.ancestors().skip(1).all(|a| {
+            fs::metadata(a)
+                .map(|m| m.uid() == 0 && m.mode() & 0o022 == 0)
+                .unwrap_or(false)
+        })
+    };
+    let base = if safe(&target) && target.as_os_str().len() < 48 {
+        target
+    } else {
+        PathBuf::from("/var/lib/porthole-e2e")
+    };
+    if !base.is_dir() {
+        fs::create_dir_all(&base).expect("create e2e dir");
+        util::set_owner_mode(&base, 0o755, 0, 0);
+    }
+    base.canonicalize().expect("canonical e2e dir")
 }
 
 /// sshd refuses an AuthorizedKeysCommand with a group/world-writable or
