@@ -31,12 +31,17 @@ pub struct ProcessCreds {
     pub cap_bnd: u64,
     pub cap_amb: u64,
     pub no_new_privs: bool,
+    /// The init's file-creation mask (kernels since 4.7 report it).
+    pub umask: u32,
 }
 
 /// Parses `/proc/PID/status`. Missing lines mean the kernel is not what we
 /// expect: None (fail closed) rather than guessing privileges.
 pub fn parse_status(text: &str) -> Option<ProcessCreds> {
-    let mut c = ProcessCreds::default();
+    let mut c = ProcessCreds {
+        umask: 0o022,
+        ..ProcessCreds::default()
+    };
     let mut seen = 0u32;
     for line in text.lines() {
         let Some((key, val)) = line.split_once(':') else {
@@ -65,6 +70,7 @@ pub fn parse_status(text: &str) -> Option<ProcessCreds> {
             "CapBnd" => (c.cap_bnd, seen) = (hex()?, seen | 64),
             "CapAmb" => (c.cap_amb, seen) = (hex()?, seen | 128),
             "NoNewPrivs" => (c.no_new_privs, seen) = (val == "1", seen | 256),
+            "Umask" => c.umask = u32::from_str_radix(val, 8).ok().filter(|m| *m <= 0o777)?,
             _ => {}
         }
     }

@@ -671,6 +671,8 @@ fn inner_child(
     }
     // SAFETY: integer-argument syscalls.
     unsafe {
+        // The shell runs with umask 077; the session gets the instance's.
+        libc::umask(plan.creds.umask as libc::mode_t);
         if plan.creds.no_new_privs {
             check(
                 libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0),

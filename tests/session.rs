@@ -136,7 +136,7 @@ fn non_root_user_gets_its_uid_home_and_environment() {
     let _i = Instance::start(&w.host, "srv-web1", "aaaaa", app(InstanceOpts::default()));
     let out = ok(&w.ssh(
         "srv-web1-aaaaa",
-        &["id -u; id -g; pwd; echo $HOME $USER $LOGNAME $SHELL; echo $DATABASE_URL"],
+        &["id -u; id -g; pwd; echo $HOME $USER $LOGNAME $SHELL; echo $DATABASE_URL; umask"],
     ));
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(
@@ -146,7 +146,8 @@ fn non_root_user_gets_its_uid_home_and_environment() {
             "1000",
             "/home/app",
             "/home/app app app /bin/sh",
-            "postgres://demo"
+            "postgres://demo",
+            "0022"
         ]
     );
 }
