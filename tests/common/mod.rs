@@ -158,6 +158,10 @@ pub struct TestHost {
     syslog: SyslogCapture,
     sshd: Option<Child>,
     sshd_ns: Option<String>,
+    /// An open fd on sshd's mount namespace: while it is held the kernel
+    /// cannot give the namespace's inode number to another test's sshd, so
+    /// the "kill everything in this namespace" sweep never hits a stranger.
+    sshd_ns_pin: Option<fs::File>,
     sshd_lines: Vec<String>,
     keys: Mutex<HashMap<KeyKind, ClientKey>>,
 }
@@ -288,6 +292,7 @@ impl TestHost {
             syslog,
             sshd: None,
             sshd_ns: None,
+            sshd_ns_pin: None,
             sshd_lines: opts.sshd_lines.clone(),
             keys: Mutex::new(HashMap::new()),
         };
@@ -599,6 +604,13 @@ exec /usr/sbin/sshd -D -e -f /etc/ssh/sshd_config
                         "sshd is not in a private mount namespace"
                     );
                     self.port = port;
+                    self.sshd_ns_pin = fs::File::open(format!("/proc/{}/ns/mnt", child.id())).ok();
+                    // Re-read after pinning: the pin is only good if it is the same namespace.
+                    assert_eq!(
+                        util::mnt_ns(child.id()),
+                        ns,
+                        "sshd's namespace changed while pinning it"
+                    );
                     self.sshd_ns = ns;
                     self.sshd = Some(child);
                     return;
@@ -652,6 +664,7 @@ exec /usr/sbin/sshd -D -e -f /etc/ssh/sshd_config
         }
         let _ = child.kill();
         let _ = child.wait();
+        self.sshd_ns_pin = None;
     }
 
     /// Kills and deletes every container left in this test's runc root.
