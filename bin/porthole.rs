@@ -3,6 +3,7 @@
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use porthole::config::{Config, DEFAULT_PATH};
+use porthole::registry::{self, Drain, Scope};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -37,6 +38,45 @@ enum Command {
     },
     /// List the running instances porthole can see, per service.
     Instances,
+    /// List live SSH sessions on this host.
+    Sessions {
+        /// One JSON object per session, in an array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// End one session now.
+    Kill {
+        /// Session id (from `porthole sessions`).
+        session_id: String,
+        /// Shown to the user.
+        #[arg(long, default_value = "closed by the platform")]
+        message: String,
+    },
+    /// Refuse new sessions and close live ones after a grace period (maintenance).
+    Drain {
+        #[command(flatten)]
+        scope: ScopeArgs,
+        /// How long live sessions may stay (e.g. 1h, 30m, 90s).
+        #[arg(long, default_value = "1h")]
+        grace: String,
+        /// Shown to users: why, and when to come back.
+        #[arg(long, default_value = "scheduled maintenance")]
+        message: String,
+    },
+    /// Cancel a drain.
+    Undrain {
+        #[command(flatten)]
+        scope: ScopeArgs,
+    },
+    /// End every session of an instance now (for the platform's deploy hook).
+    Close {
+        /// Instance name (srv-abc123-d4e5f).
+        #[arg(long)]
+        instance: String,
+        /// Shown to the users.
+        #[arg(long, default_value = "the instance is being redeployed")]
+        message: String,
+    },
     /// Check the whole host setup and print a checklist with the fix for each failure.
     Doctor {
         /// sshd binary to ask for its effective configuration.
@@ -46,6 +86,58 @@ enum Command {
         #[arg(long, default_value = "/etc/ssh/sshd_config")]
         sshd_config: PathBuf,
     },
+}
+
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct ScopeArgs {
+    /// One instance (srv-abc123-d4e5f).
+    #[arg(long)]
+    instance: Option<String>,
+    /// Every instance of a service (srv-abc123).
+    #[arg(long)]
+    service: Option<String>,
+    /// Every instance on this host.
+    #[arg(long)]
+    all: bool,
+}
+
+impl ScopeArgs {
+    fn scope(&self) -> Result<Scope> {
+        let parsed = match (&self.instance, &self.service, self.all) {
+            (Some(i), _, _) => Scope::parse(i).filter(|s| matches!(s, Scope::Instance(_))),
+            (_, Some(s), _) => Scope::parse(s).filter(|s| matches!(s, Scope::Service(_))),
+            _ => Some(Scope::All),
+        };
+        parsed.context("not an instance name (srv-abc123-d4e5f) or service ID (srv-abc123)")
+    }
+}
+
+/// `1h`, `30m`, `90s`, `90` (seconds), `1h30m`.
+fn parse_duration(s: &str) -> Result<u64> {
+    let mut total = 0u64;
+    let mut num = String::new();
+    for c in s.trim().chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let unit = match c {
+            'h' => 3600,
+            'm' => 60,
+            's' => 1,
+            _ => bail!("bad duration {s:?}: use forms like 1h, 30m, 90s"),
+        };
+        let n: u64 = num.parse().with_context(|| format!("bad duration {s:?}"))?;
+        total += n * unit;
+        num.clear();
+    }
+    if !num.is_empty() {
+        total += num
+            .parse::<u64>()
+            .with_context(|| format!("bad duration {s:?}"))?;
+    }
+    Ok(total)
 }
 
 fn main() -> Result<()> {
@@ -97,6 +189,88 @@ fn main() -> Result<()> {
             if failed > 0 {
                 bail!("{failed} check(s) failed");
             }
+        }
+        Command::Sessions { json } => {
+            let cfg = Config::load(&cli.config)?;
+            let sessions = registry::list(&cfg.session.state_dir);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&sessions)?);
+            } else if sessions.is_empty() {
+                println!("no live sessions");
+            } else {
+                println!(
+                    "{:<16} {:<24} {:<24} {:<8} {:<6} {:>7}  COMMAND",
+                    "ID", "INSTANCE", "OWNER", "CLIENT", "TTY", "PID"
+                );
+                for r in sessions {
+                    println!(
+                        "{:<16} {:<24} {:<24} {:<8} {:<6} {:>7}  {}",
+                        r.id,
+                        r.instance,
+                        r.owner,
+                        r.client.as_deref().unwrap_or("-"),
+                        if r.tty { "yes" } else { "no" },
+                        r.pid,
+                        r.command
+                    );
+                }
+            }
+            for (scope, d) in registry::drains(&cfg.session.state_dir) {
+                eprintln!("drain {scope}: closes at {} ({})", d.deadline, d.message);
+            }
+        }
+        Command::Kill {
+            session_id,
+            message,
+        } => {
+            let cfg = Config::load(&cli.config)?;
+            let r = registry::request_close(&cfg.session.state_dir, &session_id, &message)?;
+            println!("closing session {} of {} ({})", r.id, r.instance, r.owner);
+        }
+        Command::Drain {
+            scope,
+            grace,
+            message,
+        } => {
+            let cfg = Config::load(&cli.config)?;
+            let scope = scope.scope()?;
+            let now = porthole::time::now_unix();
+            let grace = parse_duration(&grace)?;
+            let drain = Drain {
+                deadline: now + i64::try_from(grace)?,
+                message,
+                created: now,
+            };
+            registry::set_drain(&cfg.session.state_dir, &scope, &drain)?;
+            println!(
+                "draining {}: new sessions refused, live sessions close in {grace}s",
+                scope.describe()
+            );
+        }
+        Command::Undrain { scope } => {
+            let cfg = Config::load(&cli.config)?;
+            let scope = scope.scope()?;
+            if registry::remove_drain(&cfg.session.state_dir, &scope)? {
+                println!("{} is open again", scope.describe());
+            } else {
+                println!("{} was not drained", scope.describe());
+            }
+        }
+        Command::Close { instance, message } => {
+            let cfg = Config::load(&cli.config)?;
+            let Some(Scope::Instance(name)) = Scope::parse(&instance) else {
+                bail!("{instance:?} is not an instance name (srv-abc123-d4e5f)");
+            };
+            let mut n = 0;
+            for r in registry::list(&cfg.session.state_dir)
+                .into_iter()
+                .filter(|r| r.instance == name)
+            {
+                if registry::request_close(&cfg.session.state_dir, &r.id, &message).is_ok() {
+                    n += 1;
+                }
+            }
+            println!("closing {n} session(s) of {name}");
         }
         Command::Instances => {
             let cfg = Config::load(&cli.config)?;

@@ -54,6 +54,7 @@ pub struct Config {
     pub cache: Cache,
     pub runtime: Runtime,
     pub session: Session,
+    pub limits: Limits,
     pub log: Log,
 }
 
@@ -106,6 +107,30 @@ pub struct Session {
     pub fallback_shell: String,
     /// Subsystem command sshd passes for sftp; mapped to the container's server.
     pub sftp_server_paths: Vec<String>,
+    /// Root-owned runtime directory: live sessions, slots, drains.
+    pub state_dir: PathBuf,
+}
+
+/// Session limits. Every one can be overridden per service by the
+/// control plane's optional `limits` object (same key names).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Concurrent sessions per instance (0 = no limit).
+    pub max_sessions_per_instance: u32,
+    /// Concurrent sessions per key owner on this host (0 = no limit).
+    pub max_sessions_per_owner: u32,
+    /// Refuse a session when the instance's memory limit minus its usage
+    /// is below this (MiB; 0 = never refuse).
+    pub memory_reserve_mib: u64,
+    /// Close sessions after this long (seconds; 0 = no limit).
+    pub max_duration_secs: u64,
+    /// Close interactive sessions without input for this long (seconds; 0 = never).
+    pub idle_timeout_secs: u64,
+    /// Warn this many seconds before a duration limit or idle close.
+    pub warn_before_secs: Vec<u64>,
+    /// Notices before a drain deadline, seconds before it (plus one at once).
+    pub drain_notice_secs: Vec<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -164,6 +189,21 @@ impl Default for Session {
                 "/usr/lib/ssh/sftp-server".into(),
                 "/usr/libexec/openssh/sftp-server".into(),
             ],
+            state_dir: "/run/porthole".into(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_sessions_per_instance: 10,
+            max_sessions_per_owner: 20,
+            memory_reserve_mib: 32,
+            max_duration_secs: 0,
+            idle_timeout_secs: 3600,
+            warn_before_secs: vec![600, 60],
+            drain_notice_secs: vec![1800, 600, 60],
         }
     }
 }
@@ -211,6 +251,7 @@ impl Config {
         let mut paths: Vec<(&str, &Path)> = vec![
             ("cache.dir", &self.cache.dir),
             ("log.socket", &self.log.socket),
+            ("session.state_dir", &self.session.state_dir),
         ];
         if let Some(t) = &cp.token_file {
             paths.push(("control_plane.token_file", t));

@@ -11,6 +11,7 @@ pub mod cache;
 pub mod config;
 pub mod hostkeys;
 pub mod keys;
+pub mod limits;
 pub mod log;
 pub mod names;
 pub mod time;
@@ -24,6 +25,7 @@ pub mod hook;
 
 pub mod container;
 pub mod enter;
+pub mod registry;
 pub mod runtime;
 pub mod session;
 pub mod supervise;

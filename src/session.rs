@@ -14,11 +14,13 @@ use crate::container::{self, IdMap};
 use crate::enter::{self, EnterError, Plan, WinSize};
 use crate::log::{elapsed_ms, Event, Logger, Severity};
 use crate::names::Target;
+use crate::registry::{self, SessionRecord};
 use crate::runtime::{self, Instance};
-use crate::supervise::{self, EndReason, ExitStatus};
+use crate::supervise::{self, Controls, DrainNotice, EndReason, ExitStatus};
 use std::ffi::CString;
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::time::Duration;
 use std::time::Instant;
 
 const MAX_AUTH_INFO: u64 = 64 * 1024;
@@ -94,12 +96,23 @@ pub fn classify_request(h: &Handover, sftp_paths: &[String]) -> Request {
 pub struct Refusal {
     pub reason: &'static str,
     pub message: String,
+    /// The limit that was reached, for the audit event.
+    pub limit: Option<u64>,
 }
 
 fn refuse(reason: &'static str, message: impl Into<String>) -> Refusal {
     Refusal {
         reason,
         message: message.into(),
+        limit: None,
+    }
+}
+
+fn refuse_limit(reason: &'static str, message: impl Into<String>, limit: u64) -> Refusal {
+    Refusal {
+        reason,
+        message: message.into(),
+        limit: Some(limit),
     }
 }
 
@@ -170,8 +183,18 @@ fn lookup_uid(name: &str) -> Option<u32> {
         .map(|u| u.uid.as_raw())
 }
 
+/// A login that passed every check up to the choice of instance.
+#[derive(Debug, Clone)]
+pub struct Authorized {
+    pub target: Target,
+    pub identity: Identity,
+    pub request: Request,
+    /// The control plane's per-service `limits` object, if any.
+    pub service_limits: Option<serde_json::Value>,
+}
+
 /// Everything up to the choice of instance. Pure checks, no side effects.
-pub fn authorize(cfg: &Config, h: &Handover) -> Result<(Target, Identity, Request), Refusal> {
+pub fn authorize(cfg: &Config, h: &Handover) -> Result<Authorized, Refusal> {
     let user = h.user.as_deref().unwrap_or("");
     let target = Target::parse(user).ok_or_else(|| {
         refuse(
@@ -254,7 +277,12 @@ pub fn authorize(cfg: &Config, h: &Handover) -> Result<(Target, Identity, Reques
         return Err(refuse("service_type", msg));
     }
     let request = classify_request(h, &cfg.session.sftp_server_paths);
-    Ok((target, identity, request))
+    Ok(Authorized {
+        target,
+        identity,
+        request,
+        service_limits: doc.limits.clone(),
+    })
 }
 
 /// The whole session. Returns only on refusal or error (with the exit
@@ -273,6 +301,7 @@ pub fn run(cfg: &Config, log: &Logger, h: &Handover) -> i32 {
                 .field("user", user)
                 .field("reason", r.reason)
                 .field("message", r.message.as_str())
+                .opt("limit", r.limit)
                 .opt("owner", extra.map(|i| i.owner.clone()))
                 .opt("fingerprint", extra.map(|i| i.fingerprint.clone()))
                 .opt("client", client.clone())
@@ -281,7 +310,12 @@ pub fn run(cfg: &Config, log: &Logger, h: &Handover) -> i32 {
         1
     };
     let user = h.user.clone().unwrap_or_default();
-    let (target, identity, request) = match authorize(cfg, h) {
+    let Authorized {
+        target,
+        identity,
+        request,
+        service_limits,
+    } = match authorize(cfg, h) {
         Ok(v) => v,
         Err(r) => return reject(&user, &r, None),
     };
@@ -312,6 +346,38 @@ pub fn run(cfg: &Config, log: &Logger, h: &Handover) -> i32 {
     for n in notices {
         eprintln!("porthole: {n}");
     }
+    let limits = crate::limits::effective(&cfg.limits, service_limits.as_ref());
+    let admitted = match admit(cfg, &limits, &target, &instance, &identity, &plan) {
+        Ok(a) => a,
+        Err(r) => return reject(&user, &r, Some(&identity)),
+    };
+    let session_id = registry::new_id();
+    let record = SessionRecord {
+        id: session_id.clone(),
+        service: target.service.to_string(),
+        instance: instance.name(),
+        owner: identity.owner.clone(),
+        fingerprint: identity.fingerprint.clone(),
+        key_type: identity.key_type.clone(),
+        client: client.clone(),
+        started: crate::time::now_unix(),
+        command: request.describe(),
+        tty: plan.pty.is_some(),
+        pid: std::process::id() as i32,
+    };
+    let _registration = match registry::register(&cfg.session.state_dir, &record) {
+        Ok(r) => r,
+        Err(e) => {
+            let r = refuse(
+                "state",
+                format!(
+                    "cannot record the session ({}: {e})",
+                    cfg.session.state_dir.display()
+                ),
+            );
+            return reject(&user, &r, Some(&identity));
+        }
+    };
     let spawned = match enter::spawn(&pinned, &plan) {
         Ok(s) => s,
         Err(EnterError::Vanished) => {
@@ -344,15 +410,55 @@ pub fn run(cfg: &Config, log: &Logger, h: &Handover) -> i32 {
             .field("command", request.describe())
             .field("tty", plan.pty.is_some())
             .field("uid", plan.uid)
-            .field("pid", spawned.outer_pid),
+            .field("pid", spawned.outer_pid)
+            .field("session_id", session_id.as_str())
+            .field("limits", crate::limits::to_json(&limits)),
     );
-    let outcome = supervise::run(spawned, &pinned.pidfd);
+    let state = cfg.session.state_dir.clone();
+    let (svc, iname, sid) = (target.service.clone(), instance.name(), session_id.clone());
+    let controls = Controls {
+        max_duration: (limits.max_duration_secs > 0)
+            .then(|| Duration::from_secs(limits.max_duration_secs)),
+        idle_timeout: (limits.idle_timeout_secs > 0)
+            .then(|| Duration::from_secs(limits.idle_timeout_secs)),
+        warn_before: limits
+            .warn_before_secs
+            .iter()
+            .map(|s| Duration::from_secs(*s))
+            .collect(),
+        drain_notices: limits
+            .drain_notice_secs
+            .iter()
+            .map(|s| Duration::from_secs(*s))
+            .collect(),
+        drain: Box::new(move || {
+            registry::active_drain(&state, &svc, &iname).map(|d| DrainNotice {
+                deadline_unix: d.deadline,
+                message: d.message,
+            })
+        }),
+        close_message: Box::new(|| registry::close_message(&cfg.session.state_dir, &sid)),
+        on_notice: Box::new(|kind, text| {
+            log.emit(
+                &Event::new("session.notice", Severity::Info)
+                    .field("session_id", session_id.as_str())
+                    .field("instance", instance.name())
+                    .field("owner", identity.owner.as_str())
+                    .field("kind", kind)
+                    .field("message", text),
+            )
+        }),
+    };
+    let outcome = supervise::run(spawned, &pinned.pidfd, controls);
+    drop(admitted);
+    let crlf = if plan.pty.is_some() { "\r\n" } else { "" };
     if outcome.reason == EndReason::InstanceStopped {
         eprint!(
-            "{}porthole: instance {} stopped (deploy or restart); session closed\r\n",
-            if plan.pty.is_some() { "\r\n" } else { "" },
+            "{crlf}porthole: instance {} stopped (deploy or restart); session closed\r\n",
             instance.name()
         );
+    } else if let Some(m) = &outcome.message {
+        eprint!("{crlf}porthole: {m}\r\n");
     }
     let (exit_code, signal) = match outcome.status {
         ExitStatus::Code(c) => (Some(c), None),
@@ -364,7 +470,9 @@ pub fn run(cfg: &Config, log: &Logger, h: &Handover) -> i32 {
             .field("service", target.service.as_str())
             .field("instance", instance.name())
             .field("owner", identity.owner.as_str())
+            .field("session_id", session_id.as_str())
             .field("reason", outcome.reason.as_str())
+            .opt("message", outcome.message.clone())
             .opt("exit_status", exit_code)
             .opt("signal", signal)
             .field("bytes_in", outcome.bytes_in)
@@ -372,9 +480,113 @@ pub fn run(cfg: &Config, log: &Logger, h: &Handover) -> i32 {
             .field("duration_ms", elapsed_ms(started)),
     );
     match outcome.reason {
-        EndReason::InstanceStopped => 1,
-        _ => supervise::exit_like(outcome.status, 1),
+        EndReason::Exit | EndReason::ClientDisconnect | EndReason::Signal => {
+            supervise::exit_like(outcome.status, 1)
+        }
+        // Ended by us: the command's fate is not the session's answer.
+        EndReason::InstanceStopped
+        | EndReason::Closed
+        | EndReason::Drained
+        | EndReason::MaxDuration
+        | EndReason::Idle => 1,
     }
+}
+
+/// The slots a session holds; dropping them frees them.
+pub struct Admitted {
+    _instance: Option<crate::limits::Slot>,
+    _owner: Option<crate::limits::Slot>,
+}
+
+/// Admission control: maintenance windows, memory headroom and the
+/// concurrent-session limits, in that order (cheapest refusal first).
+fn admit(
+    cfg: &Config,
+    limits: &crate::config::Limits,
+    target: &Target,
+    instance: &Instance,
+    identity: &Identity,
+    plan: &Plan,
+) -> Result<Admitted, Refusal> {
+    let state = &cfg.session.state_dir;
+    let name = instance.name();
+    if let Some(d) = registry::active_drain(state, &target.service, &name) {
+        return Err(refuse(
+            "drained",
+            format!("{name} is closed for maintenance: {}", d.message),
+        ));
+    }
+    if limits.memory_reserve_mib > 0 {
+        let memory_dir = plan
+            .cgroups
+            .iter()
+            .map(|(d, _)| d)
+            .find(|d| d.controllers.split(',').any(|c| c == "memory"));
+        let unified = plan
+            .cgroups
+            .iter()
+            .map(|(d, _)| d)
+            .find(|d| d.controllers.is_empty());
+        let mem = match (memory_dir, unified) {
+            (Some(d), _) => crate::limits::read_memory(&d.dir, false),
+            (None, Some(d)) => crate::limits::read_memory(&d.dir, true),
+            (None, None) => None,
+        };
+        let reserve = limits.memory_reserve_mib.saturating_mul(1024 * 1024);
+        if let Some((left, limit)) = mem.and_then(|m| Some((m.headroom()?, m.limit?))) {
+            if left < reserve {
+                return Err(refuse_limit(
+                    "memory",
+                    format!(
+                        "{name} has only {} MiB of memory left of its {} MiB; a session needs at least {} MiB, so it was not started (it could make the instance run out of memory)",
+                        left / (1024 * 1024),
+                        limit / (1024 * 1024),
+                        limits.memory_reserve_mib
+                    ),
+                    limits.memory_reserve_mib,
+                ));
+            }
+        }
+    }
+    let slots = state.join("slots");
+    let slot_err = |e: crate::limits::SlotError, full: String, reason: &'static str| match e {
+        crate::limits::SlotError::Full(n) => {
+            refuse_limit(reason, full.replace("{n}", &n.to_string()), u64::from(n))
+        }
+        crate::limits::SlotError::Io(..) => refuse("state", format!("cannot count sessions: {e}")),
+    };
+    let inst = crate::limits::acquire(
+        &slots.join(format!("instance-{name}")),
+        limits.max_sessions_per_instance,
+    )
+    .map_err(|e| {
+        slot_err(
+            e,
+            format!("{name} already has {{n}} SSH sessions (the limit)"),
+            "limit_instance",
+        )
+    })?;
+    let owner = crate::limits::acquire(
+        &slots.join(format!(
+            "owner-{}",
+            crate::limits::owner_key(&identity.owner)
+        )),
+        limits.max_sessions_per_owner,
+    )
+    .map_err(|e| {
+        slot_err(
+            e,
+            format!(
+                "{} already has {{n}} SSH sessions on this host (the limit)",
+                identity.owner
+            ),
+            "limit_owner",
+        )
+    })?;
+    Ok(Admitted {
+        _instance: inst,
+        _owner: owner,
+    })
 }
 
 type Prepared = (enter::Pinned, Plan, Vec<String>);

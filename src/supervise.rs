@@ -26,6 +26,11 @@ pub enum EndReason {
     ClientDisconnect,
     InstanceStopped,
     Signal,
+    /// An admin's `porthole kill` / `close` (SIGTERM with a close request).
+    Closed,
+    Drained,
+    MaxDuration,
+    Idle,
 }
 
 impl EndReason {
@@ -35,6 +40,10 @@ impl EndReason {
             EndReason::ClientDisconnect => "client_disconnect",
             EndReason::InstanceStopped => "instance_stopped",
             EndReason::Signal => "signal",
+            EndReason::Closed => "closed",
+            EndReason::Drained => "drained",
+            EndReason::MaxDuration => "max_duration",
+            EndReason::Idle => "idle",
         }
     }
 }
@@ -47,13 +56,15 @@ pub enum ExitStatus {
     Unknown,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Outcome {
     pub reason: EndReason,
     pub status: ExitStatus,
     /// Bytes from the client into the session, and out of it.
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// What to tell the user about the end (closed, drained, limits).
+    pub message: Option<String>,
 }
 
 /// One direction of the relay.
@@ -236,9 +247,83 @@ pub fn kill_session(inner_pid: i32, sig: libc::c_int) -> usize {
     n
 }
 
-/// Relays until the session ends; returns how it ended. `notify` is called
-/// with the text to show the user when the instance stops.
-pub fn run(spawned: Spawned, init_pidfd: &OwnedFd) -> Outcome {
+/// A drain in force: when live sessions are closed, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DrainNotice {
+    pub deadline_unix: i64,
+    pub message: String,
+}
+
+/// Receives (kind, text) of each notice shown to the user.
+pub type NoticeHook<'a> = Box<dyn FnMut(&str, &str) + 'a>;
+
+/// The session controls the supervisor enforces besides the relay.
+pub struct Controls<'a> {
+    /// Close the session at this point (maximum duration).
+    pub max_duration: Option<Duration>,
+    /// Close an interactive session after this long without client input.
+    pub idle_timeout: Option<Duration>,
+    /// Warnings before a duration or idle close, as time left.
+    pub warn_before: Vec<Duration>,
+    /// Notices before a drain deadline, as time left (plus one at once).
+    pub drain_notices: Vec<Duration>,
+    /// Polled about once a second: the drain in force, if any.
+    pub drain: Box<dyn FnMut() -> Option<DrainNotice> + 'a>,
+    /// The message of an admin's close request (asked on SIGTERM).
+    pub close_message: Box<dyn FnMut() -> Option<String> + 'a>,
+    /// Called with (kind, text) for every notice shown to the user, for audit.
+    pub on_notice: NoticeHook<'a>,
+}
+
+impl Controls<'_> {
+    /// No limits, no drains (tests and callers without a registry).
+    pub fn none() -> Controls<'static> {
+        Controls {
+            max_duration: None,
+            idle_timeout: None,
+            warn_before: Vec::new(),
+            drain_notices: Vec::new(),
+            drain: Box::new(|| None),
+            close_message: Box::new(|| None),
+            on_notice: Box::new(|_, _| {}),
+        }
+    }
+}
+
+/// Human form of a duration for notices ("1h 5m", "10m", "45s").
+pub fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    match (s / 3600, (s % 3600) / 60, s % 60) {
+        (0, 0, sec) => format!("{sec}s"),
+        (0, m, 0) => format!("{m}m"),
+        (0, m, sec) => format!("{m}m {sec}s"),
+        (h, 0, _) => format!("{h}h"),
+        (h, m, _) => format!("{h}h {m}m"),
+    }
+}
+
+/// Warnings not yet given, as thresholds of time left. Crossing several at
+/// once (a short limit) gives one warning, not a burst.
+struct Warnings {
+    pending: Vec<Duration>,
+}
+
+impl Warnings {
+    fn new(mut at: Vec<Duration>) -> Warnings {
+        at.sort();
+        Warnings { pending: at }
+    }
+
+    /// True when a warning is due now (time left fell to a threshold).
+    fn due(&mut self, left: Duration) -> bool {
+        let before = self.pending.len();
+        self.pending.retain(|t| left > *t);
+        self.pending.len() != before
+    }
+}
+
+/// Relays until the session ends; returns how it ended.
+pub fn run(spawned: Spawned, init_pidfd: &OwnedFd, mut controls: Controls<'_>) -> Outcome {
     let outer_pidfd = pidfd_open(spawned.outer_pid).ok();
     let sigfd = signal_fd();
     let mut raw = None;
@@ -278,6 +363,26 @@ pub fn run(spawned: Spawned, init_pidfd: &OwnedFd) -> Outcome {
     let mut status = ExitStatus::Unknown;
     let mut exited_at: Option<Instant> = None;
     let mut killed = false;
+    let started = Instant::now();
+    let interactive = master_fd.is_some();
+    let notice_fd = if interactive { 1 } else { 2 };
+    let notice = |kind: &str, text: &str, on: &mut dyn FnMut(&str, &str)| {
+        let line = if interactive {
+            format!("\r\nporthole: {text}\r\n")
+        } else {
+            format!("porthole: {text}\n")
+        };
+        let _ = write_fd(notice_fd, line.as_bytes());
+        on(kind, text);
+    };
+    let mut duration_warnings = Warnings::new(controls.warn_before.clone());
+    let mut idle_warnings = Warnings::new(controls.warn_before.clone());
+    let idle_timeout = controls.idle_timeout.filter(|_| interactive);
+    let mut last_input = Instant::now();
+    let mut drain_seen: Option<DrainNotice> = None;
+    let mut drain_warnings = Warnings::new(controls.drain_notices.clone());
+    let mut next_drain_check = Instant::now();
+    let mut final_message: Option<String> = None;
     loop {
         // Output pumps (to the client) are the ones we wait for at the end.
         let outputs_done = pumps
@@ -354,7 +459,8 @@ pub fn run(spawned: Spawned, init_pidfd: &OwnedFd) -> Outcome {
         let timeout_ms = if exited_at.is_some() || outer_pidfd.is_none() {
             100
         } else {
-            -1
+            // Limits, idle and drains are checked on a 250 ms tick.
+            250
         };
         // SAFETY: fds is a valid array of pollfd of the given length.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
@@ -378,6 +484,10 @@ pub fn run(spawned: Spawned, init_pidfd: &OwnedFd) -> Outcome {
                     if r > 0 {
                         p.end += r as usize;
                         p.count += r as u64;
+                        if p.src == 0 {
+                            last_input = Instant::now();
+                            idle_warnings = Warnings::new(controls.warn_before.clone());
+                        }
                     } else if r == 0 || (errno() != libc::EAGAIN && errno() != libc::EINTR) {
                         // EOF; EIO on a pty master means the last holder of
                         // the terminal closed it.
@@ -424,6 +534,15 @@ pub fn run(spawned: Spawned, init_pidfd: &OwnedFd) -> Outcome {
                                 if let Some(m) = master_fd {
                                     copy_window_size(0, m);
                                 }
+                            } else if sig == libc::SIGTERM {
+                                // `porthole kill`/`close` leave their message first.
+                                let msg = (controls.close_message)();
+                                if msg.is_some() || reason.is_none() {
+                                    final_message = Some(
+                                        msg.unwrap_or_else(|| "closed by the platform".into()),
+                                    );
+                                    reason.get_or_insert(EndReason::Closed);
+                                }
                             } else if sig == libc::SIGHUP {
                                 // The terminal hung up: sshd lost the client.
                                 reason.get_or_insert(EndReason::ClientDisconnect);
@@ -432,6 +551,87 @@ pub fn run(spawned: Spawned, init_pidfd: &OwnedFd) -> Outcome {
                             }
                         }
                     }
+                }
+            }
+        }
+        if reason.is_none() && exited_at.is_none() {
+            let now = Instant::now();
+            if let Some(max) = controls.max_duration {
+                let left = max.saturating_sub(started.elapsed());
+                if left.is_zero() {
+                    final_message = Some(format!(
+                        "session closed: the maximum session duration is {}",
+                        human(max)
+                    ));
+                    reason = Some(EndReason::MaxDuration);
+                } else if duration_warnings.due(left) {
+                    notice(
+                        "max_duration",
+                        &format!(
+                            "this session will be closed in {} (maximum session duration {})",
+                            human(left),
+                            human(max)
+                        ),
+                        &mut *controls.on_notice,
+                    );
+                }
+            }
+            if let Some(idle) = idle_timeout {
+                let left = idle.saturating_sub(last_input.elapsed());
+                if left.is_zero() {
+                    final_message = Some(format!(
+                        "session closed after {} without input",
+                        human(idle)
+                    ));
+                    reason.get_or_insert(EndReason::Idle);
+                } else if idle_warnings.due(left) {
+                    notice("idle", &format!("no input for a while: this session will be closed in {} unless you type something", human(left)), &mut *controls.on_notice);
+                }
+            }
+            if now >= next_drain_check {
+                next_drain_check = now + Duration::from_secs(1);
+                let current = (controls.drain)();
+                if current != drain_seen {
+                    drain_warnings = Warnings::new(controls.drain_notices.clone());
+                    if let Some(d) = &current {
+                        let left = Duration::from_secs(
+                            u64::try_from(d.deadline_unix - crate::time::now_unix()).unwrap_or(0),
+                        );
+                        drain_warnings.due(left);
+                        notice(
+                            "drain",
+                            &format!(
+                                "{} - this session will be closed in {}",
+                                d.message,
+                                human(left)
+                            ),
+                            &mut *controls.on_notice,
+                        );
+                    } else if drain_seen.is_some() {
+                        notice(
+                            "undrain",
+                            "maintenance cancelled; this session stays open",
+                            &mut *controls.on_notice,
+                        );
+                    }
+                    drain_seen = current;
+                }
+            }
+            if let Some(d) = &drain_seen {
+                let left = d.deadline_unix - crate::time::now_unix();
+                if left <= 0 {
+                    final_message = Some(format!("session closed for maintenance: {}", d.message));
+                    reason.get_or_insert(EndReason::Drained);
+                } else if drain_warnings.due(Duration::from_secs(left as u64)) {
+                    notice(
+                        "drain",
+                        &format!(
+                            "{} - this session will be closed in {}",
+                            d.message,
+                            human(Duration::from_secs(left as u64))
+                        ),
+                        &mut *controls.on_notice,
+                    );
                 }
             }
         }
@@ -479,6 +679,7 @@ pub fn run(spawned: Spawned, init_pidfd: &OwnedFd) -> Outcome {
         status,
         bytes_in,
         bytes_out,
+        message: final_message,
     }
 }
 
