@@ -89,6 +89,11 @@ impl World {
     }
 }
 
+fn stop(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 fn finish(child: Child) -> (Option<i32>, String, Duration) {
     let start = Instant::now();
     let out = child.wait_with_output().unwrap();
@@ -138,11 +143,12 @@ fn per_owner_limit_and_service_override_from_the_control_plane() {
         "{}",
         r.describe()
     );
-    drop(first);
+    stop(first);
     let w2 = world(TestHostOpts::default().set("limits.max_sessions_per_owner", 1));
-    let _a = w2.spawn("sleep 30");
+    let a = w2.spawn("sleep 30");
     w2.wait_sessions(1);
     let r = w2.ssh(&["true"]);
+    stop(a);
     assert!(
         r.stderr_str()
             .contains("alice@example.com already has 1 SSH sessions on this host (the limit)"),
