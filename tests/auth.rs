@@ -128,6 +128,9 @@ fn drop_in_applies_to_service_logins_only() {
         "passwordauthentication no".into(),
         "kbdinteractiveauthentication no".into(),
         "authenticationmethods publickey".into(),
+        "clientaliveinterval 60".into(),
+        "clientalivecountmax 3".into(),
+        "channeltimeout session=8h".into(),
     ] {
         assert!(has(&srv, &line), "srv-abc123 lacks {line:?}:\n{srv}");
     }
@@ -149,6 +152,7 @@ fn drop_in_applies_to_service_logins_only() {
     assert!(has(&root, "disableforwarding no"), "{root}");
     assert!(!has(&root, "exposeauthinfo yes"), "{root}");
     assert!(!has(&root, "authorizedkeysfile none"), "{root}");
+    assert!(!has(&root, "channeltimeout session=8h"), "{root}");
 }
 
 #[test]
