@@ -58,8 +58,16 @@ fn main() {
     // Backstop: sshd has no timeout for us. Whatever happens, we are gone
     // one second after the budget (SIGALRM's default action ends us).
     let secs = cfg.control_plane.timeout_ms.div_ceil(1000) + 1;
-    // SAFETY: alarm only arms a timer.
-    unsafe { libc::alarm(u32::try_from(secs).unwrap_or(61)) };
+    // SAFETY: restoring SIGALRM's default action (a parent may have
+    // ignored or blocked it), then arming the timer.
+    unsafe {
+        libc::signal(libc::SIGALRM, libc::SIG_DFL);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGALRM);
+        libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        libc::alarm(u32::try_from(secs).unwrap_or(61));
+    }
     let log = Logger::new("porthole-keys", &cfg.log.socket);
     let call = Call {
         user: args.user,

@@ -151,11 +151,13 @@ fn read_capped(
     Ok(body)
 }
 
+/// The `file://` source decides who may log in, so its files are trusted
+/// only when root-owned and not writable by others, like the config.
 fn fetch_file(path: PathBuf, max: u64) -> Result<FetchOutcome, FetchError> {
-    match std::fs::File::open(&path) {
-        Ok(f) => read_capped(f, max, None).map(FetchOutcome::Found),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(FetchOutcome::NotFound),
-        Err(e) => Err(FetchError::Unavailable(format!("{}: {e}", path.display()))),
+    match crate::config::read_root_owned(&path, max) {
+        Ok(body) => Ok(FetchOutcome::Found(body)),
+        Err(crate::config::SecureReadError::Missing) => Ok(FetchOutcome::NotFound),
+        Err(e) => Err(FetchError::Config(format!("{}: {e}", path.display()))),
     }
 }
 
