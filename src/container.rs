@@ -293,13 +293,17 @@ pub fn open_in_root(root: &OwnedFd, path: &str, flags: i32) -> std::io::Result<F
 /// Reads a regular file inside the container, at most `max` bytes.
 pub fn read_in_root(root: &OwnedFd, path: &str, max: u64) -> std::io::Result<Vec<u8>> {
     let f = open_in_root(root, path, libc::O_RDONLY)?;
-    let meta = f.metadata()?;
-    if !meta.is_file() {
+    if !f.metadata()?.is_file() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             "not a regular file",
         ));
     }
+    read_capped(f, max)
+}
+
+/// Reads at most `max` bytes; more is an error, not a silent truncation.
+fn read_capped(f: File, max: u64) -> std::io::Result<Vec<u8>> {
     let mut buf = Vec::new();
     f.take(max + 1).read_to_end(&mut buf)?;
     if buf.len() as u64 > max {
@@ -393,15 +397,7 @@ fn read_host_file(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(path)?;
-    let mut buf = Vec::new();
-    f.take(max + 1).read_to_end(&mut buf)?;
-    if buf.len() as u64 > max {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "file too large",
-        ));
-    }
-    Ok(buf)
+    read_capped(f, max)
 }
 
 /// TERM from the client, only when it is a plausible terminfo name.

@@ -149,18 +149,20 @@ pub fn run(cfg: &Config, log: &Logger, call: &Call, started: Instant) -> Vec<Str
     lines
 }
 
+/// A cache problem never decides a login: it is logged and treated as a miss.
+fn cache_error(log: &Logger, target: &Target, e: &cache::CacheError) {
+    log.emit(
+        &Event::new("keys.cache_error", Severity::Warning)
+            .field("service", target.service.as_str())
+            .field("error", e.to_string()),
+    );
+}
+
 fn read_cache(cfg: &Config, log: &Logger, target: &Target) -> Option<CachedAnswer> {
-    match cache::read(&cfg.cache.dir, &target.service, None) {
-        Ok(a) => a,
-        Err(e) => {
-            log.emit(
-                &Event::new("keys.cache_error", Severity::Warning)
-                    .field("service", target.service.as_str())
-                    .field("error", e.to_string()),
-            );
-            None
-        }
-    }
+    cache::read(&cfg.cache.dir, &target.service, None).unwrap_or_else(|e| {
+        cache_error(log, target, &e);
+        None
+    })
 }
 
 fn from_cache(a: CachedAnswer, source: Source) -> Answer {
@@ -184,17 +186,10 @@ fn decide(cfg: &Config, log: &Logger, target: &Target, deadline: Instant) -> Ans
     let fetch_deadline = deadline
         .checked_sub(Duration::from_millis(50))
         .unwrap_or(deadline);
-    let lock = match cache::lock(&cfg.cache.dir, &target.service, fetch_deadline) {
-        Ok(l) => l,
-        Err(e) => {
-            log.emit(
-                &Event::new("keys.cache_error", Severity::Warning)
-                    .field("service", target.service.as_str())
-                    .field("error", e.to_string()),
-            );
-            None
-        }
-    };
+    let lock = cache::lock(&cfg.cache.dir, &target.service, fetch_deadline).unwrap_or_else(|e| {
+        cache_error(log, target, &e);
+        None
+    });
     // Whoever held the lock before us may have refreshed the answer.
     let cached = if lock.is_some() {
         read_cache(cfg, log, target).or(cached)
@@ -262,10 +257,6 @@ fn write_cache(cfg: &Config, log: &Logger, target: &Target, body: Option<&serde_
         crate::time::now_unix(),
         body,
     ) {
-        log.emit(
-            &Event::new("keys.cache_error", Severity::Warning)
-                .field("service", target.service.as_str())
-                .field("error", e.to_string()),
-        );
+        cache_error(log, target, &e);
     }
 }
