@@ -222,6 +222,10 @@ pub struct Spawned {
     pub outer_pid: i32,
     /// Host pid of the inner process (session leader inside the container).
     pub inner_pid: i32,
+    /// (device, inode) of the instance's pid namespace: only processes in
+    /// it are ever signalled as "the session's", so a recycled pid number
+    /// can never make us kill a process of the host.
+    pub pid_ns: (u64, u64),
     pub io: SessionIo,
 }
 
@@ -357,7 +361,14 @@ pub fn spawn(pinned: &Pinned, plan: &Plan) -> Result<Spawned, EnterError> {
             SessionIo::Pty { master }
         }
     };
+    let pid_ns = {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(format!("/proc/{}/ns/pid", pinned.pid))
+            .map_err(|_| EnterError::Vanished)?;
+        (m.dev(), m.ino())
+    };
     Ok(Spawned {
+        pid_ns,
         outer_pid: outer,
         inner_pid,
         io,

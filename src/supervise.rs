@@ -216,9 +216,11 @@ fn signal_fd() -> Option<OwnedFd> {
     }
 }
 
-/// Kills every process of the session (all members of the inner process's
-/// session, found through /proc in the host pid namespace).
-pub fn kill_session(inner_pid: i32, sig: libc::c_int) -> usize {
+/// Kills every process of the session: members of the inner process's
+/// session (found through /proc in the host pid namespace) that live in
+/// the instance's pid namespace. Returns how many were signalled.
+pub fn kill_session(inner_pid: i32, pid_ns: (u64, u64), sig: libc::c_int) -> usize {
+    use std::os::unix::fs::MetadataExt;
     let mut n = 0;
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return 0;
@@ -238,8 +240,14 @@ pub fn kill_session(inner_pid: i32, sig: libc::c_int) -> usize {
             .split_ascii_whitespace()
             .nth(3)
             .and_then(|s| s.parse::<i32>().ok());
-        if sid == Some(inner_pid) {
-            // SAFETY: sending a signal to a pid.
+        if sid != Some(inner_pid) {
+            continue;
+        }
+        let same_ns = std::fs::metadata(format!("/proc/{pid}/ns/pid"))
+            .map(|m| (m.dev(), m.ino()) == pid_ns)
+            .unwrap_or(false);
+        if same_ns {
+            // SAFETY: sending a signal to a pid of the instance's namespace.
             unsafe { libc::kill(pid, sig) };
             n += 1;
         }
@@ -394,7 +402,7 @@ pub fn run(spawned: Spawned, init_pidfd: &OwnedFd, mut controls: Controls<'_>) -
         }
         if let Some(t) = exited_at {
             if !killed && t.elapsed() >= DRAIN_GRACE {
-                kill_session(spawned.inner_pid, libc::SIGKILL);
+                kill_session(spawned.inner_pid, spawned.pid_ns, libc::SIGKILL);
                 killed = true;
             }
             if t.elapsed() >= DRAIN_GRACE * 3 {
@@ -651,8 +659,8 @@ pub fn run(spawned: Spawned, init_pidfd: &OwnedFd, mut controls: Controls<'_>) -
         }
         if let Some(r) = reason {
             if r != EndReason::Exit && exited_at.is_none() && !killed {
-                kill_session(spawned.inner_pid, libc::SIGHUP);
-                kill_session(spawned.inner_pid, libc::SIGKILL);
+                kill_session(spawned.inner_pid, spawned.pid_ns, libc::SIGHUP);
+                kill_session(spawned.inner_pid, spawned.pid_ns, libc::SIGKILL);
                 // SAFETY: killing our own outer child.
                 unsafe { libc::kill(spawned.outer_pid, libc::SIGKILL) };
                 killed = true;
@@ -663,7 +671,7 @@ pub fn run(spawned: Spawned, init_pidfd: &OwnedFd, mut controls: Controls<'_>) -
         status = wait_blocking(spawned.outer_pid);
     }
     if !killed {
-        kill_session(spawned.inner_pid, libc::SIGKILL);
+        kill_session(spawned.inner_pid, spawned.pid_ns, libc::SIGKILL);
     }
     drop(raw);
     for (fd, flags) in saved_flags {
@@ -757,4 +765,64 @@ pub fn exit_like(status: ExitStatus, fallback: i32) -> ! {
         _ => fallback,
     };
     std::process::exit(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::process::CommandExt;
+
+    #[test]
+    fn kill_session_only_touches_its_session_in_its_pid_namespace() {
+        let mut child = unsafe {
+            std::process::Command::new("sleep")
+                .arg("30")
+                .pre_exec(|| {
+                    libc::setsid();
+                    Ok(())
+                })
+                .spawn()
+                .unwrap()
+        };
+        let pid = child.id() as i32;
+        let own = std::fs::metadata("/proc/self/ns/pid").unwrap();
+        let own = (own.dev(), own.ino());
+        assert_eq!(
+            kill_session(pid, (own.0, own.1 + 1), libc::SIGKILL),
+            0,
+            "other namespace"
+        );
+        assert!(child.try_wait().unwrap().is_none());
+        assert_eq!(
+            kill_session(pid + 1_000_000, own, libc::SIGKILL),
+            0,
+            "other session"
+        );
+        assert_eq!(kill_session(pid, own, libc::SIGKILL), 1);
+        let st = child.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(st.signal(), Some(libc::SIGKILL));
+    }
+
+    #[test]
+    fn warnings_fire_once_per_threshold_and_durations_read_well() {
+        let mut w = Warnings::new(vec![Duration::from_secs(600), Duration::from_secs(60)]);
+        assert!(!w.due(Duration::from_secs(900)));
+        assert!(w.due(Duration::from_secs(599)));
+        assert!(!w.due(Duration::from_secs(300)));
+        assert!(w.due(Duration::from_secs(30)));
+        assert!(!w.due(Duration::from_secs(1)));
+        let mut burst = Warnings::new(vec![Duration::from_secs(600), Duration::from_secs(60)]);
+        assert!(
+            burst.due(Duration::from_secs(5)),
+            "one warning for both thresholds"
+        );
+        assert!(!burst.due(Duration::from_secs(4)));
+        assert_eq!(human(Duration::from_secs(3600)), "1h");
+        assert_eq!(human(Duration::from_secs(3900)), "1h 5m");
+        assert_eq!(human(Duration::from_secs(600)), "10m");
+        assert_eq!(human(Duration::from_secs(75)), "1m 15s");
+        assert_eq!(human(Duration::from_secs(3)), "3s");
+    }
 }
