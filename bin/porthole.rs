@@ -79,6 +79,9 @@ enum Command {
     },
     /// Check the whole host setup and print a checklist with the fix for each failure.
     Doctor {
+        /// Check one instance instead: what a session into it would get.
+        #[arg(long)]
+        instance: Option<String>,
         /// sshd binary to ask for its effective configuration.
         #[arg(long, default_value = "/usr/sbin/sshd")]
         sshd: PathBuf,
@@ -169,14 +172,21 @@ fn main() -> Result<()> {
                 println!("{l}");
             }
         }
-        Command::Doctor { sshd, sshd_config } => {
+        Command::Doctor {
+            instance,
+            sshd,
+            sshd_config,
+        } => {
             let paths = porthole::doctor::Paths {
                 config: cli.config.clone(),
                 sshd,
                 sshd_config,
                 ..porthole::doctor::Paths::default()
             };
-            let checks = porthole::doctor::run(&paths);
+            let checks = match instance {
+                Some(name) => porthole::doctor::instance(&Config::load(&cli.config)?, &name),
+                None => porthole::doctor::run(&paths),
+            };
             let failed = checks.iter().filter(|c| !c.ok).count();
             for c in &checks {
                 println!(

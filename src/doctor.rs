@@ -330,6 +330,170 @@ pub fn run(paths: &Paths) -> Vec<Check> {
     out
 }
 
+/// `porthole doctor --instance srv-x-slug`: what a session into that
+/// instance would get, read the way the session shell reads it.
+pub fn instance(cfg: &Config, name: &str) -> Vec<Check> {
+    let mut out = Vec::new();
+    let Some(target) = crate::names::Target::parse(name).filter(|t| t.slug.is_some()) else {
+        out.push(check(
+            "instance",
+            false,
+            format!("{name:?} is not an instance name (srv-abc123-d4e5f)"),
+        ));
+        return out;
+    };
+    let all = match crate::runtime::running_instances(
+        &cfg.runtime.roots,
+        &cfg.runtime.service_annotation,
+        &cfg.runtime.instance_annotation,
+    ) {
+        Ok(a) => a,
+        Err(e) => {
+            out.push(check("instance", false, e.to_string()));
+            return out;
+        }
+    };
+    let inst = match crate::runtime::choose(all, &target.service, target.slug.as_deref()) {
+        Ok(i) => i,
+        Err(e) => {
+            out.push(check("instance", false, e.to_string()));
+            return out;
+        }
+    };
+    out.push(check(
+        "running",
+        true,
+        format!(
+            "container {} in {}, init pid {}",
+            inst.container_id,
+            inst.runtime_root.display(),
+            inst.init_pid
+        ),
+    ));
+    let pinned = match crate::enter::pin(inst.init_pid, inst.init_start) {
+        Ok(p) => p,
+        Err(e) => {
+            out.push(check("pinned", false, e.to_string()));
+            return out;
+        }
+    };
+    let creds = pinned
+        .read_proc("status")
+        .ok()
+        .and_then(|s| crate::container::parse_status(&s));
+    let uid_map = pinned
+        .read_proc("uid_map")
+        .ok()
+        .and_then(|m| crate::container::IdMap::parse(&m));
+    let uid = match (&creds, &uid_map) {
+        (Some(c), Some(m)) => m.to_inside(c.uid),
+        _ => None,
+    };
+    let Some(uid) = uid else {
+        out.push(check(
+            "user",
+            false,
+            "cannot read the init's credentials or uid map",
+        ));
+        return out;
+    };
+    match crate::container::container_user(&pinned.root, uid) {
+        Some(pw) => {
+            out.push(check(
+                "user",
+                true,
+                format!("uid {uid} is {} (gid {})", pw.name, pw.gid),
+            ));
+            let usable = crate::container::usable_shell(&pinned.root, &pw.shell);
+            out.push(check(
+                "login shell",
+                usable || crate::container::usable_shell(&pinned.root, &cfg.session.fallback_shell),
+                if usable {
+                    format!("{} is executable", pw.shell)
+                } else {
+                    format!(
+                        "{:?} is not usable; sessions fall back to {}",
+                        pw.shell, cfg.session.fallback_shell
+                    )
+                },
+            ));
+            let home_ok = pw.home.starts_with('/')
+                && crate::container::open_in_root(
+                    &pinned.root,
+                    &pw.home,
+                    libc::O_PATH | libc::O_DIRECTORY,
+                )
+                .is_ok();
+            out.push(check(
+                "home",
+                home_ok,
+                if home_ok {
+                    format!("{} exists", pw.home)
+                } else {
+                    format!(
+                        "{:?} does not exist in the image; sessions start in /",
+                        pw.home
+                    )
+                },
+            ));
+        }
+        None => out.push(check(
+            "user",
+            false,
+            format!(
+                "uid {uid} has no entry in the image's /etc/passwd; sessions get HOME=/ and {}",
+                cfg.session.fallback_shell
+            ),
+        )),
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let dirs = pinned
+        .read_proc("cgroup")
+        .map(|c| crate::container::cgroup_dirs(&c, &mountinfo))
+        .unwrap_or_default();
+    let memory = dirs
+        .iter()
+        .find(|d| d.controllers.split(',').any(|c| c == "memory"))
+        .and_then(|d| crate::limits::read_memory(&d.dir, false))
+        .or_else(|| {
+            dirs.iter()
+                .find(|d| d.controllers.is_empty())
+                .and_then(|d| crate::limits::read_memory(&d.dir, true))
+        });
+    let reserve = cfg.limits.memory_reserve_mib.saturating_mul(1024 * 1024);
+    out.push(match memory {
+        None => check(
+            "memory",
+            false,
+            "the instance's memory cgroup cannot be read",
+        ),
+        Some(m) => match (m.limit, m.headroom()) {
+            (Some(limit), Some(left)) => check(
+                "memory",
+                left >= reserve,
+                format!(
+                    "{} MiB used of {} MiB, {} MiB left (a session needs {} MiB)",
+                    m.usage >> 20,
+                    limit >> 20,
+                    left >> 20,
+                    cfg.limits.memory_reserve_mib
+                ),
+            ),
+            _ => check(
+                "memory",
+                true,
+                format!("{} MiB used, no limit", m.usage >> 20),
+            ),
+        },
+    });
+    let live = crate::registry::list(&cfg.session.state_dir)
+        .into_iter()
+        .filter(|r| r.instance == inst.name())
+        .count();
+    out.push(check("sessions", true, format!("{live} live session(s)")));
+    out
+}
+
 fn shell_mode_check(path: &Path, session_gid: Option<u32>) -> Check {
     match std::fs::metadata(path) {
         Ok(m) => {

@@ -56,3 +56,49 @@ fn doctor_names_the_broken_piece() {
     assert!(line(&text, "control plane").contains("token"), "{text}");
     assert!(line(&text, "configuration").starts_with("[ ok ]"), "{text}");
 }
+
+#[test]
+fn doctor_instance_reports_what_a_session_would_get() {
+    let host = TestHost::start(TestHostOpts::default());
+    let _a = Instance::start(
+        &host,
+        "srv-web1",
+        "aaaaa",
+        InstanceOpts::default().app_user(),
+    );
+    let _b = Instance::start(
+        &host,
+        "srv-web1",
+        "bbbbb",
+        InstanceOpts::default()
+            .app_user()
+            .login_shell("/usr/sbin/nologin"),
+    );
+    let run = |name: &str| {
+        let out = host.in_ns(&[env!("CARGO_BIN_EXE_porthole"), "doctor", "--instance", name]);
+        (
+            out.status.success(),
+            format!("{}{}", util::lossy(&out.stdout), util::lossy(&out.stderr)),
+        )
+    };
+    let (ok, text) = run("srv-web1-aaaaa");
+    assert!(ok, "{text}");
+    assert!(line(&text, "user").contains("uid 1000 is app"), "{text}");
+    assert!(
+        line(&text, "login shell").contains("/bin/sh is executable"),
+        "{text}"
+    );
+    assert!(line(&text, "home").contains("/home/app exists"), "{text}");
+    assert!(line(&text, "memory").contains("of 256 MiB"), "{text}");
+    let (_, text) = run("srv-web1-bbbbb");
+    assert!(
+        line(&text, "login shell").contains("fall back to /bin/sh"),
+        "{text}"
+    );
+    let (ok, text) = run("srv-web1-zzzzz");
+    assert!(!ok);
+    assert!(
+        line(&text, "instance").contains("srv-web1-zzzzz is not running"),
+        "{text}"
+    );
+}
