@@ -41,6 +41,13 @@ else
     bad "cron job login: rc=$rc: $out"
 fi
 
+sleep 0.5
+if grep -q '"event":"keys.decision"' "$STATE/events.log" && grep -q '"event":"session.end"' "$STATE/events.log"; then
+    ok "audit events from the keys hook and the session shell reach the demo's log"
+else
+    bad "events.log lacks keys.decision or session.end: $(head -c 2000 "$STATE/events.log")"
+fi
+
 "$REPO/bin/demo" down
 trap - EXIT
 
