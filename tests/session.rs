@@ -729,3 +729,35 @@ fn scp_rsync_and_sftp_work_when_the_image_has_them() {
         1000
     );
 }
+
+#[test]
+fn user_namespaced_instance_is_entered_with_its_mapped_ids() {
+    let w = world();
+    let base = 200_000;
+    let i = Instance::start(
+        &w.host,
+        "srv-web1",
+        "aaaaa",
+        app(InstanceOpts::default()).userns(base),
+    );
+    let out = ok(&w.ssh(
+        "srv-web1-aaaaa",
+        &["id -u; head -1 /proc/self/uid_map; touch /home/app/mine; echo $HOME"],
+    ));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "1000", "{out}");
+    assert_eq!(
+        lines[1].split_whitespace().collect::<Vec<_>>(),
+        ["0", "200000", "65536"],
+        "{out}"
+    );
+    assert_eq!(lines[2], "/home/app");
+    use std::os::unix::fs::MetadataExt;
+    // On the host the file belongs to the mapped uid, not to anyone real.
+    assert_eq!(
+        std::fs::metadata(i.rootfs().join("home/app/mine"))
+            .unwrap()
+            .uid(),
+        base + 1000
+    );
+}

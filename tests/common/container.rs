@@ -34,6 +34,9 @@ pub struct InstanceOpts {
     pub login_shell: String,
     /// Extra files in the rootfs: (absolute path inside, content, mode).
     pub files: Vec<(String, Vec<u8>, u32)>,
+    /// Run in a user namespace mapping container ids 0..65536 to host ids
+    /// starting here (the rootfs is chowned to match).
+    pub userns: Option<u32>,
 }
 
 impl Default for InstanceOpts {
@@ -48,6 +51,7 @@ impl Default for InstanceOpts {
             args: vec!["/bin/sleep".into(), "1000000".into()],
             login_shell: "/bin/sh".into(),
             files: Vec::new(),
+            userns: None,
         }
     }
 }
@@ -69,6 +73,12 @@ impl InstanceOpts {
     /// An arbitrary container ID; the annotations name service and slug.
     pub fn id(mut self, id: &str) -> Self {
         self.id = Some(id.into());
+        self
+    }
+
+    /// A user-namespaced instance: container root is host uid `base`.
+    pub fn userns(mut self, base: u32) -> Self {
+        self.userns = Some(base);
         self
     }
 
@@ -135,6 +145,22 @@ impl Instance {
         util::mkdir(&bundle, 0o755, 0, 0);
         let rootfs = bundle.join("rootfs");
         build_rootfs(&rootfs, &opts);
+        if let Some(base) = opts.userns {
+            // Shift ownership into the namespace's range (app keeps its uid 1000 inside).
+            util::run_ok(
+                Command::new("chown")
+                    .arg("-R")
+                    .arg(format!("{base}:{base}"))
+                    .arg(&rootfs),
+            );
+            let app = base + 1000;
+            util::run_ok(
+                Command::new("chown")
+                    .arg("-R")
+                    .arg(format!("{app}:{app}"))
+                    .arg(rootfs.join("home/app")),
+            );
+        }
         let spec = spec(host, &id, service, slug, &opts);
         util::write_file(
             &bundle.join("config.json"),
@@ -388,5 +414,23 @@ fn spec(host: &TestHost, id: &str, service: &str, slug: &str, opts: &InstanceOpt
     // Unique per test: the default (/<id>) would collide between tests that
     // run the same instance name under different runc roots.
     s["linux"]["cgroupsPath"] = json!(format!("/porthole-e2e-{}-{id}", host.tag()));
+    if let Some(base) = opts.userns {
+        let map = json!([{"containerID": 0, "hostID": base, "size": 65536}]);
+        s["linux"]["uidMappings"] = map.clone();
+        s["linux"]["gidMappings"] = map;
+        if let Some(ns) = s["linux"]["namespaces"].as_array_mut() {
+            ns.push(json!({"type": "user"}));
+        }
+        // Inside a user namespace sysfs cannot be mounted fresh; bind it.
+        if let Some(mounts) = s["mounts"].as_array_mut() {
+            for m in mounts.iter_mut() {
+                if m["destination"] == "/sys" {
+                    *m = json!({"destination": "/sys", "type": "none", "source": "/sys",
+                                "options": ["rbind", "nosuid", "noexec", "nodev", "ro"]});
+                }
+            }
+            mounts.retain(|m| m["type"] != "mqueue" && m["destination"] != "/sys/fs/cgroup");
+        }
+    }
     s
 }
