@@ -151,6 +151,14 @@ pub fn pin(pid: i32, start: u64) -> Result<Pinned, EnterError> {
             (Ok(_), Err(e)) => return Err(EnterError::Host(format!("/proc/self/ns/{name}: {e}"))),
         }
     }
+    // A recycled init pid (or a forged runtime state) can name a process of
+    // the host: never "enter" something that shares our mount namespace or
+    // the host init's, whatever its start time says.
+    if ns_flags & libc::CLONE_NEWNS == 0 || shares_host_mount_ns(pid) {
+        return Err(EnterError::Host(format!(
+            "process {pid} is not in a container (it shares the host's mount namespace)"
+        )));
+    }
     if !pidfd_alive(&pidfd) {
         return Err(EnterError::Vanished);
     }
@@ -161,6 +169,19 @@ pub fn pin(pid: i32, start: u64) -> Result<Pinned, EnterError> {
         root,
         ns_flags,
     })
+}
+
+/// True when `pid` is in the mount namespace of the host's init (pid 1);
+/// unknown counts as shared (fail closed).
+fn shares_host_mount_ns(pid: i32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (
+        std::fs::metadata(format!("/proc/{pid}/ns/mnt")),
+        std::fs::metadata("/proc/1/ns/mnt"),
+    ) {
+        (Ok(t), Ok(h)) => t.ino() == h.ino() && t.dev() == h.dev(),
+        _ => true,
+    }
 }
 
 impl Pinned {

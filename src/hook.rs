@@ -128,10 +128,15 @@ pub fn run(cfg: &Config, log: &Logger, call: &Call, started: Instant) -> Vec<Str
         let Ok((key, line)) = &c.result else { continue };
         match offered {
             Some((t, k)) if key.algorithm != t || key.base64 != k => continue,
-            Some(_) => owner = c.entry.map(|e| e.owner.clone()),
-            None => {}
+            Some(_) => {
+                // A key listed twice: the first usable listing decides (its
+                // owner, from= and expiry), as the session shell's lookup does.
+                owner = c.entry.map(|e| e.owner.clone());
+                lines.push(line.clone());
+                break;
+            }
+            None => lines.push(line.clone()),
         }
-        lines.push(line.clone());
     }
     let outcome = if lines.is_empty() {
         "no-match"

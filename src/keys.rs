@@ -279,7 +279,9 @@ pub fn find_listed_key<'a>(
             if key.algorithm != algorithm || key.base64 != base64 {
                 return None;
             }
-            entry_expiry(entry, now_unix).ok()?;
+            // The same test as the keys hook's (expiry, from patterns), so
+            // both pick the same entry when a key is listed twice.
+            render_line(entry, &key, now_unix).ok()?;
             Some((entry, key))
         })
 }

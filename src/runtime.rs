@@ -109,6 +109,9 @@ struct RawState {
 struct RawConfig {
     #[serde(default)]
     labels: Vec<String>,
+    /// Absolute path of the container's root filesystem.
+    #[serde(default)]
+    rootfs: Option<String>,
 }
 
 /// A container as the runtime describes it, before matching.
@@ -118,6 +121,8 @@ pub struct ContainerState {
     pub init_pid: i32,
     pub init_start: u64,
     pub labels: Vec<(String, String)>,
+    /// `config.rootfs`: where the runtime mounted the root filesystem from.
+    pub rootfs: Option<PathBuf>,
 }
 
 impl ContainerState {
@@ -126,6 +131,31 @@ impl ContainerState {
             .iter()
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
+    }
+
+    /// The bundle directory, when it can be trusted: runc appends its own
+    /// `bundle=<dir>` after the annotations (which a tenant may set, e.g.
+    /// through Kubernetes), so only the LAST such label is the runtime's,
+    /// and it must contain the container's rootfs. Otherwise None: the
+    /// environment is then read from the init process instead of from a
+    /// config.json the tenant could point at (another container's, a host
+    /// file).
+    pub fn bundle(&self) -> Option<PathBuf> {
+        let bundle = self
+            .labels
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "bundle")
+            .map(|(_, v)| PathBuf::from(v))
+            .filter(|p| p.is_absolute())?;
+        let rootfs = self.rootfs.as_ref()?;
+        let inside = rootfs.starts_with(&bundle)
+            && rootfs != &bundle
+            && !rootfs
+                .components()
+                .chain(bundle.components())
+                .any(|c| matches!(c, std::path::Component::ParentDir));
+        inside.then_some(bundle)
     }
 }
 
@@ -147,6 +177,11 @@ pub fn parse_state(bytes: &[u8]) -> Option<ContainerState> {
         init_pid: raw.init_process_pid,
         init_start: raw.init_process_start,
         labels,
+        rootfs: raw
+            .config
+            .rootfs
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute()),
     })
 }
 
@@ -257,10 +292,7 @@ pub fn running_instances(
             if process_start_time(state.init_pid) != Some(state.init_start) {
                 continue;
             }
-            let bundle = state
-                .label("bundle")
-                .map(PathBuf::from)
-                .filter(|p| p.is_absolute());
+            let bundle = state.bundle();
             found.push(Instance {
                 container_id: state.id,
                 service,

@@ -227,7 +227,17 @@ pub fn authorize(cfg: &Config, h: &Handover) -> Result<Authorized, Refusal> {
             "cannot verify the login key: no public key in the auth info",
         )
     })?;
-    let keys_uid = lookup_uid(&cfg.session.keys_user);
+    // The cache is trusted only when written by the keys user: without
+    // knowing that uid there is nothing to check its owner against.
+    let keys_uid = Some(lookup_uid(&cfg.session.keys_user).ok_or_else(|| {
+        refuse(
+            "setup",
+            format!(
+                "SSH is not available on this host right now: the keys user {} does not exist; the platform team has been notified",
+                cfg.session.keys_user
+            ),
+        )
+    })?);
     let cached = crate::cache::read(&cfg.cache.dir, &target.service, keys_uid)
         .map_err(|e| {
             refuse(

@@ -37,6 +37,8 @@ pub struct InstanceOpts {
     /// Run in a user namespace mapping container ids 0..65536 to host ids
     /// starting here (the rootfs is chowned to match).
     pub userns: Option<u32>,
+    /// Further OCI annotations (`key`, `value`), as a tenant might set them.
+    pub extra_annotations: Vec<(String, String)>,
 }
 
 impl Default for InstanceOpts {
@@ -52,6 +54,7 @@ impl Default for InstanceOpts {
             login_shell: "/bin/sh".into(),
             files: Vec::new(),
             userns: None,
+            extra_annotations: Vec::new(),
         }
     }
 }
@@ -94,6 +97,12 @@ impl InstanceOpts {
 
     pub fn login_shell(mut self, sh: &str) -> Self {
         self.login_shell = sh.into();
+        self
+    }
+
+    /// One more OCI annotation (what a tenant can often set).
+    pub fn annotation(mut self, key: &str, value: &str) -> Self {
+        self.extra_annotations.push((key.into(), value.into()));
         self
     }
 
@@ -409,6 +418,9 @@ fn spec(host: &TestHost, id: &str, service: &str, slug: &str, opts: &InstanceOpt
     s["hostname"] = json!(format!("{service}-{slug}"));
     if opts.annotations {
         s["annotations"] = json!({SERVICE_ANNOTATION: service, INSTANCE_ANNOTATION: slug});
+    }
+    for (k, v) in &opts.extra_annotations {
+        s["annotations"][k] = json!(v);
     }
     s["linux"]["resources"]["memory"] = json!({"limit": opts.memory_limit});
     // Unique per test: the default (/<id>) would collide between tests that

@@ -1,0 +1,1613 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! Issue 7: the catalogue of named hostile cases. porthole-shell is setuid
+//! root on multi-tenant hosts and the keys hook decides who gets in, so each
+//! case here is an input an attacker (a tenant, a developer at the bastion,
+//! a broken control plane, a damaged host) can put in front of them. Every
+//! test asserts four things: the clear refusal (the user's sentence, or for
+//! keys-hook refusals, which the user only sees as sshd's denial, the
+//! admin's decision event and its reason), the admin syslog event, that
+//! nothing escaped (no host file touched or shown, nothing ran outside the
+//! container) and that nothing was lost (the cache still holds the last good
+//! answer, a later normal login still works).
+//!
+//! Everything runs against the real parts of tests/common (sshd in a private
+//! mount namespace, the ssh client, the HTTP control plane, runc busybox
+//! containers); the setuid shell is also run the way a local attacker with
+//! the session uid would run it, with the hostile environment.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::fs;
+use std::os::unix::fs::{symlink, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+const SVC: &str = "srv-web1";
+const INSTANCE: &str = "srv-web1-aaaaa";
+const OWNER: &str = "alice@example.com";
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A bastion with `srv-web1` (paid web service) listing one key of alice.
+struct Bastion {
+    host: TestHost,
+    key: ClientKey,
+}
+
+fn bastion_with(opts: TestHostOpts) -> Bastion {
+    let host = TestHost::start(opts);
+    let key = host.key(KeyKind::Ed25519);
+    host.control_plane()
+        .set_body(SVC, &web_service(SVC, &[KeySpec::new(&key, OWNER)]));
+    Bastion { host, key }
+}
+
+/// The shipped setup: ForceCommand porthole-shell.
+fn bastion() -> Bastion {
+    bastion_with(TestHostOpts::default())
+}
+
+/// Authentication only (ForceCommand echoes `porthole-auth-ok $USER`),
+/// 1 s budget, answers fresh for 1 s so a later login asks again.
+fn probe_bastion() -> Bastion {
+    bastion_with(probe_opts())
+}
+
+fn probe_opts() -> TestHostOpts {
+    TestHostOpts::auth_probe()
+        .timeout_ms(1000)
+        .set("cache.fresh_secs", 1)
+}
+
+/// The bastion plus a running instance `srv-web1-aaaaa` (user `app`), with
+/// the cache warmed by one normal login that worked.
+fn shell_world() -> (Bastion, Instance) {
+    shell_world_with(InstanceOpts::default().app_user())
+}
+
+fn shell_world_with(opts: InstanceOpts) -> (Bastion, Instance) {
+    let b = bastion();
+    let i = Instance::start(&b.host, SVC, "aaaaa", opts);
+    b.assert_session_works(INSTANCE);
+    (b, i)
+}
+
+impl Bastion {
+    fn ssh(&self, user: &str, args: &[&str]) -> SshRun {
+        self.host.ssh(user, &self.key, args)
+    }
+
+    /// A later normal login still works (nothing was lost).
+    fn assert_login_works(&self) {
+        match self.host.mode() {
+            SessionMode::AuthProbe => {
+                let r = self.ssh(SVC, &[]);
+                assert!(
+                    r.success() && r.stdout_str().contains(AUTH_PROBE_OK),
+                    "a normal login should still work:\n{}",
+                    r.describe()
+                );
+            }
+            SessionMode::PortholeShell => self.assert_session_works(INSTANCE),
+        }
+    }
+
+    /// `ssh srv-web1-aaaaa hostname` lands in the container.
+    fn assert_session_works(&self, login: &str) {
+        let r = self.ssh(login, &["hostname"]);
+        assert!(
+            r.success() && r.stdout_str().trim() == login,
+            "a normal session should work:\n{}",
+            r.describe()
+        );
+    }
+
+    fn cache_file(&self, service: &str) -> PathBuf {
+        self.host.cache_dir().join(format!("{service}.json"))
+    }
+
+    fn cache_bytes(&self) -> Vec<u8> {
+        fs::read(self.cache_file(SVC)).expect("cache entry of srv-web1")
+    }
+
+    /// Runs the installed keys hook for `user` offering `key`, as sshd does.
+    fn keys_hook(&self, user: &str, key: &ClientKey) -> util::Timed {
+        self.host
+            .run_keys_hook(&[user, &key.fingerprint, &key.key_type, &key.base64])
+    }
+
+    /// An auth-info file as sshd writes it (`publickey <type> <base64>`),
+    /// owned by the session uid, 0600.
+    fn auth_info(&self, key: &ClientKey, name: &str) -> PathBuf {
+        let dir = self.auth_dir();
+        let p = dir.join(name);
+        let s = self.host.ids().session;
+        util::write_file(
+            &p,
+            format!("publickey {} {}\n", key.key_type, key.base64),
+            0o600,
+            s,
+            s,
+        );
+        p
+    }
+
+    fn auth_dir(&self) -> PathBuf {
+        let dir = self.host.dir().join("authinfo");
+        if !dir.is_dir() {
+            let s = self.host.ids().session;
+            util::mkdir(&dir, 0o755, s, s);
+        }
+        dir
+    }
+
+    /// A world-writable scratch directory for markers a hostile library or
+    /// program would leave behind.
+    fn marks(&self) -> PathBuf {
+        let dir = self.host.dir().join("marks");
+        if !dir.is_dir() {
+            util::mkdir(&dir, 0o1777, 0, 0);
+        }
+        dir
+    }
+
+    /// Runs `args` as the session account inside the bastion's namespace
+    /// with exactly `env` (a local attacker who has that uid).
+    fn as_session_user(&self, env: &[(&str, &str)], args: &[&str]) -> Output {
+        let uid = format!("--reuid={}", self.host.ids().session);
+        let gid = format!("--regid={}", self.host.ids().session);
+        let mut all: Vec<String> = vec![
+            "setpriv".into(),
+            uid,
+            gid,
+            "--clear-groups".into(),
+            "env".into(),
+            "-i".into(),
+        ];
+        all.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
+        all.extend(args.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        self.host.in_ns(&refs)
+    }
+
+    /// The installed setuid shell run by the session uid, as sshd would for
+    /// `USER=<user>` with a valid auth-info file, plus the hostile `extra`
+    /// variables (later ones win).
+    fn local_shell(&self, user: &str, extra: &[(&str, &str)], args: &[&str]) -> Output {
+        let auth = self.auth_info(&self.key, "good");
+        let auth = auth.to_str().unwrap();
+        let mut env = vec![
+            ("USER", user),
+            ("SSH_USER_AUTH", auth),
+            ("SSH_CONNECTION", "127.0.0.9 50000 127.0.0.1 22"),
+        ];
+        env.extend_from_slice(extra);
+        let bin = self.host.bin_dir().join("porthole-shell");
+        let mut all = vec![bin.to_str().unwrap()];
+        all.extend_from_slice(args);
+        self.as_session_user(&env, &all)
+    }
+
+    fn rejected(&self, reason: &str) -> LogEvent {
+        self.host.expect_event(
+            &format!("session.rejected {reason}"),
+            |e| e.name() == "session.rejected" && e.str("reason") == Some(reason),
+            WAIT,
+        )
+    }
+
+    fn decision(&self, what: &str, pred: impl Fn(&LogEvent) -> bool) -> LogEvent {
+        self.host.expect_event(
+            what,
+            |e| e.name() == "keys.decision" && pred(e),
+            WAIT,
+        )
+    }
+
+    fn session_starts(&self) -> usize {
+        self.host
+            .events()
+            .iter()
+            .filter(|e| e.name() == "session.start")
+            .count()
+    }
+}
+
+fn out_str(o: &Output) -> (String, String) {
+    (util::lossy(&o.stdout), util::lossy(&o.stderr))
+}
+
+/// A refusal by the shell: exit 1, `sentence` on stderr, the matching
+/// `session.rejected` event carrying the same sentence.
+fn assert_shell_refused(b: &Bastion, o: &Output, reason: &str, sentence: &str) -> LogEvent {
+    let (out, err) = out_str(o);
+    assert_eq!(o.status.code(), Some(1), "stdout {out}\nstderr {err}");
+    assert!(
+        err.contains(sentence),
+        "wanted {sentence:?} on stderr:\n{err}"
+    );
+    let e = b.rejected(reason);
+    assert!(
+        e.str("message").unwrap_or("").contains(sentence),
+        "{}",
+        e.raw
+    );
+    e
+}
+
+/// The instance's rootfs has no file `rel` (a command that must not have
+/// run would have created it).
+fn assert_not_created(path: &Path) {
+    assert!(
+        fs::symlink_metadata(path).is_err(),
+        "{} exists: something ran that must not have",
+        path.display()
+    );
+}
+
+/// Kills a host process started by a test, also when the test fails.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Removes a path a test planted (fake runtime state), also on failure,
+/// before the harness sweeps the runc root.
+struct Planted(PathBuf);
+
+impl Drop for Planted {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+// ----- names ---------------------------------------------------------------------
+
+/// How far a hostile name can travel through the real ssh client.
+#[derive(PartialEq)]
+enum ViaSsh {
+    /// sshd must log `Invalid user <name>` (NSS said no).
+    InvalidUser,
+    /// The login must fail (sshd may shorten or refuse the name earlier).
+    Denied,
+}
+
+/// A name outside the grammar is refused by sshd (NSS), by the keys hook
+/// and by the setuid shell, no request reaches the control plane, no cache
+/// file is created for it, and the next normal login works.
+fn name_is_refused_everywhere(name: &str, via: ViaSsh) {
+    let b = probe_bastion();
+    b.host
+        .control_plane()
+        .set_body(name, &web_service(name, &[KeySpec::new(&b.key, OWNER)]));
+    let r = b.ssh(name, &[]);
+    assert!(
+        !r.success() && !r.stdout_str().contains(AUTH_PROBE_OK),
+        "{name:?} got in:\n{}",
+        r.describe()
+    );
+    if via == ViaSsh::InvalidUser {
+        assert!(
+            b.host
+                .wait_sshd_log(&format!("Invalid user {name} from"), WAIT),
+            "sshd did not refuse {name:?} as an invalid user:\n{}",
+            b.host.sshd_log()
+        );
+    }
+    // The keys hook as sshd would run it for that name.
+    let hook = b.keys_hook(name, &b.key);
+    assert!(
+        hook.output.stdout.is_empty(),
+        "keys hook printed lines for {name:?}"
+    );
+    let e = b.decision(&format!("keys.decision for {name:?}"), |e| {
+        e.str("user") == Some(name)
+    });
+    assert_eq!(e.str("outcome"), Some("refused"));
+    assert_eq!(e.str("reason"), Some("not a service or instance name"));
+    // The setuid shell with USER set to it.
+    let o = b.local_shell(name, &[], &["-c", "id"]);
+    let e = assert_shell_refused(&b, &o, "bad_name", "is not a service or instance name");
+    assert_eq!(e.str("user"), Some(name));
+    // Nothing escaped: no request, no cache entry, every log line one event.
+    assert_eq!(b.host.control_plane().total_requests(), 0);
+    let entries: Vec<_> = fs::read_dir(b.host.cache_dir()).unwrap().collect();
+    assert!(entries.is_empty(), "cache files created: {entries:?}");
+    for e in b.host.events() {
+        assert!(!e.raw.trim_end().contains('\n'), "forged line: {}", e.raw);
+    }
+    b.assert_login_works();
+}
+
+#[test]
+fn name_with_dot_dot_path_traversal() {
+    name_is_refused_everywhere("srv-../..", ViaSsh::InvalidUser);
+}
+
+#[test]
+fn name_in_uppercase() {
+    name_is_refused_everywhere("SRV-WEB1", ViaSsh::InvalidUser);
+}
+
+#[test]
+fn name_with_unicode_look_alikes() {
+    // Cyrillic "е" (U+0435) in place of the Latin "e".
+    // (sshd logs the name octal-escaped, so only the refusal is checked.)
+    name_is_refused_everywhere("srv-w\u{0435}b1", ViaSsh::Denied);
+}
+
+#[test]
+fn name_of_4_kib() {
+    let name = format!("srv-{}", "a".repeat(4092));
+    name_is_refused_everywhere(&name, ViaSsh::Denied);
+}
+
+#[test]
+fn name_with_newline() {
+    name_is_refused_everywhere("srv-web1\nsrv-web2", ViaSsh::Denied);
+}
+
+#[test]
+fn name_srv_dash_alone() {
+    name_is_refused_everywhere("srv-", ViaSsh::InvalidUser);
+}
+
+#[test]
+fn name_with_slug_of_the_wrong_length() {
+    name_is_refused_everywhere("srv-web1-aaaa", ViaSsh::InvalidUser);
+    name_is_refused_everywhere("srv-web1-aaaaaa", ViaSsh::InvalidUser);
+}
+
+#[test]
+fn name_with_nul_byte() {
+    // No argv or environment string can carry a NUL (execve ends strings
+    // there, and sshd rejects user names with one on the wire), so the NUL
+    // case is the parsers the NSS module and both hooks share: a NUL at any
+    // position of a valid name makes it not ours.
+    use porthole::names::{is_ours, split_name, ServiceId, Target};
+    for valid in ["srv-web1", "srv-web1-aaaaa"] {
+        assert!(is_ours(valid.as_bytes()) && Target::parse(valid).is_some());
+        for at in 0..=valid.len() {
+            let mut bytes = valid.as_bytes().to_vec();
+            bytes.insert(at, 0);
+            assert!(!is_ours(&bytes), "{bytes:?}");
+            assert!(split_name(&bytes).is_none(), "{bytes:?}");
+            let s = String::from_utf8(bytes).unwrap();
+            assert!(Target::parse(&s).is_none() && ServiceId::parse(&s).is_none());
+        }
+    }
+    // The nearest a caller gets through execve is a control character:
+    // the real shell refuses it like any name outside the grammar.
+    let b = probe_bastion();
+    b.keys_hook(SVC, &b.key);
+    let o = b.local_shell("srv-web1\u{1}x", &[], &[]);
+    assert_shell_refused(&b, &o, "bad_name", "is not a service or instance name");
+    b.assert_login_works();
+}
+
+// ----- environment handed to the setuid shell ---------------------------------
+
+/// Compiles `src` (C) into `out` with `cc`.
+fn cc(src: &str, out: &Path, args: &[&str]) {
+    let c = out.with_extension("c");
+    fs::write(&c, src).unwrap();
+    util::run_ok(Command::new("cc").args(args).arg("-o").arg(out).arg(&c));
+    util::set_owner_mode(out, 0o755, 0, 0);
+}
+
+/// A shared library whose constructor appends "loaded" to `marker`.
+fn hostile_library(out: &Path, marker: &Path, extra_c: &str, link: &[&str]) {
+    let src = format!(
+        "#include <fcntl.h>\n#include <unistd.h>\n#include <stdlib.h>\n\
+         __attribute__((constructor)) static void hostile(void) {{\n\
+           int fd = open(\"{}\", O_WRONLY | O_CREAT | O_APPEND, 0666);\n\
+           if (fd >= 0) {{ write(fd, \"loaded\\n\", 7); close(fd); }}\n\
+         }}\n{extra_c}\n",
+        marker.display()
+    );
+    let mut args = vec!["-shared", "-fPIC"];
+    args.extend_from_slice(link);
+    cc(&src, out, &args);
+}
+
+/// `var=<dir or lib>` makes a normal program load the hostile library (the
+/// control), but not the setuid shell, which still runs the session.
+fn assert_library_not_loaded(b: &Bastion, var: &str, value: &str, control: &[&str]) {
+    let marker = b.marks().join("loaded");
+    let o = b.as_session_user(&[(var, value)], control);
+    assert!(
+        marker.exists(),
+        "control: {var} did not load the library into {control:?}: {:?}",
+        out_str(&o)
+    );
+    fs::remove_file(&marker).unwrap();
+    let o = b.local_shell(INSTANCE, &[(var, value)], &["-c", "echo inside; env"]);
+    let (out, err) = out_str(&o);
+    assert!(o.status.success(), "stdout {out}\nstderr {err}");
+    assert!(out.starts_with("inside\n"), "{out}");
+    assert!(!out.contains(var), "{var} reached the session:\n{out}");
+    assert!(
+        !marker.exists(),
+        "the setuid shell loaded the {var} library"
+    );
+    let e = b.host.expect_event(
+        "session.start of the local run",
+        |e| e.name() == "session.start" && e.str("client") == Some("127.0.0.9"),
+        WAIT,
+    );
+    assert_eq!(e.str("owner"), Some(OWNER));
+}
+
+#[test]
+fn env_ld_preload() {
+    let (b, _i) = shell_world();
+    let dir = b.marks();
+    let lib = dir.join("hostile.so");
+    hostile_library(&lib, &dir.join("loaded"), "", &[]);
+    assert_library_not_loaded(&b, "LD_PRELOAD", lib.to_str().unwrap(), &["/bin/true"]);
+    b.assert_login_works();
+}
+
+#[test]
+fn env_ld_library_path() {
+    let (b, _i) = shell_world();
+    // A libgcc_s.so.1 (which both binaries need) with the unwinder's
+    // symbols as stubs and a constructor: any program that honours
+    // LD_LIBRARY_PATH loads it.
+    let dir = b.host.dir().join("evil-libs");
+    util::mkdir(&dir, 0o755, 0, 0);
+    let map = dir.join("v.map");
+    fs::write(
+        &map,
+        "GCC_3.0 { global: _Unwind_DeleteException; _Unwind_GetDataRelBase; _Unwind_GetIP; \
+         _Unwind_GetLanguageSpecificData; _Unwind_GetRegionStart; _Unwind_GetTextRelBase; \
+         _Unwind_RaiseException; _Unwind_Resume; _Unwind_SetGR; _Unwind_SetIP; };\n\
+         GCC_3.3 { global: _Unwind_Backtrace; _Unwind_GetCFA; _Unwind_FindEnclosingFunction; } GCC_3.0;\n\
+         GCC_4.2.0 { global: _Unwind_GetIPInfo; } GCC_3.3;\n",
+    )
+    .unwrap();
+    let stubs: String = [
+        "_Unwind_Backtrace",
+        "_Unwind_DeleteException",
+        "_Unwind_GetDataRelBase",
+        "_Unwind_GetIP",
+        "_Unwind_GetIPInfo",
+        "_Unwind_GetLanguageSpecificData",
+        "_Unwind_GetRegionStart",
+        "_Unwind_GetTextRelBase",
+        "_Unwind_RaiseException",
+        "_Unwind_Resume",
+        "_Unwind_SetGR",
+        "_Unwind_SetIP",
+        "_Unwind_GetCFA",
+        "_Unwind_FindEnclosingFunction",
+    ]
+    .iter()
+    .map(|s| format!("void {s}(void) {{ abort(); }}\n"))
+    .collect();
+    let version_script = format!("-Wl,--version-script={}", map.display());
+    hostile_library(
+        &dir.join("libgcc_s.so.1"),
+        &b.marks().join("loaded"),
+        &stubs,
+        &["-Wl,-soname,libgcc_s.so.1", &version_script],
+    );
+    let keys = b.host.bin_dir().join("porthole-keys");
+    assert_library_not_loaded(
+        &b,
+        "LD_LIBRARY_PATH",
+        dir.to_str().unwrap(),
+        &[keys.to_str().unwrap(), "not-a-name"],
+    );
+    b.assert_login_works();
+}
+
+#[test]
+fn env_hostile_path() {
+    let (b, _i) = shell_world();
+    // Every program a careless shell might look up through PATH.
+    let evil = b.host.dir().join("evil-bin");
+    util::mkdir(&evil, 0o755, 0, 0);
+    let marker = b.marks().join("ran-from-path");
+    for prog in [
+        "sh", "bash", "busybox", "runc", "nsenter", "env", "id", "getent", "cat", "hostname",
+        "echo", "ls", "true", "sftp-server",
+    ] {
+        util::write_file(
+            &evil.join(prog),
+            format!("#!/bin/sh\necho {prog} >> {}\n", marker.display()),
+            0o755,
+            0,
+            0,
+        );
+    }
+    let path = evil.to_str().unwrap();
+    let o = b.local_shell(
+        INSTANCE,
+        &[("PATH", path)],
+        &["-c", "hostname; echo \"PATH=$PATH\""],
+    );
+    let (out, err) = out_str(&o);
+    assert!(o.status.success(), "stdout {out}\nstderr {err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], INSTANCE, "{out}");
+    assert_eq!(
+        lines[1], "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "the session got the caller's PATH"
+    );
+    assert_not_created(&marker);
+    b.host.expect_event(
+        "session.start of the local run",
+        |e| e.name() == "session.start" && e.str("client") == Some("127.0.0.9"),
+        WAIT,
+    );
+    b.assert_login_works();
+}
+
+/// `SSH_USER_AUTH` naming a hostile file: refused with `why`, no session,
+/// no command ran, nothing of the file shown, and the real file still works.
+fn hostile_auth_info(b: &Bastion, i: &Instance, path: &Path, why: &str) {
+    let escaped = i.rootfs().join("tmp/escaped");
+    let started = Instant::now();
+    let before = b.session_starts();
+    let o = b.local_shell(
+        INSTANCE,
+        &[("SSH_USER_AUTH", path.to_str().unwrap())],
+        &["-c", "touch /tmp/escaped"],
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the shell hung on {}",
+        path.display()
+    );
+    let e = assert_shell_refused(b, &o, "auth_info", "cannot verify the login key");
+    let (_, err) = out_str(&o);
+    assert!(err.contains(why), "wanted {why:?}:\n{err}");
+    assert!(!err.contains("SECRET"), "file content shown:\n{err}");
+    assert!(!e.raw.contains("SECRET"), "file content logged: {}", e.raw);
+    assert_not_created(&escaped);
+    assert_eq!(b.session_starts(), before, "a session started");
+    let ok = b.local_shell(INSTANCE, &[], &["-c", "echo still-ok"]);
+    assert_eq!(out_str(&ok).0, "still-ok\n", "{:?}", out_str(&ok));
+}
+
+#[test]
+fn env_ssh_user_auth_symlink() {
+    let (b, i) = shell_world();
+    let good = b.auth_info(&b.key, "target");
+    let link = b.auth_dir().join("link");
+    symlink(&good, &link).unwrap();
+    hostile_auth_info(&b, &i, &link, "symbolic links");
+}
+
+#[test]
+fn env_ssh_user_auth_fifo() {
+    let (b, i) = shell_world();
+    let fifo = b.auth_dir().join("fifo");
+    util::run_ok(Command::new("mkfifo").arg(&fifo));
+    let s = b.host.ids().session;
+    util::set_owner_mode(&fifo, 0o600, s, s);
+    hostile_auth_info(&b, &i, &fifo, "not a regular file");
+}
+
+#[test]
+fn env_ssh_user_auth_huge_file() {
+    let (b, i) = shell_world();
+    let huge = b.auth_info(&b.key, "huge");
+    let mut text = fs::read_to_string(&huge).unwrap();
+    text.push_str(&"x".repeat(8 << 20));
+    fs::write(&huge, text).unwrap();
+    hostile_auth_info(&b, &i, &huge, "too large");
+}
+
+#[test]
+fn env_ssh_user_auth_another_uids_file() {
+    let (b, i) = shell_world();
+    // Another account's file naming the right key…
+    let plain = b.host.ids().plain;
+    let theirs = b.auth_info(&b.key, "theirs");
+    util::set_owner_mode(&theirs, 0o644, plain, plain);
+    hostile_auth_info(&b, &i, &theirs, "belongs to another user");
+    // …and a root-only secret the setuid shell could read but must not show.
+    let secret = b.auth_dir().join("root-secret");
+    util::write_file(
+        &secret,
+        format!("SECRET\npublickey {} {}\n", b.key.key_type, b.key.base64),
+        0o600,
+        0,
+        0,
+    );
+    hostile_auth_info(&b, &i, &secret, "belongs to another user");
+}
+
+#[test]
+fn env_ssh_original_command_with_newlines() {
+    let (b, _i) = shell_world();
+    // Through the real client: the lines run inside, in the container, and
+    // the audit event keeps them in one escaped field (no forged log line).
+    let cmd = "echo one\nhostname\n{\"event\":\"session.start\",\"owner\":\"forged\"}";
+    let r = b.ssh(INSTANCE, &[cmd]);
+    let out = r.stdout_str();
+    assert!(out.starts_with(&format!("one\n{INSTANCE}\n")), "{}", r.describe());
+    let starts: Vec<LogEvent> = b
+        .host
+        .events()
+        .into_iter()
+        .filter(|e| e.name() == "session.start")
+        .collect();
+    let e = starts
+        .iter()
+        .find(|e| e.str("command") == Some(cmd))
+        .unwrap_or_else(|| panic!("no session.start with the command: {starts:?}"));
+    assert_eq!(e.str("owner"), Some(OWNER));
+    assert!(starts.iter().all(|e| e.str("owner") == Some(OWNER)));
+    for e in b.host.events() {
+        assert!(!e.raw.trim_end().contains('\n'), "raw newline: {}", e.raw);
+    }
+    b.assert_login_works();
+}
+
+#[test]
+fn env_ssh_original_command_with_nul() {
+    let (b, i) = shell_world();
+    // execve carries C strings: whatever follows a NUL in a variable never
+    // reaches the shell. A caller that tries anyway runs only the part
+    // before the NUL, inside the container.
+    let auth = b.auth_info(&b.key, "good");
+    let prog = b.marks().join("exec-with-nul");
+    let shell = b.host.bin_dir().join("porthole-shell");
+    cc(
+        &format!(
+            "#include <unistd.h>\nint main(void) {{\n\
+               char *argv[] = {{\"porthole-shell\", 0}};\n\
+               char *envp[] = {{\"USER={INSTANCE}\", \"SSH_USER_AUTH={}\",\n\
+                 \"SSH_ORIGINAL_COMMAND=echo before\\0; touch /tmp/after-nul\", 0}};\n\
+               execve(\"{}\", argv, envp);\n  return 127;\n}}\n",
+            auth.display(),
+            shell.display()
+        ),
+        &prog,
+        &[],
+    );
+    let o = b.as_session_user(&[], &[prog.to_str().unwrap()]);
+    let (out, err) = out_str(&o);
+    assert!(o.status.success(), "stdout {out}\nstderr {err}");
+    assert_eq!(out, "before\n");
+    assert_not_created(&i.rootfs().join("tmp/after-nul"));
+    b.host.expect_event(
+        "session.start with the part before the NUL",
+        |e| e.name() == "session.start" && e.str("command") == Some("echo before"),
+        WAIT,
+    );
+    b.assert_login_works();
+}
+
+/// The client's TERM (sshd passes it from the pty request) is replaced by
+/// a safe default when it is not a terminfo name.
+fn hostile_term(term: &str) {
+    let (b, i) = shell_world();
+    let mut c = b
+        .host
+        .ssh_cmd(INSTANCE, &b.key)
+        .tty(true)
+        .args(&["printf '<%s>' \"$TERM\"; hostname"])
+        .command();
+    c.env("TERM", term);
+    let t = util::run_with_timeout(&mut c, None, Duration::from_secs(30));
+    let out = util::lossy(&t.output.stdout);
+    assert!(t.output.status.success(), "{out}");
+    assert!(out.contains(&format!("<xterm>{INSTANCE}")), "{out:?}");
+    assert!(!out.contains('\u{1b}'), "escape reached the session: {out:?}");
+    assert_not_created(&i.rootfs().join("tmp/shellshock"));
+    let e = b.host.expect_event(
+        "session.start with a tty",
+        |e| e.name() == "session.start" && e.get("tty") == Some(&json!(true)),
+        WAIT,
+    );
+    assert!(!e.raw.contains('\u{1b}'));
+    // The local attacker without a tty: no TERM at all in the session.
+    let o = b.local_shell(INSTANCE, &[("TERM", term)], &["-c", "env"]);
+    let (out, _) = out_str(&o);
+    assert!(o.status.success() && !out.contains("TERM="), "{out}");
+    b.assert_login_works();
+}
+
+#[test]
+fn env_term_with_escape_sequences() {
+    hostile_term("\u{1b}]0;pwned\u{7}\u{1b}[2J");
+}
+
+#[test]
+fn env_term_with_function_definition() {
+    hostile_term("() { :; }; touch /tmp/shellshock");
+}
+
+// ----- control plane ----------------------------------------------------------------
+
+/// After fresh_secs, a later login asks the control plane again.
+fn past_fresh() {
+    std::thread::sleep(Duration::from_millis(2100));
+}
+
+/// The control plane answers `reply` (hostile): a login whose answer is
+/// cached is served from the stale cache, the cache keeps the good answer,
+/// and a service without a cached answer is refused with `why` logged.
+fn hostile_answer(opts: TestHostOpts, reply: impl Fn() -> Reply, why: &str) {
+    let b = bastion_with(opts);
+    b.assert_login_works();
+    let good = b.cache_bytes();
+    past_fresh();
+    b.host.control_plane().set_reply(SVC, reply());
+    b.assert_login_works();
+    b.decision("stale-cache decision", |e| {
+        e.str("service") == Some(SVC)
+            && e.str("source") == Some("stale-cache")
+            && e.str("outcome") == Some("accepted")
+    });
+    let err = b.host.expect_event(
+        "keys.control_plane_error",
+        |e| e.name() == "keys.control_plane_error",
+        WAIT,
+    );
+    assert!(err.str("error").unwrap().contains(why), "{}", err.raw);
+    assert_eq!(b.cache_bytes(), good, "the cache lost its good answer");
+    // No cached answer: refused, and the reason is in the decision.
+    let cold = "srv-cold1";
+    b.host.control_plane().set_reply(cold, reply());
+    let r = b.ssh(cold, &[]);
+    assert!(r.denied(), "{}", r.describe());
+    let e = b.decision("refusal of the cold service", |e| {
+        e.str("service") == Some(cold)
+    });
+    assert_eq!(e.str("outcome"), Some("refused"));
+    assert!(e.str("reason").unwrap().contains(why), "{}", e.raw);
+    assert!(!b.cache_file(cold).exists(), "a hostile answer was cached");
+}
+
+#[test]
+fn control_plane_body_beyond_the_size_cap() {
+    hostile_answer(
+        probe_opts().set("control_plane.max_body_bytes", 4096),
+        || {
+            let mut body = web_service(SVC, &[]);
+            body["padding"] = json!("x".repeat(64 * 1024));
+            Reply::json(&body)
+        },
+        "larger than 4096 bytes",
+    );
+}
+
+#[test]
+fn control_plane_slow_drip() {
+    hostile_answer(
+        probe_opts(),
+        || Reply::json(&web_service(SVC, &[])).drip(8, Duration::from_millis(300)),
+        "control plane unavailable",
+    );
+}
+
+#[test]
+fn control_plane_invalid_utf8() {
+    hostile_answer(
+        probe_opts(),
+        || {
+            let mut body = br#"{"service":{"id":"srv-web1","type":"web_service","plan":"starter"},"keys":[{"public_key":"x","owner":""#.to_vec();
+            body.extend_from_slice(b"\xff\xfe\xc3");
+            body.extend_from_slice(br#""}]}"#);
+            Reply::raw(200, body)
+        },
+        "malformed control-plane answer",
+    );
+}
+
+#[test]
+fn control_plane_wrong_json_types_in_the_document() {
+    hostile_answer(
+        probe_opts(),
+        || Reply::json(&json!({"service": {"id": SVC, "type": 7}, "keys": {"a": 1}})),
+        "malformed control-plane answer",
+    );
+}
+
+/// The control plane lists `hostile` (a key entry) before bob's good key:
+/// the hostile one is skipped with `why`, prints nothing, and bob still
+/// gets in.
+fn hostile_key_entry(hostile: Value, why: &str) -> Bastion {
+    let b = probe_bastion();
+    let bob = b.host.new_key(KeyKind::Ed25519, "bob");
+    let body = json!({
+        "service": {"id": SVC, "type": "web_service", "plan": "starter"},
+        "keys": [hostile, KeySpec::new(&bob, "bob@example.com").to_json()],
+    });
+    b.host.control_plane().set_body(SVC, &body);
+    let r = b.ssh(SVC, &[]);
+    assert!(r.denied(), "{}", r.describe());
+    let skipped = b.host.expect_event(
+        "keys.skipped",
+        |e| e.name() == "keys.skipped" && e.u64("index") == Some(0),
+        WAIT,
+    );
+    assert!(skipped.str("reason").unwrap().contains(why), "{}", skipped.raw);
+    let hook = b.keys_hook(SVC, &b.key);
+    assert!(
+        hook.output.stdout.is_empty(),
+        "lines printed for the hostile entry: {}",
+        util::lossy(&hook.output.stdout)
+    );
+    let r = b.host.ssh(SVC, &bob, &[]);
+    assert!(
+        r.success() && r.stdout_str().contains(AUTH_PROBE_OK),
+        "{}",
+        r.describe()
+    );
+    b.decision("bob accepted", |e| {
+        e.str("owner") == Some("bob@example.com") && e.str("outcome") == Some("accepted")
+    });
+    b
+}
+
+#[test]
+fn public_key_smuggling_a_command_option() {
+    let key = probe_bastion_key_line();
+    hostile_key_entry(
+        json!({"public_key": format!("command=\"touch /tmp/pwned\" {key}"), "owner": "mallory"}),
+        "options before the key type",
+    );
+}
+
+#[test]
+fn public_key_smuggling_a_newline() {
+    let key = probe_bastion_key_line();
+    hostile_key_entry(
+        json!({"public_key": format!("{key} x\ncommand=\"touch /tmp/pwned\" {key}"), "owner": "mallory"}),
+        "line break",
+    );
+}
+
+/// A valid ed25519 public key line: it parses, so only the smuggled text
+/// can be why its entry is skipped.
+fn probe_bastion_key_line() -> String {
+    fake_ed25519(7)
+}
+
+/// A syntactically valid ed25519 public key derived from `seed`.
+fn fake_ed25519(seed: u32) -> String {
+    use ssh_key::public::{Ed25519PublicKey, KeyData};
+    let mut bytes = [0u8; 32];
+    for (n, b) in bytes.iter_mut().enumerate() {
+        *b = (seed.wrapping_mul(2654435761).rotate_left(n as u32) & 0xff) as u8 ^ n as u8;
+    }
+    ssh_key::PublicKey::new(KeyData::Ed25519(Ed25519PublicKey(bytes)), "")
+        .to_openssh()
+        .unwrap()
+}
+
+#[test]
+fn key_owner_smuggling_a_newline() {
+    let b = probe_bastion();
+    let owner = "alice\nrestrict ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE mallory";
+    b.host
+        .control_plane()
+        .set_body(SVC, &web_service(SVC, &[KeySpec::new(&b.key, owner)]));
+    let hook = b.keys_hook(SVC, &b.key);
+    let out = util::lossy(&hook.output.stdout);
+    assert_eq!(out.lines().count(), 1, "{out:?}");
+    assert!(out.starts_with("restrict,pty ssh-ed25519 "), "{out:?}");
+    assert!(!out.contains(" mallory") && out.contains("alice_restrict"), "{out:?}");
+    b.decision("decision with the raw owner kept in one field", |e| {
+        e.str("owner") == Some(owner)
+    });
+    b.assert_login_works();
+}
+
+#[test]
+fn ten_thousand_keys() {
+    let b = bastion_with(TestHostOpts::auth_probe().timeout_ms(5000));
+    let mut keys: Vec<Value> = (0..10_000)
+        .map(|n| json!({"public_key": fake_ed25519(n), "owner": format!("user{n}@example.com")}))
+        .collect();
+    keys.push(KeySpec::new(&b.key, OWNER).to_json());
+    let body = json!({"service": {"id": SVC, "type": "web_service", "plan": "starter"}, "keys": keys});
+    b.host.control_plane().set_body(SVC, &body);
+    let started = Instant::now();
+    b.assert_login_works();
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "login took {:?}",
+        started.elapsed()
+    );
+    // The hook prints only the offered key's line, not 10 001 lines.
+    let hook = b.keys_hook(SVC, &b.key);
+    assert_eq!(util::lossy(&hook.output.stdout).lines().count(), 1);
+    let e = b.decision("accepted among 10 001 keys", |e| {
+        e.str("owner") == Some(OWNER) && e.str("outcome") == Some("accepted")
+    });
+    assert_eq!(e.u64("lines"), Some(1));
+    let other = b.host.new_key(KeyKind::Ed25519, "stranger");
+    assert!(b.host.ssh(SVC, &other, &[]).denied());
+}
+
+#[test]
+fn duplicate_keys() {
+    // Regression: the same key listed twice must be attributed to one
+    // owner by the hook and the session alike (the first usable listing),
+    // never to a listing the hook skipped.
+    let b = bastion();
+    let _i = Instance::start(&b.host, SVC, "aaaaa", InstanceOpts::default().app_user());
+    let body = json!({
+        "service": {"id": SVC, "type": "web_service", "plan": "starter"},
+        "keys": [
+            // Skipped by the hook (bad from= pattern): must not own sessions.
+            {"public_key": b.key.public_line, "owner": "mallory@example.com", "from": ["bad pattern!"]},
+            KeySpec::new(&b.key, OWNER).to_json(),
+            KeySpec::new(&b.key, "bob@example.com").to_json(),
+        ],
+    });
+    b.host.control_plane().set_body(SVC, &body);
+    let hook = b.keys_hook(SVC, &b.key);
+    let out = util::lossy(&hook.output.stdout);
+    assert_eq!(out.lines().count(), 1, "one line per offered key: {out}");
+    assert!(out.trim_end().ends_with(OWNER), "{out}");
+    b.assert_session_works(INSTANCE);
+    let start = b.host.expect_event(
+        "session.start",
+        |e| e.name() == "session.start",
+        WAIT,
+    );
+    assert_eq!(start.str("owner"), Some(OWNER), "{}", start.raw);
+    for e in b.host.events().iter().filter(|e| e.name() == "keys.decision") {
+        if let Some(o) = e.str("owner") {
+            assert_eq!(o, OWNER, "{}", e.raw);
+        }
+    }
+}
+
+#[test]
+fn expired_key() {
+    let b = bastion();
+    let bob = b.host.new_key(KeyKind::Ed25519, "bob");
+    b.host.control_plane().set_body(
+        SVC,
+        &web_service(
+            SVC,
+            &[
+                KeySpec::new(&b.key, OWNER).expires_at("2001-01-01T00:00:00Z"),
+                KeySpec::new(&bob, "bob@example.com"),
+            ],
+        ),
+    );
+    let r = b.ssh(INSTANCE, &["true"]);
+    assert!(r.denied(), "{}", r.describe());
+    let skipped = b.host.expect_event(
+        "keys.skipped expired",
+        |e| e.name() == "keys.skipped" && e.u64("index") == Some(0),
+        WAIT,
+    );
+    assert!(skipped.str("reason").unwrap().contains("key expired at 2001-01-01"));
+    // Past sshd: the shell itself finds the key no longer allowed in the
+    // cached answer, even when handed an auth-info file naming it.
+    let o = b.local_shell(INSTANCE, &[], &["-c", "true"]);
+    assert_shell_refused(
+        &b,
+        &o,
+        "key_not_listed",
+        "the key you logged in with is not (or no longer) allowed for srv-web1",
+    );
+    assert_eq!(b.session_starts(), 0);
+    // Bob's key still decides normally (nothing lost).
+    let r = b.host.ssh(INSTANCE, &bob, &["true"]);
+    assert!(
+        r.stderr_str().contains("srv-web1 has no running instance on this host"),
+        "{}",
+        r.describe()
+    );
+}
+
+#[test]
+fn future_dated_keys() {
+    let b = probe_bastion();
+    let far = b.host.new_key(KeyKind::Ed25519, "far");
+    b.host.control_plane().set_body(
+        SVC,
+        &web_service(
+            SVC,
+            &[
+                // Beyond any date sshd can express: skipped, not "no expiry".
+                KeySpec::new(&far, "far@example.com").expires_at("99999-01-01T00:00:00Z"),
+                KeySpec::new(&b.key, OWNER).expires_at("2999-01-01T00:00:00Z"),
+            ],
+        ),
+    );
+    b.assert_login_works();
+    let hook = b.keys_hook(SVC, &b.key);
+    let out = util::lossy(&hook.output.stdout);
+    assert!(
+        out.starts_with("restrict,pty,expiry-time=\"29990101000000Z\" "),
+        "{out}"
+    );
+    let r = b.host.ssh(SVC, &far, &[]);
+    assert!(r.denied(), "{}", r.describe());
+    let skipped = b.host.expect_event(
+        "keys.skipped bad expiry",
+        |e| e.name() == "keys.skipped" && e.u64("index") == Some(0),
+        WAIT,
+    );
+    assert!(
+        skipped.str("reason").unwrap().contains("not an RFC 3339 time"),
+        "{}",
+        skipped.raw
+    );
+}
+
+#[test]
+fn wrong_json_types_in_one_key() {
+    let b = probe_bastion();
+    let bob = b.host.new_key(KeyKind::Ed25519, "bob");
+    let body = json!({
+        "service": {"id": SVC, "type": "web_service", "plan": "starter"},
+        "keys": [
+            {"public_key": 42, "owner": OWNER},
+            {"public_key": b.key.public_line, "owner": ["alice"]},
+            {"public_key": b.key.public_line, "owner": OWNER, "from": "127.0.0.1"},
+            {"public_key": b.key.public_line, "owner": OWNER, "expires_at": 4102444800u64},
+            "ssh-ed25519 AAAA",
+            KeySpec::new(&bob, "bob@example.com").to_json(),
+        ],
+    });
+    b.host.control_plane().set_body(SVC, &body);
+    let r = b.ssh(SVC, &[]);
+    assert!(r.denied(), "{}", r.describe());
+    for index in 0..5u64 {
+        let e = b.host.expect_event(
+            &format!("keys.skipped #{index}"),
+            |e| e.name() == "keys.skipped" && e.u64("index") == Some(index),
+            WAIT,
+        );
+        assert!(e.str("reason").unwrap().contains("invalid type"), "{}", e.raw);
+    }
+    let r = b.host.ssh(SVC, &bob, &[]);
+    assert!(r.success() && r.stdout_str().contains(AUTH_PROBE_OK), "{}", r.describe());
+}
+
+// ----- container ---------------------------------------------------------------------
+
+#[test]
+fn init_pid_reused_between_resolve_and_entry() {
+    use porthole::enter::{pin, EnterError};
+    use porthole::runtime::process_start_time;
+    let (b, i) = shell_world();
+    let pid = i.init_pid();
+    let start = process_start_time(pid).unwrap();
+    // The pid now names a different process (another start time).
+    assert!(matches!(pin(pid, start + 1), Err(EnterError::Vanished)));
+    assert!(matches!(pin(pid, start.saturating_sub(1)), Err(EnterError::Vanished)));
+    assert!(pin(pid, start).is_ok(), "control: the real init pins");
+    // The recycled pid is a process of the host, with the right start time
+    // (a forged or stale state file): refused, never entered.
+    let host_proc = Reaped(Command::new("sleep").arg("1000").spawn().unwrap());
+    let hp = host_proc.0.id() as i32;
+    let hs = process_start_time(hp).unwrap();
+    match pin(hp, hs) {
+        Err(EnterError::Host(m)) => {
+            assert!(m.contains("shares the host's mount namespace"), "{m}")
+        }
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("pinned a host process as an instance"),
+    }
+    b.assert_login_works();
+}
+
+#[test]
+fn init_pid_reused_by_a_host_process_end_to_end() {
+    // Regression: a runtime state naming a live host process (recycled init
+    // pid) must not be entered: that would run the session on the host.
+    let b = bastion();
+    let _real = Instance::start(&b.host, SVC, "aaaaa", InstanceOpts::default().app_user());
+    b.assert_session_works(INSTANCE);
+    let sshd = b.host.sshd_pid().to_string();
+    // A process in porthole-shell's own mount namespace (nsenter execs it).
+    let host_proc = Reaped(
+        Command::new("nsenter")
+            .args(["-t", &sshd, "-m", "--", "sleep", "1000"])
+            .spawn()
+            .unwrap(),
+    );
+    let hp = host_proc.0.id() as i32;
+    let start = util::wait_for(WAIT, || {
+        let s = porthole::runtime::process_start_time(hp)?;
+        let comm = fs::read_to_string(format!("/proc/{hp}/comm")).ok()?;
+        (comm.trim() == "sleep").then_some(s)
+    })
+    .expect("host sleep started");
+    let fake = b.host.runc_root().join("srv-web1-hhhhh");
+    let _planted = Planted(fake.clone());
+    util::mkdir(&fake, 0o700, 0, 0);
+    let state = json!({"id": "srv-web1-hhhhh", "init_process_pid": hp, "init_process_start": start,
+        "config": {"labels": ["io.porthole.service=srv-web1", "io.porthole.instance=hhhhh"]}});
+    util::write_file(&fake.join("state.json"), state.to_string(), 0o600, 0, 0);
+    let escaped = b.host.dir().join("escaped");
+    let r = b.ssh(
+        "srv-web1-hhhhh",
+        &[&format!("touch {}; hostname", escaped.display())],
+    );
+    assert_eq!(r.code(), Some(1), "{}", r.describe());
+    let sentence = format!(
+        "cannot enter the instance: process {hp} is not in a container (it shares the host's mount namespace)"
+    );
+    assert!(r.stderr_str().contains(&sentence), "{}", r.describe());
+    let e = b.rejected("enter_failed");
+    assert_eq!(e.str("message"), Some(sentence.as_str()));
+    assert_not_created(&escaped);
+    b.assert_login_works();
+}
+
+#[test]
+fn container_dies_between_resolve_and_setns() {
+    use porthole::enter::{pidfd_alive, pin, EnterError};
+    let (b, i) = shell_world();
+    let pid = i.init_pid();
+    let start = porthole::runtime::process_start_time(pid).unwrap();
+    let pinned = pin(pid, start).expect("pin the live init");
+    assert!(pidfd_alive(&pinned.pidfd));
+    i.kill();
+    // Everything read through the pin now says "vanished", and so does a
+    // new pin of the same pid: the entry stops with the user's sentence.
+    // (Until its parent reaps it the init is a zombie: wait for that.)
+    assert!(
+        util::wait_for(WAIT, || (!pidfd_alive(&pinned.pidfd)).then_some(())).is_some(),
+        "the killed init is still alive"
+    );
+    assert!(matches!(
+        pinned.read_proc("status"),
+        Err(EnterError::Vanished)
+    ));
+    let again = pin(pid, start);
+    assert!(matches!(again, Err(EnterError::Vanished)));
+    assert_eq!(
+        again.err().unwrap().to_string(),
+        "the instance stopped while connecting"
+    );
+    // End to end: the stopped instance is not chosen; the user is told.
+    let r = b.ssh(INSTANCE, &["true"]);
+    assert_eq!(r.code(), Some(1), "{}", r.describe());
+    assert!(
+        r.stderr_str().contains("instance srv-web1-aaaaa is not running"),
+        "{}",
+        r.describe()
+    );
+    b.rejected("no_instance");
+    // Nothing lost: another instance of the service still works.
+    let _other = Instance::start(&b.host, SVC, "bbbbb", InstanceOpts::default().app_user());
+    b.assert_session_works("srv-web1-bbbbb");
+}
+
+/// A host directory with a marker file a session must never see.
+fn host_secret_dir(b: &Bastion) -> PathBuf {
+    let d = b.host.dir().join("host-secret");
+    util::mkdir(&d, 0o755, 0, 0);
+    util::write_file(
+        &d.join("passwd"),
+        "app:x:1000:1000:HOSTLEAK:/hostleak-home:/bin/sh\nroot:x:0:0:HOSTLEAK:/hostleak:/bin/sh\n",
+        0o644,
+        0,
+        0,
+    );
+    util::write_file(&d.join("HOSTLEAK-file"), "HOSTLEAK\n", 0o644, 0, 0);
+    d
+}
+
+/// The session runs in the container as uid 1000 with HOME / and says
+/// the user has no passwd entry; nothing of the host shows.
+fn session_without_passwd_entry(b: &Bastion) {
+    let r = b.ssh(INSTANCE, &["hostname; id -u; echo \"HOME=$HOME\"; pwd"]);
+    assert!(r.success(), "{}", r.describe());
+    assert_eq!(
+        r.stdout_str(),
+        format!("{INSTANCE}\n1000\nHOME=/\n/\n"),
+        "{}",
+        r.describe()
+    );
+    assert!(
+        r.stderr_str()
+            .contains("uid 1000 has no entry in the instance's /etc/passwd"),
+        "{}",
+        r.describe()
+    );
+    assert!(!r.stdout_str().contains("HOSTLEAK") && !r.stderr_str().contains("HOSTLEAK"));
+    let e = b.host.expect_event(
+        "session.start as uid 1000",
+        |e| e.name() == "session.start" && e.u64("uid") == Some(1000),
+        WAIT,
+    );
+    assert!(!e.raw.contains("HOSTLEAK"));
+}
+
+#[test]
+fn etc_passwd_symlinked_to_a_host_file() {
+    let (b, i) = shell_world();
+    let secret = host_secret_dir(&b).join("passwd");
+    let passwd = i.rootfs().join("etc/passwd");
+    // Absolute, and relative with enough ".." to leave any root.
+    for target in [
+        secret.clone(),
+        PathBuf::from(format!("../../../../../../../../..{}", secret.display())),
+    ] {
+        let _ = fs::remove_file(&passwd);
+        symlink(&target, &passwd).unwrap();
+        session_without_passwd_entry(&b);
+    }
+}
+
+#[test]
+fn etc_passwd_missing() {
+    let (b, i) = shell_world();
+    host_secret_dir(&b);
+    fs::remove_file(i.rootfs().join("etc/passwd")).unwrap();
+    session_without_passwd_entry(&b);
+}
+
+#[test]
+fn home_symlinked_out_of_the_container() {
+    let (b, i) = shell_world();
+    let secret = host_secret_dir(&b);
+    let home = i.rootfs().join("home/app");
+    fs::remove_dir_all(&home).unwrap();
+    symlink(&secret, &home).unwrap();
+    let r = b.ssh(INSTANCE, &["pwd; ls; hostname"]);
+    assert!(r.success(), "{}", r.describe());
+    assert!(!r.stdout_str().contains("HOSTLEAK"), "{}", r.describe());
+    assert!(r.stdout_str().starts_with("/\n"), "{}", r.describe());
+    assert!(r.stdout_str().ends_with(&format!("{INSTANCE}\n")));
+    assert!(
+        r.stderr_str()
+            .contains("home directory /home/app is not usable; starting in /"),
+        "{}",
+        r.describe()
+    );
+    b.host.expect_event(
+        "session.start",
+        |e| e.name() == "session.start" && e.str("instance") == Some(INSTANCE),
+        WAIT,
+    );
+    // A relative escape resolves inside the container too.
+    fs::remove_file(&home).unwrap();
+    symlink(format!("../../../../../../..{}", secret.display()), &home).unwrap();
+    let r = b.ssh(INSTANCE, &["pwd; ls"]);
+    assert!(r.success() && !r.stdout_str().contains("HOSTLEAK"), "{}", r.describe());
+}
+
+#[test]
+fn no_bin_sh_in_the_container() {
+    let (b, i) = shell_world();
+    let sh = i.rootfs().join("bin/sh");
+    fs::remove_file(&sh).unwrap();
+    let r = b.ssh(INSTANCE, &["touch /tmp/ran"]);
+    assert_eq!(r.code(), Some(1), "{}", r.describe());
+    let sentence = "instance srv-web1-aaaaa has no usable shell (/bin/sh is missing)";
+    assert!(r.stderr_str().contains(sentence), "{}", r.describe());
+    let e = b.rejected("no_shell");
+    assert_eq!(e.str("message"), Some(sentence));
+    assert_not_created(&i.rootfs().join("tmp/ran"));
+    symlink("busybox", &sh).unwrap();
+    b.assert_login_works();
+}
+
+// ----- host state --------------------------------------------------------------------
+
+#[test]
+fn corrupt_runtime_state_json() {
+    let (b, _i) = shell_world();
+    let root = b.host.runc_root();
+    let real_state = root.join("srv-web1-aaaaa/state.json");
+    let mut planted = Vec::new();
+    for (slug, content) in [
+        ("bbbbb", b"{not json".to_vec()),
+        ("ccccc", vec![0xff; 64]),
+        ("ddddd", br#"{"id":"srv-web1-ddddd","init_process_pid":"1"}"#.to_vec()),
+        ("eeeee", br#"{"id":"srv-web1-eeeee","init_process_pid":1,"init_process_start":0}"#.to_vec()),
+    ] {
+        let d = root.join(format!("srv-web1-{slug}"));
+        planted.push(Planted(d.clone()));
+        util::mkdir(&d, 0o700, 0, 0);
+        util::write_file(&d.join("state.json"), content, 0o600, 0, 0);
+    }
+    // A state file that is a symlink to the real one (not followed).
+    let f = root.join("srv-web1-fffff");
+    planted.push(Planted(f.clone()));
+    util::mkdir(&f, 0o700, 0, 0);
+    symlink(&real_state, f.join("state.json")).unwrap();
+    for _ in 0..3 {
+        b.assert_session_works_as(SVC, INSTANCE);
+    }
+    for slug in ["bbbbb", "ccccc", "ddddd", "eeeee", "fffff"] {
+        let r = b.ssh(&format!("srv-web1-{slug}"), &["true"]);
+        assert_eq!(r.code(), Some(1), "{}", r.describe());
+        assert!(
+            r.stderr_str().contains(&format!(
+                "instance srv-web1-{slug} is not running; running instances: srv-web1-aaaaa"
+            )),
+            "{}",
+            r.describe()
+        );
+    }
+    b.rejected("no_instance");
+}
+
+impl Bastion {
+    /// `ssh <login> hostname` prints `expect`.
+    fn assert_session_works_as(&self, login: &str, expect: &str) {
+        let r = self.ssh(login, &["hostname"]);
+        assert!(
+            r.success() && r.stdout_str().trim() == expect,
+            "{}",
+            r.describe()
+        );
+    }
+}
+
+#[test]
+fn missing_runtime_root() {
+    let (b, i) = shell_world();
+    let missing = b.host.dir().join("no-such-runtime-root");
+    b.host
+        .set_config("runtime.roots", json!([missing.display().to_string()]));
+    let r = b.ssh(INSTANCE, &["touch /tmp/ran"]);
+    assert_eq!(r.code(), Some(1), "{}", r.describe());
+    let sentence = format!(
+        "no container runtime state found (looked in {})",
+        missing.display()
+    );
+    assert!(r.stderr_str().contains(&sentence), "{}", r.describe());
+    let e = b.rejected("no_runtime");
+    assert_eq!(e.str("owner"), Some(OWNER));
+    assert_not_created(&i.rootfs().join("tmp/ran"));
+    assert!(!missing.exists(), "the shell created the runtime root");
+    b.host.set_config(
+        "runtime.roots",
+        json!([b.host.runc_root().display().to_string()]),
+    );
+    b.assert_login_works();
+}
+
+#[test]
+fn unreadable_cache_file() {
+    let b = probe_bastion();
+    b.assert_login_works();
+    let cache = b.cache_file(SVC);
+    let p = b.host.ids().porthole;
+    util::set_owner_mode(&cache, 0o000, p, p);
+    past_fresh();
+    // The hook cannot read it: logged, asked the control plane, decided.
+    b.assert_login_works();
+    let e = b.host.expect_event(
+        "keys.cache_error",
+        |e| e.name() == "keys.cache_error",
+        WAIT,
+    );
+    assert!(e.str("error").unwrap().contains("Permission denied"), "{}", e.raw);
+    b.decision("fresh decision from the control plane", |e| {
+        e.str("source") == Some("api") && e.str("outcome") == Some("accepted")
+    });
+    // The good answer was written back, readable again.
+    let m = fs::metadata(&cache).unwrap();
+    assert_eq!((m.mode() & 0o777, m.uid()), (0o644, p));
+    let v: Value = serde_json::from_slice(&fs::read(&cache).unwrap()).unwrap();
+    assert_eq!(v["status"], "found");
+    // With the control plane down and the file unreadable: refused, clearly.
+    util::set_owner_mode(&cache, 0o000, p, p);
+    b.host.control_plane().stop();
+    past_fresh();
+    let r = b.ssh(SVC, &[]);
+    assert!(r.denied(), "{}", r.describe());
+    b.decision("refusal without a usable cache", |e| {
+        e.str("outcome") == Some("refused") && e.str("source") == Some("none")
+    });
+}
+
+#[test]
+fn corrupt_cache_file() {
+    let b = probe_bastion();
+    b.assert_login_works();
+    let cache = b.cache_file(SVC);
+    let p = b.host.ids().porthole;
+    util::write_file(&cache, b"{\"version\":1,\"fetched_at\":\x00garbage", 0o644, p, p);
+    // The setuid shell refuses with a sentence rather than guessing.
+    let o = b.local_shell(SVC, &[], &["-c", "true"]);
+    assert_shell_refused(
+        &b,
+        &o,
+        "cache",
+        "cannot read the authorization record of srv-web1",
+    );
+    let (_, err) = out_str(&o);
+    assert!(err.contains("is corrupt"), "{err}");
+    // The hook treats it as a miss, asks, and repairs the entry.
+    b.assert_login_works();
+    let e = b.host.expect_event(
+        "keys.cache_error corrupt",
+        |e| e.name() == "keys.cache_error",
+        WAIT,
+    );
+    assert!(e.str("error").unwrap().contains("is corrupt"), "{}", e.raw);
+    let v: Value = serde_json::from_slice(&fs::read(&cache).unwrap()).unwrap();
+    assert_eq!(v["status"], "found");
+    assert_eq!(v["body"]["service"]["id"], SVC);
+}
+
+#[test]
+fn cache_on_a_full_filesystem() {
+    let b = probe_bastion();
+    b.assert_login_works();
+    let good = b.cache_bytes();
+    let cache = b.host.cache_dir();
+    let cache_s = cache.to_str().unwrap();
+    // Only inside the bastion's private mount namespace, never the host's.
+    assert_ne!(
+        util::mnt_ns(b.host.sshd_pid()),
+        util::mnt_ns(std::process::id())
+    );
+    let p = b.host.ids().porthole;
+    let script = format!(
+        "set -e; cp -a {c}/{SVC}.json /run/saved.json; \
+         mount -n -t tmpfs -o size=64k,mode=0755,uid={p},gid={p} tmpfs {c}; \
+         cp -a /run/saved.json {c}/{SVC}.json; \
+         dd if=/dev/zero of={c}/fill bs=4k 2>/dev/null || true; df {c}",
+        c = cache_s
+    );
+    let o = b.host.in_ns(&["sh", "-c", &script]);
+    assert!(o.status.success(), "{:?}", out_str(&o));
+    let in_ns_cache = || b.host.in_ns(&["cat", &format!("{cache_s}/{SVC}.json")]).stdout;
+    assert_eq!(in_ns_cache(), good);
+    // The control plane now also lists bob: the hook must decide with the
+    // fresh answer although it cannot store it…
+    let bob = b.host.new_key(KeyKind::Ed25519, "bob");
+    b.host.control_plane().set_body(
+        SVC,
+        &web_service(
+            SVC,
+            &[KeySpec::new(&b.key, OWNER), KeySpec::new(&bob, "bob@example.com")],
+        ),
+    );
+    past_fresh();
+    let r = b.host.ssh(SVC, &bob, &[]);
+    assert!(r.success() && r.stdout_str().contains(AUTH_PROBE_OK), "{}", r.describe());
+    let e = b.host.expect_event(
+        "keys.cache_error no space",
+        |e| e.name() == "keys.cache_error",
+        WAIT,
+    );
+    assert!(e.str("error").unwrap().contains("No space left"), "{}", e.raw);
+    // …and the old entry is intact, still serving when the plane is down.
+    assert_eq!(in_ns_cache(), good, "the old cache entry was damaged");
+    b.host.control_plane().stop();
+    past_fresh();
+    b.assert_login_works();
+    b.decision("stale cache served from the full filesystem", |e| {
+        e.str("source") == Some("stale-cache") && e.str("owner") == Some(OWNER)
+    });
+    assert!(b.host.ssh(SVC, &bob, &[]).denied(), "bob is not in the old answer");
+    // No temporary file left behind in the full cache directory.
+    let ls = b.host.in_ns(&["ls", "-A", cache_s]);
+    let names = out_str(&ls).0;
+    assert!(names.contains("srv-web1.json") && !names.contains(".tmp"), "{names}");
+}
+
+#[test]
+fn cgroup_write_refused() {
+    let (b, i) = shell_world();
+    assert_ne!(
+        util::mnt_ns(b.host.sshd_pid()),
+        util::mnt_ns(std::process::id())
+    );
+    // Read-only cgroup mounts in the bastion's namespace only.
+    let remount = |mode: &str| {
+        let o = b.host.in_ns(&[
+            "sh",
+            "-c",
+            &format!(
+                "set -e; for m in $(findmnt -rn -t cgroup,cgroup2 -o TARGET); do \
+                 mount -n -o remount,bind,{mode} \"$m\"; done"
+            ),
+        ]);
+        assert!(o.status.success(), "{:?}", out_str(&o));
+    };
+    remount("ro");
+    let before = b.session_starts();
+    let r = b.ssh(INSTANCE, &["touch /tmp/ran"]);
+    assert_eq!(r.code(), Some(1), "{}", r.describe());
+    assert!(
+        r.stderr_str().contains("cannot enter the instance: cgroup")
+            && r.stderr_str().contains("Read-only file system"),
+        "{}",
+        r.describe()
+    );
+    let e = b.rejected("enter_failed");
+    assert!(e.str("message").unwrap().contains("Read-only file system"));
+    assert_not_created(&i.rootfs().join("tmp/ran"));
+    assert_eq!(b.session_starts(), before);
+    remount("rw");
+    b.assert_login_works();
+}
+
+// ----- findings of this catalogue (regressions) ---------------------------------------
+
+#[test]
+fn tenant_bundle_annotation_cannot_choose_the_environment() {
+    // A tenant-set annotation `bundle=` comes before runc's own label: the
+    // session must take its environment from the real bundle, never from a
+    // config.json the tenant points at (another container's, a host file).
+    let b = bastion();
+    let fake = b.host.dir().join("fake-bundle");
+    util::mkdir(&fake, 0o755, 0, 0);
+    util::write_file(
+        &fake.join("config.json"),
+        json!({"process": {"env": ["HOST_SECRET=leaked", "PATH=/evil"]}}).to_string(),
+        0o644,
+        0,
+        0,
+    );
+    let i = Instance::start(
+        &b.host,
+        SVC,
+        "aaaaa",
+        InstanceOpts::default()
+            .app_user()
+            .annotation("bundle", fake.to_str().unwrap())
+            .env("APP_OWN=yes"),
+    );
+    let state: Value = serde_json::from_slice(
+        &fs::read(b.host.runc_root().join(i.id()).join("state.json")).unwrap(),
+    )
+    .unwrap();
+    let labels: Vec<&str> = state["config"]["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .filter(|l| l.starts_with("bundle="))
+        .collect();
+    assert_eq!(labels.len(), 2, "the hostile label did not reach runc: {labels:?}");
+    let r = b.ssh(INSTANCE, &["env"]);
+    assert!(r.success(), "{}", r.describe());
+    let out = r.stdout_str();
+    assert!(!out.contains("HOST_SECRET") && !out.contains("/evil"), "{out}");
+    assert!(out.contains("APP_OWN=yes"), "{out}");
+    b.host.expect_event(
+        "session.start",
+        |e| e.name() == "session.start" && e.str("instance") == Some(INSTANCE),
+        WAIT,
+    );
+}
+
+#[test]
+fn unknown_keys_user_is_refused() {
+    // Regression: without the keys user's uid the shell cannot tell a cache
+    // file the hook wrote from one anybody wrote; it must refuse, not skip
+    // the owner check.
+    let (b, i) = shell_world();
+    let plain = b.host.ids().plain;
+    let cache = b.cache_file(SVC);
+    let good = b.cache_bytes();
+    // A forged answer (plain user's file) that would let any key in.
+    util::set_owner_mode(&cache, 0o644, plain, plain);
+    b.host.set_config("session.keys_user", "no-such-keys-user");
+    let r = b.ssh(INSTANCE, &["touch /tmp/ran"]);
+    assert_eq!(r.code(), Some(1), "{}", r.describe());
+    let sentence = "the keys user no-such-keys-user does not exist";
+    assert!(r.stderr_str().contains(sentence), "{}", r.describe());
+    let e = b.rejected("setup");
+    assert!(e.str("message").unwrap().contains(sentence));
+    assert_not_created(&i.rootfs().join("tmp/ran"));
+    b.host.set_config("session.keys_user", "porthole");
+    let p = b.host.ids().porthole;
+    util::set_owner_mode(&cache, 0o644, p, p);
+    assert_eq!(b.cache_bytes(), good);
+    b.assert_login_works();
+}
