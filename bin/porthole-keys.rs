@@ -33,9 +33,14 @@ struct Args {
 fn main() {
     let started = Instant::now();
     let args = Args::parse();
-    // The name is checked before the config is read or the disk touched.
+    // The name is checked before anything is built from it; the config is
+    // read only to learn where the admin's log is (a configured socket
+    // other than /dev/log would otherwise never see hostile names).
     if porthole::names::Target::parse(&args.user).is_none() {
-        Logger::new("porthole-keys", std::path::Path::new("/dev/log")).emit(
+        let socket = Config::load(&args.config)
+            .map(|c| c.log.socket)
+            .unwrap_or_else(|_| std::path::PathBuf::from("/dev/log"));
+        Logger::new("porthole-keys", &socket).emit(
             &Event::new("keys.decision", Severity::Notice)
                 .field("user", args.user.as_str())
                 .field("outcome", "refused")

@@ -171,16 +171,18 @@ pub fn pin(pid: i32, start: u64) -> Result<Pinned, EnterError> {
     })
 }
 
-/// True when `pid` is in the mount namespace of the host's init (pid 1);
-/// unknown counts as shared (fail closed).
+/// True when `pid` is in the mount namespace of the host's init (pid 1).
+/// An unreadable pid 1 (sandboxes deny it even to root) cannot be compared
+/// with: then only the check against our own namespace applies. A target
+/// whose namespace cannot be read counts as shared (fail closed).
 fn shares_host_mount_ns(pid: i32) -> bool {
     use std::os::unix::fs::MetadataExt;
-    match (
-        std::fs::metadata(format!("/proc/{pid}/ns/mnt")),
-        std::fs::metadata("/proc/1/ns/mnt"),
-    ) {
-        (Ok(t), Ok(h)) => t.ino() == h.ino() && t.dev() == h.dev(),
-        _ => true,
+    let Ok(host) = std::fs::metadata("/proc/1/ns/mnt") else {
+        return false;
+    };
+    match std::fs::metadata(format!("/proc/{pid}/ns/mnt")) {
+        Ok(t) => t.ino() == host.ino() && t.dev() == host.dev(),
+        Err(_) => true,
     }
 }
 
