@@ -390,6 +390,33 @@ mod tests {
         parse_state(json.to_string().as_bytes()).unwrap()
     }
 
+    fn with_rootfs(labels: &[&str], rootfs: &str) -> ContainerState {
+        let json = serde_json::json!({"id": "srv-a1-d4e5f", "init_process_pid": 4242,
+            "init_process_start": 99, "config": {"labels": labels, "rootfs": rootfs}});
+        parse_state(json.to_string().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn tenant_bundle_label_is_ignored() {
+        // runc appends its own bundle= after the annotations: the last wins.
+        let s = with_rootfs(
+            &["bundle=/evil", "io.porthole.service=srv-a1", "bundle=/b"],
+            "/b/rootfs",
+        );
+        assert_eq!(s.bundle(), Some(PathBuf::from("/b")));
+        // The rootfs must be inside the bundle, else no bundle at all.
+        for rootfs in ["/other/rootfs", "/b", "/b/../etc", "relative/rootfs"] {
+            assert_eq!(
+                with_rootfs(&["bundle=/b"], rootfs).bundle(),
+                None,
+                "{rootfs}"
+            );
+        }
+        assert_eq!(with_rootfs(&["bundle=/b/.."], "/b/../x").bundle(), None);
+        assert_eq!(with_rootfs(&["bundle=b"], "b/rootfs").bundle(), None);
+        assert_eq!(state("srv-a1-d4e5f", &["bundle=/b"]).bundle(), None);
+    }
+
     #[test]
     fn parses_runc_state_and_labels() {
         let s = state("srv-a1-d4e5f", &["bundle=/b", "io.porthole.service=srv-a1"]);

@@ -199,11 +199,8 @@ impl Bastion {
     }
 
     fn decision(&self, what: &str, pred: impl Fn(&LogEvent) -> bool) -> LogEvent {
-        self.host.expect_event(
-            what,
-            |e| e.name() == "keys.decision" && pred(e),
-            WAIT,
-        )
+        self.host
+            .expect_event(what, |e| e.name() == "keys.decision" && pred(e), WAIT)
     }
 
     fn session_starts(&self) -> usize {
@@ -518,8 +515,20 @@ fn env_hostile_path() {
     util::mkdir(&evil, 0o755, 0, 0);
     let marker = b.marks().join("ran-from-path");
     for prog in [
-        "sh", "bash", "busybox", "runc", "nsenter", "env", "id", "getent", "cat", "hostname",
-        "echo", "ls", "true", "sftp-server",
+        "sh",
+        "bash",
+        "busybox",
+        "runc",
+        "nsenter",
+        "env",
+        "id",
+        "getent",
+        "cat",
+        "hostname",
+        "echo",
+        "ls",
+        "true",
+        "sftp-server",
     ] {
         util::write_file(
             &evil.join(prog),
@@ -636,7 +645,11 @@ fn env_ssh_original_command_with_newlines() {
     let cmd = "echo one\nhostname\n{\"event\":\"session.start\",\"owner\":\"forged\"}";
     let r = b.ssh(INSTANCE, &[cmd]);
     let out = r.stdout_str();
-    assert!(out.starts_with(&format!("one\n{INSTANCE}\n")), "{}", r.describe());
+    assert!(
+        out.starts_with(&format!("one\n{INSTANCE}\n")),
+        "{}",
+        r.describe()
+    );
     let starts: Vec<LogEvent> = b
         .host
         .events()
@@ -705,7 +718,10 @@ fn hostile_term(term: &str) {
     let out = util::lossy(&t.output.stdout);
     assert!(t.output.status.success(), "{out}");
     assert!(out.contains(&format!("<xterm>{INSTANCE}")), "{out:?}");
-    assert!(!out.contains('\u{1b}'), "escape reached the session: {out:?}");
+    assert!(
+        !out.contains('\u{1b}'),
+        "escape reached the session: {out:?}"
+    );
     assert_not_created(&i.rootfs().join("tmp/shellshock"));
     let e = b.host.expect_event(
         "session.start with a tty",
@@ -835,7 +851,11 @@ fn hostile_key_entry(hostile: Value, why: &str) -> Bastion {
         |e| e.name() == "keys.skipped" && e.u64("index") == Some(0),
         WAIT,
     );
-    assert!(skipped.str("reason").unwrap().contains(why), "{}", skipped.raw);
+    assert!(
+        skipped.str("reason").unwrap().contains(why),
+        "{}",
+        skipped.raw
+    );
     let hook = b.keys_hook(SVC, &b.key);
     assert!(
         hook.output.stdout.is_empty(),
@@ -901,7 +921,10 @@ fn key_owner_smuggling_a_newline() {
     let out = util::lossy(&hook.output.stdout);
     assert_eq!(out.lines().count(), 1, "{out:?}");
     assert!(out.starts_with("restrict,pty ssh-ed25519 "), "{out:?}");
-    assert!(!out.contains(" mallory") && out.contains("alice_restrict"), "{out:?}");
+    assert!(
+        !out.contains(" mallory") && out.contains("alice_restrict"),
+        "{out:?}"
+    );
     b.decision("decision with the raw owner kept in one field", |e| {
         e.str("owner") == Some(owner)
     });
@@ -915,7 +938,8 @@ fn ten_thousand_keys() {
         .map(|n| json!({"public_key": fake_ed25519(n), "owner": format!("user{n}@example.com")}))
         .collect();
     keys.push(KeySpec::new(&b.key, OWNER).to_json());
-    let body = json!({"service": {"id": SVC, "type": "web_service", "plan": "starter"}, "keys": keys});
+    let body =
+        json!({"service": {"id": SVC, "type": "web_service", "plan": "starter"}, "keys": keys});
     b.host.control_plane().set_body(SVC, &body);
     let started = Instant::now();
     b.assert_login_works();
@@ -957,13 +981,16 @@ fn duplicate_keys() {
     assert_eq!(out.lines().count(), 1, "one line per offered key: {out}");
     assert!(out.trim_end().ends_with(OWNER), "{out}");
     b.assert_session_works(INSTANCE);
-    let start = b.host.expect_event(
-        "session.start",
-        |e| e.name() == "session.start",
-        WAIT,
-    );
+    let start = b
+        .host
+        .expect_event("session.start", |e| e.name() == "session.start", WAIT);
     assert_eq!(start.str("owner"), Some(OWNER), "{}", start.raw);
-    for e in b.host.events().iter().filter(|e| e.name() == "keys.decision") {
+    for e in b
+        .host
+        .events()
+        .iter()
+        .filter(|e| e.name() == "keys.decision")
+    {
         if let Some(o) = e.str("owner") {
             assert_eq!(o, OWNER, "{}", e.raw);
         }
@@ -991,7 +1018,10 @@ fn expired_key() {
         |e| e.name() == "keys.skipped" && e.u64("index") == Some(0),
         WAIT,
     );
-    assert!(skipped.str("reason").unwrap().contains("key expired at 2001-01-01"));
+    assert!(skipped
+        .str("reason")
+        .unwrap()
+        .contains("key expired at 2001-01-01"));
     // Past sshd: the shell itself finds the key no longer allowed in the
     // cached answer, even when handed an auth-info file naming it.
     let o = b.local_shell(INSTANCE, &[], &["-c", "true"]);
@@ -1005,7 +1035,8 @@ fn expired_key() {
     // Bob's key still decides normally (nothing lost).
     let r = b.host.ssh(INSTANCE, &bob, &["true"]);
     assert!(
-        r.stderr_str().contains("srv-web1 has no running instance on this host"),
+        r.stderr_str()
+            .contains("srv-web1 has no running instance on this host"),
         "{}",
         r.describe()
     );
@@ -1041,7 +1072,10 @@ fn future_dated_keys() {
         WAIT,
     );
     assert!(
-        skipped.str("reason").unwrap().contains("not an RFC 3339 time"),
+        skipped
+            .str("reason")
+            .unwrap()
+            .contains("not an RFC 3339 time"),
         "{}",
         skipped.raw
     );
@@ -1071,10 +1105,18 @@ fn wrong_json_types_in_one_key() {
             |e| e.name() == "keys.skipped" && e.u64("index") == Some(index),
             WAIT,
         );
-        assert!(e.str("reason").unwrap().contains("invalid type"), "{}", e.raw);
+        assert!(
+            e.str("reason").unwrap().contains("invalid type"),
+            "{}",
+            e.raw
+        );
     }
     let r = b.host.ssh(SVC, &bob, &[]);
-    assert!(r.success() && r.stdout_str().contains(AUTH_PROBE_OK), "{}", r.describe());
+    assert!(
+        r.success() && r.stdout_str().contains(AUTH_PROBE_OK),
+        "{}",
+        r.describe()
+    );
 }
 
 // ----- container ---------------------------------------------------------------------
@@ -1088,7 +1130,10 @@ fn init_pid_reused_between_resolve_and_entry() {
     let start = process_start_time(pid).unwrap();
     // The pid now names a different process (another start time).
     assert!(matches!(pin(pid, start + 1), Err(EnterError::Vanished)));
-    assert!(matches!(pin(pid, start.saturating_sub(1)), Err(EnterError::Vanished)));
+    assert!(matches!(
+        pin(pid, start.saturating_sub(1)),
+        Err(EnterError::Vanished)
+    ));
     assert!(pin(pid, start).is_ok(), "control: the real init pins");
     // The recycled pid is a process of the host, with the right start time
     // (a forged or stale state file): refused, never entered.
@@ -1179,7 +1224,8 @@ fn container_dies_between_resolve_and_setns() {
     let r = b.ssh(INSTANCE, &["true"]);
     assert_eq!(r.code(), Some(1), "{}", r.describe());
     assert!(
-        r.stderr_str().contains("instance srv-web1-aaaaa is not running"),
+        r.stderr_str()
+            .contains("instance srv-web1-aaaaa is not running"),
         "{}",
         r.describe()
     );
@@ -1281,7 +1327,11 @@ fn home_symlinked_out_of_the_container() {
     fs::remove_file(&home).unwrap();
     symlink(format!("../../../../../../..{}", secret.display()), &home).unwrap();
     let r = b.ssh(INSTANCE, &["pwd; ls"]);
-    assert!(r.success() && !r.stdout_str().contains("HOSTLEAK"), "{}", r.describe());
+    assert!(
+        r.success() && !r.stdout_str().contains("HOSTLEAK"),
+        "{}",
+        r.describe()
+    );
 }
 
 #[test]
@@ -1311,8 +1361,14 @@ fn corrupt_runtime_state_json() {
     for (slug, content) in [
         ("bbbbb", b"{not json".to_vec()),
         ("ccccc", vec![0xff; 64]),
-        ("ddddd", br#"{"id":"srv-web1-ddddd","init_process_pid":"1"}"#.to_vec()),
-        ("eeeee", br#"{"id":"srv-web1-eeeee","init_process_pid":1,"init_process_start":0}"#.to_vec()),
+        (
+            "ddddd",
+            br#"{"id":"srv-web1-ddddd","init_process_pid":"1"}"#.to_vec(),
+        ),
+        (
+            "eeeee",
+            br#"{"id":"srv-web1-eeeee","init_process_pid":1,"init_process_start":0}"#.to_vec(),
+        ),
     ] {
         let d = root.join(format!("srv-web1-{slug}"));
         planted.push(Planted(d.clone()));
@@ -1387,12 +1443,14 @@ fn unreadable_cache_file() {
     past_fresh();
     // The hook cannot read it: logged, asked the control plane, decided.
     b.assert_login_works();
-    let e = b.host.expect_event(
-        "keys.cache_error",
-        |e| e.name() == "keys.cache_error",
-        WAIT,
+    let e = b
+        .host
+        .expect_event("keys.cache_error", |e| e.name() == "keys.cache_error", WAIT);
+    assert!(
+        e.str("error").unwrap().contains("Permission denied"),
+        "{}",
+        e.raw
     );
-    assert!(e.str("error").unwrap().contains("Permission denied"), "{}", e.raw);
     b.decision("fresh decision from the control plane", |e| {
         e.str("source") == Some("api") && e.str("outcome") == Some("accepted")
     });
@@ -1418,7 +1476,13 @@ fn corrupt_cache_file() {
     b.assert_login_works();
     let cache = b.cache_file(SVC);
     let p = b.host.ids().porthole;
-    util::write_file(&cache, b"{\"version\":1,\"fetched_at\":\x00garbage", 0o644, p, p);
+    util::write_file(
+        &cache,
+        b"{\"version\":1,\"fetched_at\":\x00garbage",
+        0o644,
+        p,
+        p,
+    );
     // The setuid shell refuses with a sentence rather than guessing.
     let o = b.local_shell(SVC, &[], &["-c", "true"]);
     assert_shell_refused(
@@ -1464,7 +1528,11 @@ fn cache_on_a_full_filesystem() {
     );
     let o = b.host.in_ns(&["sh", "-c", &script]);
     assert!(o.status.success(), "{:?}", out_str(&o));
-    let in_ns_cache = || b.host.in_ns(&["cat", &format!("{cache_s}/{SVC}.json")]).stdout;
+    let in_ns_cache = || {
+        b.host
+            .in_ns(&["cat", &format!("{cache_s}/{SVC}.json")])
+            .stdout
+    };
     assert_eq!(in_ns_cache(), good);
     // The control plane now also lists bob: the hook must decide with the
     // fresh answer although it cannot store it…
@@ -1473,18 +1541,29 @@ fn cache_on_a_full_filesystem() {
         SVC,
         &web_service(
             SVC,
-            &[KeySpec::new(&b.key, OWNER), KeySpec::new(&bob, "bob@example.com")],
+            &[
+                KeySpec::new(&b.key, OWNER),
+                KeySpec::new(&bob, "bob@example.com"),
+            ],
         ),
     );
     past_fresh();
     let r = b.host.ssh(SVC, &bob, &[]);
-    assert!(r.success() && r.stdout_str().contains(AUTH_PROBE_OK), "{}", r.describe());
+    assert!(
+        r.success() && r.stdout_str().contains(AUTH_PROBE_OK),
+        "{}",
+        r.describe()
+    );
     let e = b.host.expect_event(
         "keys.cache_error no space",
         |e| e.name() == "keys.cache_error",
         WAIT,
     );
-    assert!(e.str("error").unwrap().contains("No space left"), "{}", e.raw);
+    assert!(
+        e.str("error").unwrap().contains("No space left"),
+        "{}",
+        e.raw
+    );
     // …and the old entry is intact, still serving when the plane is down.
     assert_eq!(in_ns_cache(), good, "the old cache entry was damaged");
     b.host.control_plane().stop();
@@ -1493,11 +1572,17 @@ fn cache_on_a_full_filesystem() {
     b.decision("stale cache served from the full filesystem", |e| {
         e.str("source") == Some("stale-cache") && e.str("owner") == Some(OWNER)
     });
-    assert!(b.host.ssh(SVC, &bob, &[]).denied(), "bob is not in the old answer");
+    assert!(
+        b.host.ssh(SVC, &bob, &[]).denied(),
+        "bob is not in the old answer"
+    );
     // No temporary file left behind in the full cache directory.
     let ls = b.host.in_ns(&["ls", "-A", cache_s]);
     let names = out_str(&ls).0;
-    assert!(names.contains("srv-web1.json") && !names.contains(".tmp"), "{names}");
+    assert!(
+        names.contains("srv-web1.json") && !names.contains(".tmp"),
+        "{names}"
+    );
 }
 
 #[test]
@@ -1574,11 +1659,18 @@ fn tenant_bundle_annotation_cannot_choose_the_environment() {
         .filter_map(Value::as_str)
         .filter(|l| l.starts_with("bundle="))
         .collect();
-    assert_eq!(labels.len(), 2, "the hostile label did not reach runc: {labels:?}");
+    assert_eq!(
+        labels.len(),
+        2,
+        "the hostile label did not reach runc: {labels:?}"
+    );
     let r = b.ssh(INSTANCE, &["env"]);
     assert!(r.success(), "{}", r.describe());
     let out = r.stdout_str();
-    assert!(!out.contains("HOST_SECRET") && !out.contains("/evil"), "{out}");
+    assert!(
+        !out.contains("HOST_SECRET") && !out.contains("/evil"),
+        "{out}"
+    );
     assert!(out.contains("APP_OWN=yes"), "{out}");
     b.host.expect_event(
         "session.start",
