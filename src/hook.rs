@@ -191,8 +191,13 @@ fn decide(cfg: &Config, log: &Logger, target: &Target, deadline: Instant) -> Ans
     let fetch_deadline = deadline
         .checked_sub(Duration::from_millis(50))
         .unwrap_or(deadline);
+    // A lock that cannot even be created (full or read-only cache
+    // filesystem) means no single flight, not "someone else is asking":
+    // ask the control plane ourselves rather than refuse.
+    let mut lock_failed = false;
     let lock = cache::lock(&cfg.cache.dir, &target.service, fetch_deadline).unwrap_or_else(|e| {
         cache_error(log, target, &e);
+        lock_failed = true;
         None
     });
     // Whoever held the lock before us may have refreshed the answer.
@@ -209,7 +214,7 @@ fn decide(cfg: &Config, log: &Logger, target: &Target, deadline: Instant) -> Ans
         return from_cache(a.clone(), Source::Cache);
     }
     let stale = cached.filter(|a| cache::freshness(a, now, &cfg.cache) == Freshness::Stale);
-    if lock.is_none() {
+    if lock.is_none() && !lock_failed {
         // Another process is still asking and our budget is gone.
         return match stale {
             Some(a) => from_cache(a, Source::StaleCache),

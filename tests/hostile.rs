@@ -1513,7 +1513,9 @@ fn cache_on_a_full_filesystem() {
     let good = b.cache_bytes();
     let cache = b.host.cache_dir();
     let cache_s = cache.to_str().unwrap();
-    // Only inside the bastion's private mount namespace, never the host's.
+    // Full in both senses (no block, no inode: not even the hook's lock
+    // file can be created), and only inside the bastion's private mount
+    // namespace, never the host's.
     assert_ne!(
         util::mnt_ns(b.host.sshd_pid()),
         util::mnt_ns(std::process::id())
@@ -1521,9 +1523,11 @@ fn cache_on_a_full_filesystem() {
     let p = b.host.ids().porthole;
     let script = format!(
         "set -e; cp -a {c}/{SVC}.json /run/saved.json; \
-         mount -n -t tmpfs -o size=64k,mode=0755,uid={p},gid={p} tmpfs {c}; \
+         mount -n -t tmpfs -o size=64k,nr_inodes=32,mode=0755,uid={p},gid={p} tmpfs {c}; \
          cp -a /run/saved.json {c}/{SVC}.json; \
-         dd if=/dev/zero of={c}/fill bs=4k 2>/dev/null || true; df {c}",
+         dd if=/dev/zero of={c}/fill bs=4k 2>/dev/null || true; \
+         i=0; while [ $i -lt 64 ] && touch {c}/inode$i 2>/dev/null; do i=$((i+1)); done; \
+         ! touch {c}/probe 2>/dev/null; df {c}",
         c = cache_s
     );
     let o = b.host.in_ns(&["sh", "-c", &script]);
