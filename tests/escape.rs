@@ -278,10 +278,7 @@ fn local_forward_l_reaches_nothing() {
         client.stderr()
     );
     assert!(
-        host.wait_sshd_log(
-            &format!("refused local port forward: originator 127.0.0.1"),
-            WAIT
-        ),
+        host.wait_sshd_log("refused local port forward: originator 127.0.0.1", WAIT),
         "{}",
         host.sshd_log()
     );
