@@ -782,6 +782,7 @@ fn session_shell_is_not_dumpable_and_leaves_no_core_when_killed() {
             .ssh_cmd(LOGIN, &key)
             .arg(&format!("echo up{n}; sleep 60"))
             .command();
+        let before = inst.pids();
         let client = Running::spawn(cmd, host.dir(), &format!("ssh-core{n}"));
         assert!(client.wait_stdout(&format!("up{n}")), "{}", client.stderr());
         let pids = shell_pids(&host);
@@ -829,6 +830,19 @@ fn session_shell_is_not_dumpable_and_leaves_no_core_when_killed() {
             util::kill(supervisor, sig);
         }
         assert!(gone(), "porthole-shell {supervisor} survived signal {sig}");
+        if sig == libc::SIGQUIT {
+            // Caught (signalfd): the supervisor ends the session first, so
+            // nothing of it is left running in the instance.
+            let left = util::wait_for(WAIT, || {
+                let now = inst.pids();
+                now.iter().all(|p| before.contains(p)).then_some(())
+            });
+            assert!(
+                left.is_some(),
+                "session processes outlived SIGQUIT: {:?}",
+                inst.pids()
+            );
+        }
         thread::sleep(Duration::from_millis(300));
         let mut cores = cores_below(host.dir());
         cores.extend(cores_below(&cwd));
