@@ -727,6 +727,37 @@ fn setuid_shell_refuses_any_other_uid_with_a_sentence_and_an_event() {
     );
 }
 
+#[test]
+fn shell_that_lost_its_setuid_bit_refuses_with_a_sentence_and_an_event() {
+    let (host, _key) = bastion();
+    // An admin's copy (or a package upgrade gone wrong) without 4750.
+    let copy = host.bin_dir().join("porthole-shell-copy");
+    fs::copy(host.bin_dir().join("porthole-shell"), &copy).unwrap();
+    util::set_owner_mode(&copy, 0o755, 0, 0);
+    let out = host.in_ns(&[
+        "setpriv",
+        &format!("--reuid={PLAIN_USER}"),
+        &format!("--regid={PLAIN_USER}"),
+        "--clear-groups",
+        "env",
+        "-i",
+        "USER=srv-web1",
+        copy.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = util::lossy(&out.stderr);
+    assert!(
+        err.contains("porthole-shell is not installed setuid root"),
+        "{err}"
+    );
+    let e = host.expect_event(
+        "session.rejected not_sshd",
+        |e| e.is("session.rejected", &[("reason", "not_sshd")]),
+        WAIT,
+    );
+    assert_eq!(e.u64("uid"), Some(u64::from(host.ids().plain)));
+}
+
 // ----- no core dumps -----------------------------------------------------------------
 
 /// Pids running this test's porthole-shell binary.
