@@ -54,6 +54,19 @@ fn main() {
     let euid = nix::unistd::geteuid().as_raw();
     if let Err(msg) = session::self_check(handover.real_uid, euid) {
         eprintln!("porthole: {msg}");
+        // The admin hears of it too: someone ran the shell outside sshd (or
+        // it lost its setuid bit). Reading the config is harmless here:
+        // either we are unprivileged or the caller is root already.
+        let socket = Config::load(Path::new(DEFAULT_PATH))
+            .map(|c| c.log.socket)
+            .unwrap_or_else(|_| "/dev/log".into());
+        Logger::syslog_only("porthole-shell", &socket).emit(
+            &porthole::log::Event::new("session.rejected", porthole::log::Severity::Warning)
+                .field("user", handover.user.as_deref().unwrap_or(""))
+                .field("reason", "not_sshd")
+                .field("uid", handover.real_uid)
+                .field("message", msg.as_str()),
+        );
         std::process::exit(1);
     }
     let cfg = match Config::load(Path::new(DEFAULT_PATH)) {

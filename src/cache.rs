@@ -209,6 +209,52 @@ pub fn freshness(answer: &CachedAnswer, now: i64, cfg: &crate::config::Cache) ->
     }
 }
 
+fn failure_path(dir: &Path, service: &ServiceId) -> PathBuf {
+    dir.join(format!("{}.failed", service.as_str()))
+}
+
+/// Remembers that the control plane failed for `service` at `now`.
+pub fn note_failure(dir: &Path, service: &ServiceId, now: i64) -> Result<(), CacheError> {
+    let path = failure_path(dir, service);
+    let mut f = File::options()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&path)
+        .map_err(|e| CacheError::Io(path.clone(), e))?;
+    f.write_all(now.to_string().as_bytes())
+        .map_err(|e| CacheError::Io(path, e))
+}
+
+/// Forgets a remembered failure (the control plane answered).
+pub fn clear_failure(dir: &Path, service: &ServiceId) {
+    let _ = std::fs::remove_file(failure_path(dir, service));
+}
+
+/// Seconds since the control plane failed for `service`, when that was
+/// less than `window_secs` ago. A missing, unreadable, empty (being
+/// written) or future-dated record counts as no failure: it can only ever
+/// save a request, never refuse a login the control plane would allow.
+pub fn recent_failure(dir: &Path, service: &ServiceId, now: i64, window_secs: u64) -> Option<i64> {
+    if window_secs == 0 {
+        return None;
+    }
+    let mut text = String::new();
+    File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(failure_path(dir, service))
+        .ok()?
+        .take(32)
+        .read_to_string(&mut text)
+        .ok()?;
+    let at: i64 = text.trim().parse().ok()?;
+    let age = now.checked_sub(at)?;
+    (age >= 0 && age < i64::try_from(window_secs).unwrap_or(i64::MAX)).then_some(age)
+}
+
 /// Holding this means this process is the one asking the control plane for
 /// the service. The kernel drops the lock when the process dies.
 pub struct FlightLock {
@@ -350,6 +396,24 @@ mod tests {
             Freshness::Stale,
             "future timestamps"
         );
+    }
+
+    #[test]
+    fn failure_is_remembered_for_its_window_only() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(recent_failure(dir.path(), &sid(), 1000, 5), None);
+        note_failure(dir.path(), &sid(), 1000).unwrap();
+        assert_eq!(recent_failure(dir.path(), &sid(), 1000, 5), Some(0));
+        assert_eq!(recent_failure(dir.path(), &sid(), 1004, 5), Some(4));
+        assert_eq!(recent_failure(dir.path(), &sid(), 1005, 5), None);
+        assert_eq!(recent_failure(dir.path(), &sid(), 999, 5), None, "future");
+        assert_eq!(recent_failure(dir.path(), &sid(), 1001, 0), None, "off");
+        let other = ServiceId::parse("srv-b2").unwrap();
+        assert_eq!(recent_failure(dir.path(), &other, 1001, 5), None);
+        clear_failure(dir.path(), &sid());
+        assert_eq!(recent_failure(dir.path(), &sid(), 1001, 5), None);
+        std::fs::write(dir.path().join("srv-a1.failed"), "junk").unwrap();
+        assert_eq!(recent_failure(dir.path(), &sid(), 1001, 5), None);
     }
 
     #[test]

@@ -69,6 +69,11 @@ pub struct ControlPlane {
     pub timeout_ms: u64,
     /// Largest answer body accepted, in bytes.
     pub max_body_bytes: u64,
+    /// After the control plane failed (5xx, timeout, refused, cut answer)
+    /// for a service, it is not asked about that service again for this
+    /// long: logins are served from the stale cache or refused at once
+    /// instead of each waiting out the budget again. 0 turns this off.
+    pub failure_backoff_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -147,6 +152,7 @@ impl Default for ControlPlane {
             token_file: None,
             timeout_ms: 3000,
             max_body_bytes: 4 * 1024 * 1024,
+            failure_backoff_secs: 5,
         }
     }
 }
@@ -241,6 +247,11 @@ impl Config {
         if cp.timeout_ms == 0 || cp.timeout_ms > 60_000 {
             return Err(ConfigError::Invalid(
                 "control_plane.timeout_ms must be between 1 and 60000".into(),
+            ));
+        }
+        if cp.failure_backoff_secs > 300 {
+            return Err(ConfigError::Invalid(
+                "control_plane.failure_backoff_secs must be at most 300".into(),
             ));
         }
         if cp.max_body_bytes < 1024 {

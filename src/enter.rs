@@ -667,6 +667,9 @@ fn inner_child(
     // SAFETY: all calls below are plain syscalls on valid arguments in a
     // single-threaded child; pointers reference live locals.
     unsafe {
+        // The outer child as we see it: 0 when it is outside the instance's
+        // pid namespace, its pid when the instance shares the host's.
+        let outer = libc::getppid();
         check(
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0),
             "prctl",
@@ -695,6 +698,17 @@ fn inner_child(
         check(libc::setgroups(groups.len(), groups.as_ptr()), "setgroups")?;
         check(libc::setresgid(plan.gid, plan.gid, plan.gid), "setgid")?;
         check(libc::setresuid(plan.uid, plan.uid, plan.uid), "setuid")?;
+        // Changing the effective ids cleared the parent-death signal set
+        // above: arm it again, or the session outlives a supervisor that
+        // was killed (SIGKILL, a crash). If the outer child died before
+        // that, we were reparented and getppid() changed.
+        check(
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0),
+            "prctl",
+        )?;
+        if libc::getppid() != outer {
+            return Err("supervisor gone".into());
+        }
     }
     // A root container user keeps exactly the init's capabilities; any
     // other user lost them all with setuid and we make sure of it.

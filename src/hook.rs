@@ -186,6 +186,12 @@ fn decide(cfg: &Config, log: &Logger, target: &Target, deadline: Instant) -> Ans
     {
         return from_cache(a.clone(), Source::Cache);
     }
+    // The control plane failed for this service a moment ago: do not make
+    // this login wait out the budget again.
+    if let Some(failure) = remembered_failure(cfg, target, now) {
+        let stale = cached.filter(|a| cache::freshness(a, now, &cfg.cache) == Freshness::Stale);
+        return unavailable(log, target, stale, failure);
+    }
     // Leave a sliver of the budget for serving the stale answer after a
     // control plane that used all of it.
     let fetch_deadline = deadline
@@ -224,6 +230,10 @@ fn decide(cfg: &Config, log: &Logger, target: &Target, deadline: Instant) -> Ans
             ),
         };
     }
+    // Whoever held the lock before us may have just seen it fail.
+    if let Some(failure) = remembered_failure(cfg, target, now) {
+        return unavailable(log, target, stale, failure);
+    }
     let fetched = fetch::fetch(&cfg.control_plane, &target.service, fetch_deadline);
     let failure = match fetched {
         Ok(FetchOutcome::Found(body)) => match serde_json::from_slice::<serde_json::Value>(&body)
@@ -231,12 +241,14 @@ fn decide(cfg: &Config, log: &Logger, target: &Target, deadline: Instant) -> Ans
             .and_then(|v| ServiceDoc::from_value(v.clone(), &target.service).map(|d| (v, d)))
         {
             Ok((value, doc)) => {
+                cache::clear_failure(&cfg.cache.dir, &target.service);
                 write_cache(cfg, log, target, Some(&value));
                 return Answer::Doc(doc, Source::Api);
             }
             Err(e) => e.to_string(),
         },
         Ok(FetchOutcome::NotFound) => {
+            cache::clear_failure(&cfg.cache.dir, &target.service);
             write_cache(cfg, log, target, None);
             return Answer::NoService(Source::Api);
         }
@@ -246,6 +258,34 @@ fn decide(cfg: &Config, log: &Logger, target: &Target, deadline: Instant) -> Ans
         Err(e @ FetchError::Config(_)) => return Answer::Refused(e.to_string(), Severity::Error),
         Err(FetchError::Unavailable(m)) => format!("control plane unavailable: {m}"),
     };
+    if cfg.control_plane.failure_backoff_secs > 0 {
+        if let Err(e) =
+            cache::note_failure(&cfg.cache.dir, &target.service, crate::time::now_unix())
+        {
+            cache_error(log, target, &e);
+        }
+    }
+    unavailable(log, target, stale, failure)
+}
+
+/// The control plane failed for this service less than
+/// `failure_backoff_secs` ago: the reason, for the log.
+fn remembered_failure(cfg: &Config, target: &Target, now: i64) -> Option<String> {
+    let window = cfg.control_plane.failure_backoff_secs;
+    let age = cache::recent_failure(&cfg.cache.dir, &target.service, now, window)?;
+    Some(format!(
+        "control plane failed for this service {age} s ago; not asking again for {window} s"
+    ))
+}
+
+/// No usable answer from the control plane: serve the stale cache if
+/// there is one, else refuse.
+fn unavailable(
+    log: &Logger,
+    target: &Target,
+    stale: Option<CachedAnswer>,
+    failure: String,
+) -> Answer {
     match stale {
         Some(a) => {
             log.emit(

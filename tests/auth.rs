@@ -348,7 +348,11 @@ fn control_plane_down_without_cache_is_refused_within_budget() {
 
 #[test]
 fn control_plane_slower_than_budget_is_refused_and_sshd_keeps_going() {
-    let host = host();
+    let host = host_with(
+        TestHostOpts::auth_probe()
+            .timeout_ms(BUDGET_MS)
+            .set("control_plane.failure_backoff_secs", 1),
+    );
     let key = host.key(KeyKind::Ed25519);
     let body = web_service(SVC, &[KeySpec::new(&key, OWNER)]);
     let cp = host.control_plane();
@@ -361,8 +365,10 @@ fn control_plane_slower_than_budget_is_refused_and_sshd_keeps_going() {
         r.elapsed
     );
     // The stalled answer is still pending on the server; sshd is not stuck
-    // and a timeout was not remembered as "no keys".
+    // and a timeout was not remembered as "no keys" (only as a failure, for
+    // failure_backoff_secs).
     cp.set_body(SVC, &body);
+    thread::sleep(Duration::from_millis(1100));
     let start = Instant::now();
     assert_accepted(&host.ssh(SVC, &key, &[]), SVC);
     assert!(start.elapsed() < Duration::from_secs(5));

@@ -15,9 +15,11 @@ const WAIT: Duration = Duration::from_secs(15);
 const INST: &str = "srv-web1-aaaaa";
 
 struct World {
+    // Fields drop in order: the instance before its host, or its runc
+    // delete recreates `<test dir>/runc` after the host removed the dir.
+    _inst: Instance,
     host: TestHost,
     key: ClientKey,
-    _inst: Instance,
 }
 
 fn world_with(opts: TestHostOpts, service_limits: Option<Value>) -> World {

@@ -111,6 +111,8 @@ pub struct SshCmd {
     user: String,
     key: PathBuf,
     options: Vec<String>,
+    /// Raw client flags before the destination (`-L …`, `-N`, `-v`).
+    flags: Vec<String>,
     args: Vec<String>,
     stdin: Option<Vec<u8>>,
     tty: bool,
@@ -177,6 +179,7 @@ impl SshCmd {
             user: user.into(),
             key: key.to_owned(),
             options: Vec::new(),
+            flags: Vec::new(),
             args: Vec::new(),
             stdin: None,
             tty: false,
@@ -199,6 +202,14 @@ impl SshCmd {
     /// An extra `-o Key=Value`.
     pub fn option(mut self, kv: &str) -> SshCmd {
         self.options.push(kv.into());
+        self
+    }
+
+    /// Raw client flags placed before the destination: `&["-L", "8080:…"]`,
+    /// `&["-N"]`, `&["-v"]` (for flags that have no `-o` form, like `-W`).
+    pub fn flags<S: AsRef<str>>(mut self, flags: &[S]) -> SshCmd {
+        self.flags
+            .extend(flags.iter().map(|a| a.as_ref().to_owned()));
         self
     }
 
@@ -244,6 +255,7 @@ impl SshCmd {
         c.arg("-p").arg(self.port.to_string());
         c.arg("-l").arg(&self.user);
         c.arg(if self.tty { "-tt" } else { "-T" });
+        c.args(&self.flags);
         c.arg(&self.addr);
         if !self.args.is_empty() {
             c.arg("--");
