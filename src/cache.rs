@@ -162,7 +162,7 @@ pub fn write(
         let mut f = File::options()
             .write(true)
             .create_new(true)
-            .mode(0o644)
+            .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&tmp)
             .map_err(io)?;
@@ -220,7 +220,7 @@ pub fn note_failure(dir: &Path, service: &ServiceId, now: i64) -> Result<(), Cac
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o644)
+        .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&path)
         .map_err(|e| CacheError::Io(path.clone(), e))?;
@@ -275,7 +275,7 @@ pub fn lock(
         .write(true)
         .create(true)
         .truncate(false)
-        .mode(0o644)
+        .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&path)
         .map_err(|e| CacheError::Io(path.clone(), e))?;

@@ -306,7 +306,7 @@ pub fn run(paths: &Paths) -> Vec<Check> {
             )
         } else {
             format!(
-                "{} must be a directory owned by {} (fix: install -d -o {} {})",
+                "{} must be a directory owned by {} (fix: install -d -m 0700 -o {} {})",
                 cfg.cache.dir.display(),
                 cfg.session.keys_user,
                 cfg.session.keys_user,

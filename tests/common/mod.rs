@@ -218,7 +218,7 @@ impl TestHost {
         }
         util::mkdir(&d("keys"), 0o700, 0, 0);
         util::mkdir(&d("runc"), 0o700, 0, 0);
-        util::mkdir(&d("cache"), 0o755, ids.porthole, ids.porthole);
+        util::mkdir(&d("cache"), 0o700, ids.porthole, ids.porthole);
         for f in ["wtmp", "btmp", "lastlog"] {
             util::write_file(&d("varlog").join(f), "", 0o640, 0, 0);
         }

@@ -264,7 +264,7 @@ check "account porthole-session: system, home /var/lib/porthole/home, shell port
 		[ \"\$(getent passwd porthole-session | cut -d: -f3)\" -lt 1000 ]"
 check "account porthole-session is locked" bash -c "getent shadow porthole-session | cut -d: -f2 | grep -q '^!'"
 check "/var/lib/porthole/home is 755 root:root" test "$(mode_of /var/lib/porthole/home)" = "755 root:root"
-check "/var/cache/porthole is 755 porthole:porthole" test "$(mode_of /var/cache/porthole)" = "755 porthole:porthole"
+check "/var/cache/porthole is 700 porthole:porthole" test "$(mode_of /var/cache/porthole)" = "700 porthole:porthole"
 check "/etc/porthole/services is 755 root:root" test "$(mode_of /etc/porthole/services)" = "755 root:root"
 check "config is 644 root:root" test "$(mode_of $CONFIG)" = "644 root:root"
 check "nsswitch.conf: porthole right after files on passwd: and group:, nothing else changed" \
