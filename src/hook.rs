@@ -216,8 +216,7 @@ fn decide(cfg: &Config, log: &Logger, target: &Target, deadline: Instant) -> Ans
     }
     let fetched = fetch::fetch(&cfg.control_plane, &target.service, fetch_deadline);
     let failure = match fetched {
-        Ok(FetchOutcome::Found(body)) => match serde_json::from_slice::<serde_json::Value>(&body)
-            .map_err(|e| crate::api::DocError::Malformed(e.to_string()))
+        Ok(FetchOutcome::Found(body)) => match crate::api::parse_json(&body)
             .and_then(|v| ServiceDoc::from_value(v.clone(), &target.service).map(|d| (v, d)))
         {
             Ok((value, doc)) => {
