@@ -15,6 +15,8 @@ const MIN_RSA_BITS: u32 = 2048;
 const MAX_KEY_STRING: usize = 16 * 1024;
 const MAX_FROM_ENTRIES: usize = 64;
 const MAX_COMMENT: usize = 100;
+/// 9999-12-31T23:59:59Z, the last time `expiry-time="YYYYMMDDHHMMSSZ"` holds.
+const LAST_EXPIRY: i64 = 253_402_300_799;
 
 /// A key that passed parsing and policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -220,8 +222,11 @@ pub fn entry_expiry(entry: &KeyEntry, now_unix: i64) -> Result<Option<i64>, KeyR
     match &entry.expires_at {
         None => Ok(None),
         Some(t) => {
-            let at =
-                crate::time::parse_rfc3339(t).ok_or_else(|| KeyReject::BadExpiry(t.clone()))?;
+            // sshd's expiry-time has four year digits: a UTC time past
+            // 9999 (e.g. `9999-12-31T23:59:59-23:59`) cannot be written.
+            let at = crate::time::parse_rfc3339(t)
+                .filter(|&at| at <= LAST_EXPIRY)
+                .ok_or_else(|| KeyReject::BadExpiry(t.clone()))?;
             if at <= now_unix {
                 Err(KeyReject::Expired(t.clone()))
             } else {
@@ -559,5 +564,24 @@ mod tests {
             validate_public_key(off_curve),
             Err(KeyReject::Unparseable(m)) if m.contains("curve")
         ));
+    }
+
+    /// Fuzzing finding (fuzz/regressions/keys/expiry_past_year_9999): an
+    /// offset pushing the UTC time past year 9999 rendered a five-digit
+    /// year, an `expiry-time` sshd cannot parse.
+    #[test]
+    fn expiry_past_year_9999_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let pk = keygen(dir.path(), &["-t", "ed25519"], "k");
+        let k = validate_public_key(&pk).unwrap();
+        let mut e = entry(&pk);
+        e.expires_at = Some("9999-12-31T23:59:59-23:59".into());
+        assert_eq!(
+            render_line(&e, &k, 0),
+            Err(KeyReject::BadExpiry("9999-12-31T23:59:59-23:59".into()))
+        );
+        e.expires_at = Some("9999-12-31T23:59:59Z".into());
+        let line = render_line(&e, &k, 0).unwrap();
+        assert!(line.starts_with("restrict,pty,expiry-time=\"99991231235959Z\" "));
     }
 }
