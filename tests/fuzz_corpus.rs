@@ -165,4 +165,5 @@ fn corpus_keys_lines_parse_with_ssh_keygen() {
         let fp = key.fingerprint(ssh_key::HashAlg::Sha256).to_string();
         assert!(shown.contains(&fp), "{shown} is not {fp} ({line})");
     }
+    println!("ssh-keygen -l read all {} rendered lines", lines.len());
 }

@@ -129,11 +129,29 @@ pub fn check_api(data: &[u8]) {
             "keys": doc.keys.iter().flatten().map(entry_json).collect::<Vec<_>>(),
             "limits": doc.limits,
         });
-        let again = ServiceDoc::parse(canonical.to_string().as_bytes(), &asked())
+        let mut again = ServiceDoc::parse(canonical.to_string().as_bytes(), &asked())
             .expect("the canonical form of a parsed document parses");
+        // serde_json parses floats fast, not exactly (1e82 comes back as
+        // 1.0000000000000001e82); no limit is a float, so floats are not
+        // compared.
+        let mut doc = doc.clone();
+        doc.limits = doc.limits.map(without_floats);
+        again.limits = again.limits.map(without_floats);
         assert_eq!(again, doc, "document does not round-trip");
     }
     check_doc_lines(&doc);
+}
+
+fn without_floats(v: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::Number(n) if n.is_f64() => Value::Null,
+        Value::Array(a) => Value::Array(a.into_iter().map(without_floats).collect()),
+        Value::Object(o) => {
+            Value::Object(o.into_iter().map(|(k, v)| (k, without_floats(v))).collect())
+        }
+        other => other,
+    }
 }
 
 /// Splits authorized_keys options at commas outside double quotes.
