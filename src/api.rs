@@ -7,8 +7,9 @@
 //! service ID must be the one asked for).
 
 use crate::names::ServiceId;
+use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Map, Number, Value};
 
 /// `service` object of the answer.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -71,12 +72,80 @@ impl std::fmt::Display for DocError {
 
 impl std::error::Error for DocError {}
 
+/// Parses a control-plane body as JSON where a member named twice in one
+/// object keeps its FIRST value (serde_json's `Value` keeps the last). The
+/// document is deterministic either way, but first-wins means a trailing
+/// `"from": null` or `"expires_at": null` appended to an entry, or a second
+/// `"service"`, cannot silently replace what came first.
+pub fn parse_json(body: &[u8]) -> Result<Value, DocError> {
+    serde_json::from_slice::<FirstWins>(body)
+        .map(|v| v.0)
+        .map_err(|e| DocError::Malformed(e.to_string()))
+}
+
+/// A JSON value built with first-wins object members (see [`parse_json`]).
+struct FirstWins(Value);
+
+impl<'de> Deserialize<'de> for FirstWins {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(FirstWinsVisitor).map(FirstWins)
+    }
+}
+
+struct FirstWinsVisitor;
+
+impl<'de> Visitor<'de> for FirstWinsVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(FirstWins(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut obj = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if obj.contains_key(&key) {
+                map.next_value::<IgnoredAny>()?;
+            } else {
+                let FirstWins(v) = map.next_value()?;
+                obj.insert(key, v);
+            }
+        }
+        Ok(Value::Object(obj))
+    }
+}
+
 impl ServiceDoc {
-    /// Parses a body for `asked`.
+    /// Parses a body for `asked` (duplicate members: the first wins).
     pub fn parse(body: &[u8], asked: &ServiceId) -> Result<ServiceDoc, DocError> {
-        let v: Value =
-            serde_json::from_slice(body).map_err(|e| DocError::Malformed(e.to_string()))?;
-        ServiceDoc::from_value(v, asked)
+        ServiceDoc::from_value(parse_json(body)?, asked)
     }
 
     pub fn from_value(v: Value, asked: &ServiceId) -> Result<ServiceDoc, DocError> {
@@ -232,5 +301,38 @@ mod tests {
         assert!(msg(shell_policy(&info("postgres", None))).contains("datastore"));
         assert!(msg(shell_policy(&info("key_value", None))).contains("datastore"));
         assert!(msg(shell_policy(&info("gpu_box", None))).contains("gpu_box"));
+    }
+
+    /// Fuzzing finding: with serde_json's last-wins objects a document could
+    /// name its service twice, or append `"from": null` / `"expires_at":
+    /// null` to an entry and drop the restriction written first. The first
+    /// occurrence of a member now wins, in the hook and the cache alike.
+    #[test]
+    fn duplicate_members_first_occurrence_wins() {
+        let body = br#"{"service":{"id":"srv-a1","type":"web_service"},
+            "service":{"id":"srv-b2","type":"cron_job"},
+            "keys":[{"public_key":"ssh-ed25519 AAAA","owner":"alice","owner":"mallory",
+                     "from":["10.0.0.1"],"from":null,
+                     "expires_at":"2030-01-01T00:00:00Z","expires_at":null}],
+            "keys":[]}"#;
+        let doc = ServiceDoc::parse(body, &sid("srv-a1")).unwrap();
+        assert_eq!(doc.service.kind, "web_service");
+        let k = doc.keys[0].as_ref().unwrap();
+        assert_eq!(k.owner, "alice");
+        assert_eq!(k.from.as_deref(), Some(&["10.0.0.1".to_owned()][..]));
+        assert_eq!(k.expires_at.as_deref(), Some("2030-01-01T00:00:00Z"));
+        assert!(
+            matches!(
+                ServiceDoc::parse(body, &sid("srv-b2")),
+                Err(DocError::WrongService { .. })
+            ),
+            "the second service member is ignored"
+        );
+        // A broken later duplicate still makes the body malformed JSON.
+        assert!(parse_json(br#"{"a":1,"a":[}"#).is_err());
+        assert_eq!(
+            parse_json(br#"{"n":-1,"f":2.5,"b":true,"z":null,"s":"x"}"#).unwrap(),
+            serde_json::json!({"n":-1,"f":2.5,"b":true,"z":null,"s":"x"})
+        );
     }
 }

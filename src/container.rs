@@ -82,7 +82,11 @@ pub fn parse_status(text: &str) -> Option<ProcessCreds> {
 pub struct IdMap(Vec<(u32, u32, u32)>);
 
 impl IdMap {
+    /// Parses uid_map/gid_map text. A range running past the 32-bit id
+    /// space on either side is no map the kernel would write: the whole map
+    /// is refused (None) rather than wrapped into other ids.
     pub fn parse(text: &str) -> Option<IdMap> {
+        const ID_SPACE: u64 = 1 << 32;
         let mut v = Vec::new();
         for line in text.lines() {
             let mut it = line.split_ascii_whitespace().map(|x| x.parse::<u32>().ok());
@@ -91,6 +95,11 @@ impl IdMap {
             else {
                 return None;
             };
+            if u64::from(inside) + u64::from(count) > ID_SPACE
+                || u64::from(outside) + u64::from(count) > ID_SPACE
+            {
+                return None;
+            }
             v.push((inside, outside, count));
         }
         Some(IdMap(v))
@@ -100,7 +109,8 @@ impl IdMap {
     pub fn to_inside(&self, host: u32) -> Option<u32> {
         self.0.iter().find_map(|&(inside, outside, count)| {
             (host >= outside && u64::from(host) < u64::from(outside) + u64::from(count))
-                .then(|| inside + (host - outside))
+                .then(|| inside.checked_add(host - outside))
+                .flatten()
         })
     }
 }
@@ -537,5 +547,22 @@ evil:x:1000:1000::/home/ev\x1bil:/bin/sh\napp:x:1000:1000:App:/home/app:/bin/sh\
         );
         assert!(!usable_shell(&root, "/bin/data"), "not executable");
         assert!(!usable_shell(&root, "bin/sh"), "relative path");
+    }
+
+    /// Fuzzing finding (fuzz/regressions/container): a uid_map line whose
+    /// range runs past 2^32 on the inside made `to_inside` overflow (a panic
+    /// in debug builds, a wrapped id such as 0 in release builds).
+    #[test]
+    fn idmap_refuses_ranges_past_the_id_space() {
+        assert_eq!(IdMap::parse("4294967295 0 2\n"), None, "inside + count");
+        assert_eq!(IdMap::parse("0 4294967295 5\n"), None, "outside + count");
+        assert_eq!(
+            IdMap::parse("0 100000 65536\n4294901760 200000 65537\n"),
+            None,
+            "one bad line refuses the map"
+        );
+        let edge = IdMap::parse("4294967294 10 2\n").unwrap();
+        assert_eq!(edge.to_inside(11), Some(u32::MAX));
+        assert_eq!(edge.to_inside(12), None);
     }
 }

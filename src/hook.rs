@@ -129,8 +129,8 @@ pub fn run(cfg: &Config, log: &Logger, call: &Call, started: Instant) -> Vec<Str
         match offered {
             Some((t, k)) if key.algorithm != t || key.base64 != k => continue,
             Some(_) => {
-                // A key listed twice: the first usable listing decides (its
-                // owner, from= and expiry), as the session shell's lookup does.
+                // check_all leaves at most one line per key (its first
+                // listing decides), the one the session shell attributes.
                 owner = c.entry.map(|e| e.owner.clone());
                 lines.push(line.clone());
                 break;
@@ -236,8 +236,7 @@ fn decide(cfg: &Config, log: &Logger, target: &Target, deadline: Instant) -> Ans
     }
     let fetched = fetch::fetch(&cfg.control_plane, &target.service, fetch_deadline);
     let failure = match fetched {
-        Ok(FetchOutcome::Found(body)) => match serde_json::from_slice::<serde_json::Value>(&body)
-            .map_err(|e| crate::api::DocError::Malformed(e.to_string()))
+        Ok(FetchOutcome::Found(body)) => match crate::api::parse_json(&body)
             .and_then(|v| ServiceDoc::from_value(v.clone(), &target.service).map(|d| (v, d)))
         {
             Ok((value, doc)) => {

@@ -15,6 +15,8 @@ const MIN_RSA_BITS: u32 = 2048;
 const MAX_KEY_STRING: usize = 16 * 1024;
 const MAX_FROM_ENTRIES: usize = 64;
 const MAX_COMMENT: usize = 100;
+/// 9999-12-31T23:59:59Z, the last time `expiry-time="YYYYMMDDHHMMSSZ"` holds.
+const LAST_EXPIRY: i64 = 253_402_300_799;
 
 /// A key that passed parsing and policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +51,10 @@ pub enum KeyReject {
     BadExpiry(String),
     /// A `from` entry is not an address, network or host pattern.
     BadFrom(String),
+    /// The same key was already listed at this index: the first listing
+    /// alone decides (sshd would try every line of a key, so a second one
+    /// with other options could only widen access).
+    Duplicate(usize),
 }
 
 impl std::fmt::Display for KeyReject {
@@ -64,6 +70,7 @@ impl std::fmt::Display for KeyReject {
             KeyReject::Expired(t) => write!(f, "key expired at {t}"),
             KeyReject::BadExpiry(t) => write!(f, "expires_at {t:?} is not an RFC 3339 time"),
             KeyReject::BadFrom(p) => write!(f, "from pattern {p:?} is not valid"),
+            KeyReject::Duplicate(i) => write!(f, "same key as entry {i}, which decides"),
         }
     }
 }
@@ -112,9 +119,14 @@ pub fn validate_public_key(s: &str) -> Result<ValidKey, KeyReject> {
     }
     let bits = match &algorithm {
         Algorithm::Ed25519 | Algorithm::SkEd25519 | Algorithm::SkEcdsaSha2NistP256 => None,
-        Algorithm::Ecdsa { curve } => match curve {
-            EcdsaCurve::NistP256 | EcdsaCurve::NistP384 | EcdsaCurve::NistP521 => None,
-        },
+        Algorithm::Ecdsa { .. } => {
+            if !ecdsa_point_on_curve(&key) {
+                return Err(KeyReject::Unparseable(
+                    "the ECDSA point is not an uncompressed point of its curve".into(),
+                ));
+            }
+            None
+        }
         Algorithm::Rsa { .. } => {
             let bits = key
                 .key_data()
@@ -145,6 +157,21 @@ pub fn validate_public_key(s: &str) -> Result<ValidKey, KeyReject> {
         fingerprint: key.fingerprint(HashAlg::Sha256).to_string(),
         bits,
     })
+}
+
+/// OpenSSH accepts an ECDSA key only when its point is uncompressed, on
+/// its curve and not the identity; ssh-key checks only the encoding, so a
+/// line sshd cannot read (`ssh-keygen -l` refuses it) would be printed.
+fn ecdsa_point_on_curve(key: &PublicKey) -> bool {
+    let Some(point) = key.key_data().ecdsa() else {
+        return false;
+    };
+    point.as_sec1_bytes().first() == Some(&4)
+        && match point.curve() {
+            EcdsaCurve::NistP256 => p256::ecdsa::VerifyingKey::try_from(point).is_ok(),
+            EcdsaCurve::NistP384 => p384::ecdsa::VerifyingKey::try_from(point).is_ok(),
+            EcdsaCurve::NistP521 => p521::ecdsa::VerifyingKey::try_from(point).is_ok(),
+        }
 }
 
 fn mpint_bits(bytes: &[u8]) -> u32 {
@@ -195,8 +222,11 @@ pub fn entry_expiry(entry: &KeyEntry, now_unix: i64) -> Result<Option<i64>, KeyR
     match &entry.expires_at {
         None => Ok(None),
         Some(t) => {
-            let at =
-                crate::time::parse_rfc3339(t).ok_or_else(|| KeyReject::BadExpiry(t.clone()))?;
+            // sshd's expiry-time has four year digits: a UTC time past
+            // 9999 (e.g. `9999-12-31T23:59:59-23:59`) cannot be written.
+            let at = crate::time::parse_rfc3339(t)
+                .filter(|&at| at <= LAST_EXPIRY)
+                .ok_or_else(|| KeyReject::BadExpiry(t.clone()))?;
             if at <= now_unix {
                 Err(KeyReject::Expired(t.clone()))
             } else {
@@ -239,8 +269,12 @@ pub struct Checked<'a> {
     pub result: Result<(ValidKey, String), KeyReject>,
 }
 
-/// Validates and renders every key of the document.
+/// Validates and renders every key of the document. A key listed twice is
+/// decided by its first listing alone (expired or not); later listings are
+/// rejected as duplicates.
 pub fn check_all(doc: &ServiceDoc, now_unix: i64) -> Vec<Checked<'_>> {
+    let mut first_listing: std::collections::HashMap<(String, String), usize> =
+        std::collections::HashMap::new();
     doc.keys
         .iter()
         .enumerate()
@@ -251,8 +285,14 @@ pub fn check_all(doc: &ServiceDoc, now_unix: i64) -> Vec<Checked<'_>> {
                 result: Err(KeyReject::Unparseable(e.clone())),
             },
             Ok(entry) => {
-                let result = validate_public_key(&entry.public_key)
-                    .and_then(|key| render_line(entry, &key, now_unix).map(|line| (key, line)));
+                let result = validate_public_key(&entry.public_key).and_then(|key| {
+                    let id = (key.algorithm.clone(), key.base64.clone());
+                    if let Some(&first) = first_listing.get(&id) {
+                        return Err(KeyReject::Duplicate(first));
+                    }
+                    first_listing.insert(id, index);
+                    render_line(entry, &key, now_unix).map(|line| (key, line))
+                });
                 Checked {
                     index,
                     entry: Some(entry),
@@ -263,27 +303,27 @@ pub fn check_all(doc: &ServiceDoc, now_unix: i64) -> Vec<Checked<'_>> {
         .collect()
 }
 
-/// The listed, valid, unexpired entry whose key is `algorithm base64`: the
-/// session shell uses it to learn who logged in.
+/// The entry listing the key `algorithm base64` first, when it is valid and
+/// unexpired: the session shell uses it to learn who logged in. Like
+/// [`check_all`], only the first listing of a key counts.
 pub fn find_listed_key<'a>(
     doc: &'a ServiceDoc,
     algorithm: &str,
     base64: &str,
     now_unix: i64,
 ) -> Option<(&'a KeyEntry, ValidKey)> {
-    doc.keys
+    let (entry, key) = doc
+        .keys
         .iter()
         .filter_map(|k| k.as_ref().ok())
         .find_map(|entry| {
             let key = validate_public_key(&entry.public_key).ok()?;
-            if key.algorithm != algorithm || key.base64 != base64 {
-                return None;
-            }
-            // The same test as the keys hook's (expiry, from patterns), so
-            // both pick the same entry when a key is listed twice.
-            render_line(entry, &key, now_unix).ok()?;
-            Some((entry, key))
-        })
+            (key.algorithm == algorithm && key.base64 == base64).then_some((entry, key))
+        })?;
+    // The hook's test (expiry, from patterns): a listing it printed no line
+    // for never names the owner of a session.
+    render_line(entry, &key, now_unix).ok()?;
+    Some((entry, key))
 }
 
 #[cfg(test)]
@@ -457,5 +497,93 @@ mod tests {
         let checked = check_all(&doc, now);
         assert_eq!(checked.iter().filter(|c| c.result.is_ok()).count(), 1);
         assert_eq!(checked.len(), 3);
+    }
+
+    /// Fuzzing finding: a key listed twice was rendered twice, and sshd
+    /// tries every line of a key, so a second listing without `from` (or
+    /// without expiry) widened what the first allowed; the session shell
+    /// likewise skipped an expired first listing for a later one. The first
+    /// listing of a key now decides alone, for both.
+    #[test]
+    fn duplicate_key_first_listing_decides() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = keygen(dir.path(), &["-t", "ed25519"], "a");
+        let b = keygen(dir.path(), &["-t", "ed25519"], "b");
+        let body = serde_json::json!({"service": {"id": "srv-a1", "type": "web_service"},
+            "keys": [{"public_key": a, "owner": "alice", "from": ["10.0.0.1"]},
+                     {"public_key": format!("{a} other comment"), "owner": "mallory"},
+                     {"public_key": b, "owner": "bob", "expires_at": "2001-01-01T00:00:00Z"},
+                     {"public_key": b, "owner": "bob"}]});
+        let doc = ServiceDoc::parse(
+            body.to_string().as_bytes(),
+            &crate::names::ServiceId::parse("srv-a1").unwrap(),
+        )
+        .unwrap();
+        let now = crate::time::now_unix();
+        let checked = check_all(&doc, now);
+        let lines: Vec<&String> = checked
+            .iter()
+            .filter_map(|c| c.result.as_ref().ok().map(|(_, l)| l))
+            .collect();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].starts_with("restrict,pty,from=\"10.0.0.1\" "));
+        assert!(lines[0].ends_with(" alice"));
+        assert_eq!(
+            checked[1].result.as_ref().err(),
+            Some(&KeyReject::Duplicate(0))
+        );
+        assert!(matches!(checked[2].result, Err(KeyReject::Expired(_))));
+        assert_eq!(
+            checked[3].result.as_ref().err(),
+            Some(&KeyReject::Duplicate(2))
+        );
+        let blob = |s: &str| s.split(' ').nth(1).unwrap().to_owned();
+        let (who, _) = find_listed_key(&doc, "ssh-ed25519", &blob(&a), now).unwrap();
+        assert_eq!(who.owner, "alice");
+        assert!(
+            find_listed_key(&doc, "ssh-ed25519", &blob(&b), now).is_none(),
+            "an expired first listing is not replaced by a later one"
+        );
+    }
+
+    /// Fuzzing finding (fuzz/regressions/keys/ecdsa_point_off_curve): a
+    /// mutated nistp256 key whose point is not on the curve passed ssh-key's
+    /// parser, and porthole printed a line that `ssh-keygen -l` (and sshd)
+    /// refuse.
+    #[test]
+    fn ecdsa_point_off_its_curve_is_rejected() {
+        let off_curve = "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBECNL++PNRgi2QKDCwkzSK1beUqRecf2JYOhG8CAjLXR1FLGQadcpFmNuQSUUAeWx+ZllhwZ3pdVdjAxkYC0Lvg=";
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("k.pub");
+        std::fs::write(&file, format!("{off_curve}\n")).unwrap();
+        let st = Command::new("ssh-keygen")
+            .arg("-lf")
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(!st.status.success(), "OpenSSH itself refuses this key");
+        assert!(matches!(
+            validate_public_key(off_curve),
+            Err(KeyReject::Unparseable(m)) if m.contains("curve")
+        ));
+    }
+
+    /// Fuzzing finding (fuzz/regressions/keys/expiry_past_year_9999): an
+    /// offset pushing the UTC time past year 9999 rendered a five-digit
+    /// year, an `expiry-time` sshd cannot parse.
+    #[test]
+    fn expiry_past_year_9999_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let pk = keygen(dir.path(), &["-t", "ed25519"], "k");
+        let k = validate_public_key(&pk).unwrap();
+        let mut e = entry(&pk);
+        e.expires_at = Some("9999-12-31T23:59:59-23:59".into());
+        assert_eq!(
+            render_line(&e, &k, 0),
+            Err(KeyReject::BadExpiry("9999-12-31T23:59:59-23:59".into()))
+        );
+        e.expires_at = Some("9999-12-31T23:59:59Z".into());
+        let line = render_line(&e, &k, 0).unwrap();
+        assert!(line.starts_with("restrict,pty,expiry-time=\"99991231235959Z\" "));
     }
 }

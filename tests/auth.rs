@@ -485,3 +485,58 @@ fn burst_of_20_parallel_logins_makes_one_request() {
     }
     assert_eq!(host.control_plane().requests(SVC), 1);
 }
+
+// ----- issue 7: findings of the fuzzing, end to end --------------------------
+
+/// A key listed twice is decided by its first listing: sshd tries every
+/// line of a key, so a second, unrestricted listing used to lift the first
+/// one's `from` (and revive a key whose first listing had expired).
+#[test]
+fn duplicate_listing_cannot_lift_from_or_revive_an_expired_key() {
+    let host = host();
+    let key = host.key(KeyKind::Ed25519);
+    list(
+        &host,
+        SVC,
+        &[
+            KeySpec::new(&key, OWNER).from(&["203.0.113.0/24"]),
+            KeySpec::new(&key, "mallory@example.com"),
+        ],
+    );
+    assert_refused_by_hook(&host, &host.ssh(SVC, &key, &[]), SVC);
+    host.expect_event(
+        "keys.skipped for the second listing",
+        |e| {
+            e.name() == "keys.skipped"
+                && e.str("service") == Some(SVC)
+                && e.str("reason")
+                    .is_some_and(|r| r.contains("same key as entry 0"))
+        },
+        EVENT_WAIT,
+    );
+    list(
+        &host,
+        "srv-old1",
+        &[
+            KeySpec::new(&key, OWNER).expires_at("2020-01-01T00:00:00Z"),
+            KeySpec::new(&key, OWNER),
+        ],
+    );
+    assert_refused_by_hook(&host, &host.ssh("srv-old1", &key, &[]), "srv-old1");
+}
+
+/// A member named twice in a control-plane object keeps its first value: a
+/// `"from": null` appended after the entry's `from` list does not drop it.
+#[test]
+fn duplicate_json_member_cannot_drop_from() {
+    let host = host();
+    let key = host.key(KeyKind::Ed25519);
+    let body = format!(
+        r#"{{"service":{{"id":"{SVC}","type":"web_service","plan":"starter"}},
+            "keys":[{{"public_key":"{}","owner":"{OWNER}",
+                      "from":["203.0.113.0/24"],"from":null}}]}}"#,
+        key.public_line.trim()
+    );
+    host.control_plane().set_reply(SVC, Reply::raw(200, body));
+    assert_refused_by_hook(&host, &host.ssh(SVC, &key, &[]), SVC);
+}

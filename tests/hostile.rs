@@ -961,21 +961,42 @@ fn ten_thousand_keys() {
 
 #[test]
 fn duplicate_keys() {
-    // Regression: the same key listed twice must be attributed to one
-    // owner by the hook and the session alike (the first usable listing),
-    // never to a listing the hook skipped.
+    // Regression: a key listed twice is decided by its first listing alone,
+    // by the hook and the session alike; a later listing can neither widen
+    // access nor name another owner.
     let b = bastion();
     let _i = Instance::start(&b.host, SVC, "aaaaa", InstanceOpts::default().app_user());
-    let body = json!({
-        "service": {"id": SVC, "type": "web_service", "plan": "starter"},
-        "keys": [
-            // Skipped by the hook (bad from= pattern): must not own sessions.
-            {"public_key": b.key.public_line, "owner": "mallory@example.com", "from": ["bad pattern!"]},
-            KeySpec::new(&b.key, OWNER).to_json(),
-            KeySpec::new(&b.key, "bob@example.com").to_json(),
-        ],
-    });
-    b.host.control_plane().set_body(SVC, &body);
+    let listings = |first: Value| {
+        json!({
+            "service": {"id": SVC, "type": "web_service", "plan": "starter"},
+            "keys": [
+                first,
+                KeySpec::new(&b.key, OWNER).to_json(),
+                KeySpec::new(&b.key, "bob@example.com").to_json(),
+            ],
+        })
+    };
+    // A malformed first listing (bad from= pattern) decides: no line at all.
+    b.host.control_plane().set_body(
+        SVC,
+        &listings(json!({"public_key": b.key.public_line, "owner": "mallory@example.com", "from": ["bad pattern!"]})),
+    );
+    let hook = b.keys_hook(SVC, &b.key);
+    let out = util::lossy(&hook.output.stdout);
+    assert_eq!(out.trim(), "", "the first listing decides: {out}");
+    for index in [1, 2] {
+        let e = b.host.expect_event(
+            "keys.skipped duplicate",
+            |e| e.name() == "keys.skipped" && e.u64("index") == Some(index),
+            WAIT,
+        );
+        assert!(e.str("reason").unwrap().contains("entry 0"), "{}", e.raw);
+    }
+    // A usable first listing: one line, its owner owns the session.
+    b.host
+        .control_plane()
+        .set_body(SVC, &listings(KeySpec::new(&b.key, OWNER).to_json()));
+    fs::remove_file(b.cache_file(SVC)).ok();
     let hook = b.keys_hook(SVC, &b.key);
     let out = util::lossy(&hook.output.stdout);
     assert_eq!(out.lines().count(), 1, "one line per offered key: {out}");
@@ -985,16 +1006,13 @@ fn duplicate_keys() {
         .host
         .expect_event("session.start", |e| e.name() == "session.start", WAIT);
     assert_eq!(start.str("owner"), Some(OWNER), "{}", start.raw);
-    for e in b
-        .host
-        .events()
-        .iter()
-        .filter(|e| e.name() == "keys.decision")
-    {
-        if let Some(o) = e.str("owner") {
-            assert_eq!(o, OWNER, "{}", e.raw);
-        }
-    }
+    assert!(
+        !b.host
+            .events()
+            .iter()
+            .any(|e| e.str("owner") == Some("mallory@example.com") && e.name() != "keys.skipped"),
+        "the malformed listing never owns anything"
+    );
 }
 
 #[test]
