@@ -195,16 +195,31 @@ pub struct Plan {
     pub cgroups: Vec<(CgroupDir, File)>,
 }
 
-/// Opens the `cgroup.procs` file of each directory. A required one
-/// (memory, pids, v2) that cannot be opened is an error: the session's
-/// memory must be charged to the instance.
+/// Opens what joining each cgroup takes: for a v1 hierarchy its `tasks`
+/// file, for the v2 hierarchy the directory itself (the session is born in
+/// it with `clone3(CLONE_INTO_CGROUP)`). A required one (memory, pids, v2)
+/// that cannot be opened is an error: the session's memory must be charged
+/// to the instance.
+///
+/// Why not `cgroup.procs`: moving a whole thread group takes the kernel's
+/// global threadgroup lock for writing, which waits for an RCU grace period
+/// (5-15 ms, most of what entering cost). Moving only the calling thread of
+/// a single-threaded process (`0` into v1 `tasks`) and being born in the v2
+/// cgroup skip that lock and give the same result.
 pub fn open_cgroups(dirs: Vec<CgroupDir>) -> Result<Vec<(CgroupDir, File)>, EnterError> {
     let mut out = Vec::new();
     for d in dirs {
-        let f = File::options()
-            .write(true)
-            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-            .open(d.dir.join("cgroup.procs"));
+        let f = if d.controllers.is_empty() {
+            File::options()
+                .read(true)
+                .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_DIRECTORY)
+                .open(&d.dir)
+        } else {
+            File::options()
+                .write(true)
+                .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+                .open(d.dir.join("tasks"))
+        };
         match f {
             Ok(f) => out.push((d, f)),
             Err(e) if d.is_required() => {
@@ -284,9 +299,20 @@ pub fn spawn(pinned: &Pinned, plan: &Plan) -> Result<Spawned, EnterError> {
     };
     let supervisor = std::process::id() as i32;
 
-    // SAFETY: porthole-shell is single-threaded (no thread is ever spawned),
-    // so the child may allocate and use the std library after fork.
-    let outer = unsafe { libc::fork() };
+    let unified = plan
+        .cgroups
+        .iter()
+        .find(|(d, _)| d.controllers.is_empty())
+        .map(|(_, f)| f.as_raw_fd());
+    let (outer, born_in_unified) = match unified.map(fork_into_cgroup) {
+        Some(Ok(pid)) => (pid, true),
+        // Kernels without clone3/CLONE_INTO_CGROUP: fork, then join by writing.
+        _ => {
+            // SAFETY: porthole-shell is single-threaded (no thread is ever
+            // spawned), so the child may allocate and use std after fork.
+            (unsafe { libc::fork() }, false)
+        }
+    };
     if outer < 0 {
         return Err(host_err("fork"));
     }
@@ -299,6 +325,7 @@ pub fn spawn(pinned: &Pinned, plan: &Plan) -> Result<Spawned, EnterError> {
             pinned,
             plan,
             supervisor,
+            born_in_unified,
             &mut status,
             child_io,
             pty_sock_child,
@@ -373,6 +400,78 @@ pub fn spawn(pinned: &Pinned, plan: &Plan) -> Result<Spawned, EnterError> {
         inner_pid,
         io,
     })
+}
+
+/// `clone3(CLONE_INTO_CGROUP)` with fork semantics: the child starts life
+/// in the cgroup-v2 directory `cgroup_dir`, without the migration that
+/// writing to `cgroup.procs` would cost. Returns the child's pid (0 in the
+/// child), or the error when the kernel cannot do it.
+fn fork_into_cgroup(cgroup_dir: RawFd) -> std::io::Result<i32> {
+    /// `struct clone_args` up to `cgroup` (CLONE_ARGS_SIZE_VER2).
+    #[repr(C)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+        set_tid: u64,
+        set_tid_size: u64,
+        cgroup: u64,
+    }
+    const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+    let args = CloneArgs {
+        flags: CLONE_INTO_CGROUP,
+        pidfd: 0,
+        child_tid: 0,
+        parent_tid: 0,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: 0,
+        stack_size: 0,
+        tls: 0,
+        set_tid: 0,
+        set_tid_size: 0,
+        cgroup: cgroup_dir as u64,
+    };
+    // SAFETY: without CLONE_VM or a stack this is fork(2): the child runs on
+    // a copy of our memory. porthole-shell is single-threaded, so no lock
+    // is held by another thread; the child uses no glibc state that a raw
+    // clone leaves stale (it never calls raise or pthread functions).
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(r as i32)
+}
+
+/// Joins the v2 cgroup whose directory is `dir` by writing our pid.
+fn join_unified(dir: &File) -> std::io::Result<()> {
+    let fd = open_dir_at_raw(
+        dir.as_raw_fd(),
+        "cgroup.procs",
+        libc::O_WRONLY | libc::O_NOFOLLOW,
+    )?;
+    File::from(fd).write_all(std::process::id().to_string().as_bytes())
+}
+
+fn open_dir_at_raw(dirfd: RawFd, path: &str, flags: i32) -> std::io::Result<OwnedFd> {
+    let c = CString::new(path).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: c is NUL-terminated and outlives the call.
+    let fd = unsafe { libc::openat(dirfd, c.as_ptr(), flags | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fresh fd from openat.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 fn reap(pid: i32) {
@@ -493,6 +592,7 @@ fn outer_child(
     pinned: &Pinned,
     plan: &Plan,
     supervisor: i32,
+    born_in_unified: bool,
     status: &mut Option<File>,
     child_io: Option<[OwnedFd; 3]>,
     pty_sock: OwnedFd,
@@ -507,10 +607,18 @@ fn outer_child(
             return Err("supervisor gone".into());
         }
     }
-    let me = std::process::id().to_string();
     for (dir, file) in &plan.cgroups {
-        let mut f = file;
-        if let Err(e) = f.write_all(me.as_bytes()) {
+        let joined = if dir.controllers.is_empty() {
+            if born_in_unified {
+                continue;
+            }
+            join_unified(file)
+        } else {
+            // `0`: this thread, the only one (see open_cgroups).
+            let mut f = file;
+            f.write_all(b"0")
+        };
+        if let Err(e) = joined {
             if dir.is_required() {
                 return Err(format!("joining cgroup {}: {e}", dir.dir.display()));
             }
