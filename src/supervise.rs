@@ -108,6 +108,23 @@ impl Pump {
     fn finished(&self) -> bool {
         (self.src_eof && !self.pending()) || self.dst_done
     }
+
+    /// Writes what is buffered as far as `dst` takes it now. Returns false
+    /// when the destination failed (it is then done).
+    fn flush(&mut self) -> bool {
+        let w = write_fd(self.dst, &self.buf[self.start..self.end]);
+        if w > 0 {
+            self.start += w as usize;
+            if self.start == self.end {
+                self.start = 0;
+                self.end = 0;
+            }
+        } else if w < 0 && errno() != libc::EAGAIN && errno() != libc::EINTR {
+            self.dst_done = true;
+            return false;
+        }
+        true
+    }
 }
 
 fn set_nonblocking(fd: RawFd, on: bool) -> i32 {
@@ -496,6 +513,13 @@ pub fn run(spawned: Spawned, init_pidfd: &OwnedFd, mut controls: Controls<'_>) -
                             last_input = Instant::now();
                             idle_warnings = Warnings::new(controls.warn_before.clone());
                         }
+                        // Write through: pass the bytes on now rather than
+                        // after another poll round (a keystroke's echo
+                        // crosses this relay twice). What the destination
+                        // does not take now waits for POLLOUT as before.
+                        if !p.dst_done && !p.flush() && (p.dst == 1 || p.dst == 2) {
+                            reason.get_or_insert(EndReason::ClientDisconnect);
+                        }
                     } else if r == 0 || (errno() != libc::EAGAIN && errno() != libc::EINTR) {
                         // EOF; EIO on a pty master means the last holder of
                         // the terminal closed it.
@@ -504,18 +528,8 @@ pub fn run(spawned: Spawned, init_pidfd: &OwnedFd, mut controls: Controls<'_>) -
                 }
                 Role::Write(i) => {
                     let p = &mut pumps[i];
-                    let w = write_fd(p.dst, &p.buf[p.start..p.end]);
-                    if w > 0 {
-                        p.start += w as usize;
-                        if p.start == p.end {
-                            p.start = 0;
-                            p.end = 0;
-                        }
-                    } else if w < 0 && errno() != libc::EAGAIN && errno() != libc::EINTR {
-                        p.dst_done = true;
-                        if p.dst == 1 || p.dst == 2 {
-                            reason.get_or_insert(EndReason::ClientDisconnect);
-                        }
+                    if p.pending() && !p.dst_done && !p.flush() && (p.dst == 1 || p.dst == 2) {
+                        reason.get_or_insert(EndReason::ClientDisconnect);
                     }
                 }
                 Role::ClientOut => {
