@@ -538,6 +538,31 @@ fn bench_pty(w: &World) -> Pair {
         srv.round_trip();
         plain.round_trip();
     }
+    // Development aid: the supervisor's system calls for a few round trips.
+    if let Some(out) = std::env::var_os("PORTHOLE_BENCH_STRACE_PTY") {
+        let sup = descendants(w.host.sshd_pid())
+            .into_iter()
+            .find(|(pid, c)| {
+                c == "porthole-shell"
+                    && ppid_comm(*pid)
+                        .is_some_and(|(pp, _)| ppid_comm(pp).is_some_and(|(_, pc)| pc == "sshd"))
+            })
+            .expect("supervisor")
+            .0;
+        let mut st = Command::new("strace")
+            .args(["-tt", "-T", "-o"])
+            .arg(&out)
+            .args(["-p", &sup.to_string()])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        for _ in 0..20 {
+            srv.round_trip();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        util::kill(st.id() as i32, libc::SIGINT);
+        let _ = st.wait();
+    }
     let mut p = Pair {
         subject: Samples::default(),
         anchor: Samples::default(),
