@@ -80,6 +80,11 @@ struct Pump {
     /// Close `dst` when the source is exhausted (to pass EOF on).
     close_dst_on_eof: bool,
     count: u64,
+    /// Moves bytes with splice(2) (one end is a pipe): no copy through our
+    /// buffer, which for bulk transfers is most of the relay's CPU.
+    splice: bool,
+    /// A splice found the destination full: wait for it, not the source.
+    dst_full: bool,
 }
 
 impl Pump {
@@ -94,7 +99,61 @@ impl Pump {
             dst_done: false,
             close_dst_on_eof,
             count: 0,
+            splice: false,
+            dst_full: false,
         }
+    }
+
+    /// A pump that splices when either end is a pipe (the other then may be
+    /// a pipe or a socket, as sshd's session fds are).
+    fn spliced(src: RawFd, dst: RawFd, close_dst_on_eof: bool) -> Pump {
+        let mut p = Pump::new(src, dst, close_dst_on_eof);
+        p.splice = is_fifo(src) || is_fifo(dst);
+        if p.splice {
+            // Bytes only ever pass through the kernel.
+            p.buf = Vec::new();
+        }
+        p
+    }
+
+    /// One splice of what the source has; false when the destination failed.
+    fn splice_once(&mut self) -> bool {
+        // SAFETY: splice on two fds we hold, no offsets.
+        let r = unsafe {
+            libc::splice(
+                self.src,
+                std::ptr::null_mut(),
+                self.dst,
+                std::ptr::null_mut(),
+                BUF,
+                libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE,
+            )
+        };
+        if r > 0 {
+            self.count += r as u64;
+            return true;
+        }
+        if r == 0 {
+            self.src_eof = true;
+            return true;
+        }
+        match errno() {
+            // The source was readable, so the destination is full.
+            libc::EAGAIN => self.dst_full = true,
+            libc::EINTR => {}
+            libc::EINVAL => {
+                // Not splice-able after all: relay through a buffer.
+                self.splice = false;
+                self.buf = vec![0; BUF];
+            }
+            libc::EPIPE => {
+                self.dst_done = true;
+                return false;
+            }
+            // EIO and the like come from the source: end of its data.
+            _ => self.src_eof = true,
+        }
+        true
     }
 
     fn pending(&self) -> bool {
@@ -102,6 +161,9 @@ impl Pump {
     }
 
     fn wants_read(&self) -> bool {
+        if self.splice {
+            return !self.src_eof && !self.dst_done && !self.dst_full;
+        }
         !self.src_eof && !self.dst_done && self.end < self.buf.len()
     }
 
@@ -140,6 +202,14 @@ fn set_nonblocking(fd: RawFd, on: bool) -> i32 {
             libc::fcntl(fd, libc::F_SETFL, new);
         }
         flags
+    }
+}
+
+fn is_fifo(fd: RawFd) -> bool {
+    // SAFETY: stat is plain data filled by fstat on an fd we hold.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        libc::fstat(fd, &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFIFO
     }
 }
 
@@ -363,9 +433,9 @@ pub fn run(spawned: Spawned, init_pidfd: &OwnedFd, mut controls: Controls<'_>) -
             stdout,
             stderr,
         } => {
-            pumps.push(Pump::new(0, stdin.as_raw_fd(), true));
-            pumps.push(Pump::new(stdout.as_raw_fd(), 1, false));
-            pumps.push(Pump::new(stderr.as_raw_fd(), 2, false));
+            pumps.push(Pump::spliced(0, stdin.as_raw_fd(), true));
+            pumps.push(Pump::spliced(stdout.as_raw_fd(), 1, false));
+            pumps.push(Pump::spliced(stderr.as_raw_fd(), 2, false));
             owned.extend([stdin, stdout, stderr]);
             master_fd = None;
         }
@@ -437,7 +507,7 @@ pub fn run(spawned: Spawned, init_pidfd: &OwnedFd, mut controls: Controls<'_>) -
                 });
                 roles.push(Role::Read(i));
             }
-            if p.pending() && !p.dst_done {
+            if (p.pending() || p.dst_full) && !p.dst_done {
                 fds.push(libc::pollfd {
                     fd: p.dst,
                     events: libc::POLLOUT,
@@ -503,6 +573,17 @@ pub fn run(spawned: Spawned, init_pidfd: &OwnedFd, mut controls: Controls<'_>) -
                 continue;
             }
             match *role {
+                Role::Read(i) if pumps[i].splice => {
+                    let p = &mut pumps[i];
+                    let before = p.count;
+                    if !p.splice_once() && (p.dst == 1 || p.dst == 2) {
+                        reason.get_or_insert(EndReason::ClientDisconnect);
+                    }
+                    if p.src == 0 && p.count > before {
+                        last_input = Instant::now();
+                        idle_warnings = Warnings::new(controls.warn_before.clone());
+                    }
+                }
                 Role::Read(i) => {
                     let p = &mut pumps[i];
                     let r = read_fd(p.src, &mut p.buf[p.end..]);
@@ -524,6 +605,16 @@ pub fn run(spawned: Spawned, init_pidfd: &OwnedFd, mut controls: Controls<'_>) -
                         // EOF; EIO on a pty master means the last holder of
                         // the terminal closed it.
                         p.src_eof = true;
+                    }
+                }
+                Role::Write(i) if pumps[i].splice => {
+                    // Room again at the destination: read the source next round.
+                    pumps[i].dst_full = false;
+                    if pfd.revents & (libc::POLLERR | libc::POLLHUP) != 0 {
+                        pumps[i].dst_done = true;
+                        if pumps[i].dst == 1 || pumps[i].dst == 2 {
+                            reason.get_or_insert(EndReason::ClientDisconnect);
+                        }
                     }
                 }
                 Role::Write(i) => {
