@@ -574,6 +574,9 @@ pub fn run(spawned: Spawned, init_pidfd: &OwnedFd, mut controls: Controls<'_>) -
             if let Some(st) = try_wait(spawned.outer_pid) {
                 status = st;
                 exited_at = Some(Instant::now());
+                if killed_with_instance(st, init_pidfd) {
+                    reason.get_or_insert(EndReason::InstanceStopped);
+                }
             }
         }
         for (pfd, role) in fds.iter().zip(roles.iter()) {
@@ -643,6 +646,9 @@ pub fn run(spawned: Spawned, init_pidfd: &OwnedFd, mut controls: Controls<'_>) -
                     if let Some(st) = try_wait(spawned.outer_pid) {
                         status = st;
                         exited_at = Some(Instant::now());
+                        if killed_with_instance(st, init_pidfd) {
+                            reason.get_or_insert(EndReason::InstanceStopped);
+                        }
                     }
                 }
                 Role::Init => {
@@ -802,6 +808,24 @@ pub fn run(spawned: Spawned, init_pidfd: &OwnedFd, mut controls: Controls<'_>) -
         bytes_out,
         message: final_message,
     }
+}
+
+/// Whether a session process that died of SIGKILL went down with its
+/// instance. When the instance's init dies the kernel kills everything in
+/// its pid namespace, and the init finishes exiting only once we have
+/// reaped the session process (our child), so its pidfd turns readable
+/// just after: wait briefly for it rather than report a plain signal.
+fn killed_with_instance(st: ExitStatus, init_pidfd: &OwnedFd) -> bool {
+    if st != ExitStatus::Signal(libc::SIGKILL) {
+        return false;
+    }
+    let mut p = libc::pollfd {
+        fd: init_pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    unsafe { libc::poll(&mut p, 1, 200) > 0 }
 }
 
 #[derive(Clone, Copy)]
