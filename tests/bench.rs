@@ -1108,8 +1108,8 @@ reaped exit (blocking `waitpid`, no polling).
    process below the sshd listener, `Rss`, `Pss` and `Private_Clean +
    Private_Dirty` (USS) from `/proc/PID/smaps_rollup`, summed and divided by
    N. porthole's per-session processes are those named `porthole-shell`
-   (the supervisor and the forked process that waits in the host pid
-   namespace); the anchor is sshd's own per-session processes of a plain
+   (the supervisor; the process it forks to join the instance exits as soon
+   as the session's process is started); the anchor is sshd's own per-session processes of a plain
    session (the `[priv]` monitor and the `user@notty` process). RSS counts
    shared library and binary pages in full in every process; PSS divides
    them among the processes sharing them; USS is what one more session
