@@ -210,7 +210,7 @@ fn bench_login(w: &World) -> Pair {
         subject: Samples::default(),
         anchor: Samples::default(),
     };
-    for i in 0..n(60, 6) {
+    for i in 0..n(100, 6) {
         // Alternate which goes first so neither always follows the other.
         if i % 2 == 0 {
             p.anchor.push(w.login(PLAIN_USER, &["true"]).as_secs_f64());
@@ -322,7 +322,7 @@ fn bench_enter(w: &World) -> Enter {
     // grace period unless another cgroup migration just happened, so
     // back-to-back samples would flatter whoever follows runc exec.
     let gap = Duration::from_millis(60);
-    for i in 0..n(40, 5) {
+    for i in 0..n(60, 5) {
         let order: [usize; 3] = match i % 3 {
             0 => [0, 1, 2],
             1 => [1, 2, 0],
