@@ -152,9 +152,11 @@ fn as_user_in_ns(host: &TestHost, uid: u32, gid: u32, program: &Path) -> Command
 // ----- the bench world -----------------------------------------------------------
 
 struct World {
+    // Dropped first: its `runc delete` must run while the host's runc root
+    // still exists (fields drop in declaration order).
+    inst: Instance,
     host: TestHost,
     key: ClientKey,
-    inst: Instance,
 }
 
 /// One bastion: a paid web service `srv-bench` whose key is also in
@@ -174,7 +176,7 @@ fn world() -> World {
         .set_body(SERVICE, &web_service(SERVICE, &[KeySpec::new(&key, OWNER)]));
     host.authorize_plainuser(&key);
     let inst = Instance::start(&host, SERVICE, SLUG, InstanceOpts::default().app_user());
-    World { host, key, inst }
+    World { inst, host, key }
 }
 
 impl World {
