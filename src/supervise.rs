@@ -80,6 +80,11 @@ struct Pump {
     /// Close `dst` when the source is exhausted (to pass EOF on).
     close_dst_on_eof: bool,
     count: u64,
+    /// Moves bytes with splice(2) (one end is a pipe): no copy through our
+    /// buffer, which for bulk transfers is most of the relay's CPU.
+    splice: bool,
+    /// A splice found the destination full: wait for it, not the source.
+    dst_full: bool,
 }
 
 impl Pump {
@@ -94,7 +99,61 @@ impl Pump {
             dst_done: false,
             close_dst_on_eof,
             count: 0,
+            splice: false,
+            dst_full: false,
         }
+    }
+
+    /// A pump that splices when either end is a pipe (the other then may be
+    /// a pipe or a socket, as sshd's session fds are).
+    fn spliced(src: RawFd, dst: RawFd, close_dst_on_eof: bool) -> Pump {
+        let mut p = Pump::new(src, dst, close_dst_on_eof);
+        p.splice = is_fifo(src) || is_fifo(dst);
+        if p.splice {
+            // Bytes only ever pass through the kernel.
+            p.buf = Vec::new();
+        }
+        p
+    }
+
+    /// One splice of what the source has; false when the destination failed.
+    fn splice_once(&mut self) -> bool {
+        // SAFETY: splice on two fds we hold, no offsets.
+        let r = unsafe {
+            libc::splice(
+                self.src,
+                std::ptr::null_mut(),
+                self.dst,
+                std::ptr::null_mut(),
+                BUF,
+                libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE,
+            )
+        };
+        if r > 0 {
+            self.count += r as u64;
+            return true;
+        }
+        if r == 0 {
+            self.src_eof = true;
+            return true;
+        }
+        match errno() {
+            // The source was readable, so the destination is full.
+            libc::EAGAIN => self.dst_full = true,
+            libc::EINTR => {}
+            libc::EINVAL => {
+                // Not splice-able after all: relay through a buffer.
+                self.splice = false;
+                self.buf = vec![0; BUF];
+            }
+            libc::EPIPE => {
+                self.dst_done = true;
+                return false;
+            }
+            // EIO and the like come from the source: end of its data.
+            _ => self.src_eof = true,
+        }
+        true
     }
 
     fn pending(&self) -> bool {
@@ -102,11 +161,31 @@ impl Pump {
     }
 
     fn wants_read(&self) -> bool {
+        if self.splice {
+            return !self.src_eof && !self.dst_done && !self.dst_full;
+        }
         !self.src_eof && !self.dst_done && self.end < self.buf.len()
     }
 
     fn finished(&self) -> bool {
         (self.src_eof && !self.pending()) || self.dst_done
+    }
+
+    /// Writes what is buffered as far as `dst` takes it now. Returns false
+    /// when the destination failed (it is then done).
+    fn flush(&mut self) -> bool {
+        let w = write_fd(self.dst, &self.buf[self.start..self.end]);
+        if w > 0 {
+            self.start += w as usize;
+            if self.start == self.end {
+                self.start = 0;
+                self.end = 0;
+            }
+        } else if w < 0 && errno() != libc::EAGAIN && errno() != libc::EINTR {
+            self.dst_done = true;
+            return false;
+        }
+        true
     }
 }
 
@@ -123,6 +202,14 @@ fn set_nonblocking(fd: RawFd, on: bool) -> i32 {
             libc::fcntl(fd, libc::F_SETFL, new);
         }
         flags
+    }
+}
+
+fn is_fifo(fd: RawFd) -> bool {
+    // SAFETY: stat is plain data filled by fstat on an fd we hold.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        libc::fstat(fd, &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFIFO
     }
 }
 
@@ -229,6 +316,14 @@ pub fn kill_session(inner_pid: i32, pid_ns: (u64, u64), sig: libc::c_int) -> usi
         let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
             continue;
         };
+        // One system call rules out nearly every process of the host (Linux
+        // answers getsid for any process, in our pid namespace's numbers);
+        // reading each /proc/PID/stat made this scan the biggest part of a
+        // short session's cost. The checks below still decide.
+        // SAFETY: getsid has no memory effects.
+        if unsafe { libc::getsid(pid) } != inner_pid {
+            continue;
+        }
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
             continue;
         };
@@ -346,9 +441,9 @@ pub fn run(spawned: Spawned, init_pidfd: &OwnedFd, mut controls: Controls<'_>) -
             stdout,
             stderr,
         } => {
-            pumps.push(Pump::new(0, stdin.as_raw_fd(), true));
-            pumps.push(Pump::new(stdout.as_raw_fd(), 1, false));
-            pumps.push(Pump::new(stderr.as_raw_fd(), 2, false));
+            pumps.push(Pump::spliced(0, stdin.as_raw_fd(), true));
+            pumps.push(Pump::spliced(stdout.as_raw_fd(), 1, false));
+            pumps.push(Pump::spliced(stderr.as_raw_fd(), 2, false));
             owned.extend([stdin, stdout, stderr]);
             master_fd = None;
         }
@@ -420,7 +515,7 @@ pub fn run(spawned: Spawned, init_pidfd: &OwnedFd, mut controls: Controls<'_>) -
                 });
                 roles.push(Role::Read(i));
             }
-            if p.pending() && !p.dst_done {
+            if (p.pending() || p.dst_full) && !p.dst_done {
                 fds.push(libc::pollfd {
                     fd: p.dst,
                     events: libc::POLLOUT,
@@ -479,6 +574,9 @@ pub fn run(spawned: Spawned, init_pidfd: &OwnedFd, mut controls: Controls<'_>) -
             if let Some(st) = try_wait(spawned.outer_pid) {
                 status = st;
                 exited_at = Some(Instant::now());
+                if killed_with_instance(st, init_pidfd) {
+                    reason.get_or_insert(EndReason::InstanceStopped);
+                }
             }
         }
         for (pfd, role) in fds.iter().zip(roles.iter()) {
@@ -486,6 +584,17 @@ pub fn run(spawned: Spawned, init_pidfd: &OwnedFd, mut controls: Controls<'_>) -
                 continue;
             }
             match *role {
+                Role::Read(i) if pumps[i].splice => {
+                    let p = &mut pumps[i];
+                    let before = p.count;
+                    if !p.splice_once() && (p.dst == 1 || p.dst == 2) {
+                        reason.get_or_insert(EndReason::ClientDisconnect);
+                    }
+                    if p.src == 0 && p.count > before {
+                        last_input = Instant::now();
+                        idle_warnings = Warnings::new(controls.warn_before.clone());
+                    }
+                }
                 Role::Read(i) => {
                     let p = &mut pumps[i];
                     let r = read_fd(p.src, &mut p.buf[p.end..]);
@@ -496,26 +605,33 @@ pub fn run(spawned: Spawned, init_pidfd: &OwnedFd, mut controls: Controls<'_>) -
                             last_input = Instant::now();
                             idle_warnings = Warnings::new(controls.warn_before.clone());
                         }
+                        // Write through: pass the bytes on now rather than
+                        // after another poll round (a keystroke's echo
+                        // crosses this relay twice). What the destination
+                        // does not take now waits for POLLOUT as before.
+                        if !p.dst_done && !p.flush() && (p.dst == 1 || p.dst == 2) {
+                            reason.get_or_insert(EndReason::ClientDisconnect);
+                        }
                     } else if r == 0 || (errno() != libc::EAGAIN && errno() != libc::EINTR) {
                         // EOF; EIO on a pty master means the last holder of
                         // the terminal closed it.
                         p.src_eof = true;
                     }
                 }
-                Role::Write(i) => {
-                    let p = &mut pumps[i];
-                    let w = write_fd(p.dst, &p.buf[p.start..p.end]);
-                    if w > 0 {
-                        p.start += w as usize;
-                        if p.start == p.end {
-                            p.start = 0;
-                            p.end = 0;
-                        }
-                    } else if w < 0 && errno() != libc::EAGAIN && errno() != libc::EINTR {
-                        p.dst_done = true;
-                        if p.dst == 1 || p.dst == 2 {
+                Role::Write(i) if pumps[i].splice => {
+                    // Room again at the destination: read the source next round.
+                    pumps[i].dst_full = false;
+                    if pfd.revents & (libc::POLLERR | libc::POLLHUP) != 0 {
+                        pumps[i].dst_done = true;
+                        if pumps[i].dst == 1 || pumps[i].dst == 2 {
                             reason.get_or_insert(EndReason::ClientDisconnect);
                         }
+                    }
+                }
+                Role::Write(i) => {
+                    let p = &mut pumps[i];
+                    if p.pending() && !p.dst_done && !p.flush() && (p.dst == 1 || p.dst == 2) {
+                        reason.get_or_insert(EndReason::ClientDisconnect);
                     }
                 }
                 Role::ClientOut => {
@@ -530,6 +646,9 @@ pub fn run(spawned: Spawned, init_pidfd: &OwnedFd, mut controls: Controls<'_>) -
                     if let Some(st) = try_wait(spawned.outer_pid) {
                         status = st;
                         exited_at = Some(Instant::now());
+                        if killed_with_instance(st, init_pidfd) {
+                            reason.get_or_insert(EndReason::InstanceStopped);
+                        }
                     }
                 }
                 Role::Init => {
@@ -689,6 +808,24 @@ pub fn run(spawned: Spawned, init_pidfd: &OwnedFd, mut controls: Controls<'_>) -
         bytes_out,
         message: final_message,
     }
+}
+
+/// Whether a session process that died of SIGKILL went down with its
+/// instance. When the instance's init dies the kernel kills everything in
+/// its pid namespace, and the init finishes exiting only once we have
+/// reaped the session process (our child), so its pidfd turns readable
+/// just after: wait briefly for it rather than report a plain signal.
+fn killed_with_instance(st: ExitStatus, init_pidfd: &OwnedFd) -> bool {
+    if st != ExitStatus::Signal(libc::SIGKILL) {
+        return false;
+    }
+    let mut p = libc::pollfd {
+        fd: init_pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    unsafe { libc::poll(&mut p, 1, 200) > 0 }
 }
 
 #[derive(Clone, Copy)]

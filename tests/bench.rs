@@ -1,0 +1,1118 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! Issue 8: what porthole adds to a login, measured side by side with the
+//! tools users would otherwise reach for (a plain sshd user, `nsenter`,
+//! `runc exec`, `cat`), in one run, anchor and subject interleaved sample
+//! by sample so that drift on a shared machine hits both alike.
+//!
+//! These are `#[ignore]`d: they report, they never fail CI. `bench/run`
+//! (the one command in the README) builds release binaries and runs
+//! `bench_all`, which writes `BENCHMARKS.md` at the repository root.
+//! `PORTHOLE_BENCH_QUICK=1` shrinks every sample count (development);
+//! `PORTHOLE_BENCH_OUT=path` writes elsewhere; `PORTHOLE_BENCH_ONLY=login,pty`
+//! runs a subset.
+
+mod common;
+
+use common::*;
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SERVICE: &str = "srv-bench";
+const SLUG: &str = "aaaaa";
+const OWNER: &str = "bench@example.com";
+/// Marker after which a hand-written analysis in BENCHMARKS.md is kept.
+const ANALYSIS_MARK: &str = "<!-- hand-written analysis below: bench/run keeps it -->";
+
+fn quick() -> bool {
+    std::env::var_os("PORTHOLE_BENCH_QUICK").is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// `full` samples normally, `small` with PORTHOLE_BENCH_QUICK.
+fn n(full: usize, small: usize) -> usize {
+    if quick() {
+        small
+    } else {
+        full
+    }
+}
+
+fn wanted(name: &str) -> bool {
+    match std::env::var("PORTHOLE_BENCH_ONLY") {
+        Ok(list) if !list.trim().is_empty() => list.split(',').any(|s| s.trim() == name),
+        _ => true,
+    }
+}
+
+// ----- statistics -------------------------------------------------------------
+
+/// Samples of one figure (seconds, or any unit the caller picks).
+#[derive(Clone, Debug, Default)]
+struct Samples(Vec<f64>);
+
+impl Samples {
+    fn push(&mut self, v: f64) {
+        self.0.push(v);
+    }
+    fn sorted(&self) -> Vec<f64> {
+        let mut v = self.0.clone();
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v
+    }
+    /// Nearest-rank percentile (p in 0..=100).
+    fn pct(&self, p: f64) -> f64 {
+        let v = self.sorted();
+        if v.is_empty() {
+            return f64::NAN;
+        }
+        let rank = ((p / 100.0) * v.len() as f64).ceil().max(1.0) as usize;
+        v[rank.min(v.len()) - 1]
+    }
+    fn median(&self) -> f64 {
+        let v = self.sorted();
+        if v.is_empty() {
+            return f64::NAN;
+        }
+        let m = v.len() / 2;
+        if v.len() % 2 == 0 {
+            (v[m - 1] + v[m]) / 2.0
+        } else {
+            v[m]
+        }
+    }
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+fn ms(s: f64) -> String {
+    if s < 1e-3 {
+        format!("{:.1} µs", s * 1e6)
+    } else {
+        format!("{:.2} ms", s * 1e3)
+    }
+}
+
+// ----- running things, timed ---------------------------------------------------
+
+/// Runs `cmd` to completion (stdin from `input` or /dev/null, output
+/// collected) and returns the wall time from spawn to reaped exit. The wait
+/// blocks in waitpid: no polling quantum is added to any figure.
+fn timed(cmd: &mut Command) -> (Duration, std::process::Output) {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let t = Instant::now();
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", util::show(cmd)));
+    (t.elapsed(), out)
+}
+
+fn must(what: &str, out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        util::lossy(&out.stdout),
+        util::lossy(&out.stderr)
+    );
+}
+
+/// A command that runs in sshd's mount namespace (the test /etc and /run)
+/// as `uid:gid`, entered in `pre_exec` so that no wrapper process (nsenter,
+/// setpriv) is part of the time: the measured exec is the program itself.
+fn as_user_in_ns(host: &TestHost, uid: u32, gid: u32, program: &Path) -> Command {
+    let ns = fs::File::open(format!("/proc/{}/ns/mnt", host.sshd_pid())).expect("sshd mnt ns");
+    let mut c = Command::new(program);
+    c.env_clear();
+    // SAFETY: only async-signal-safe syscalls between fork and exec; the
+    // namespace fd is moved into the closure and stays open until exec.
+    unsafe {
+        c.pre_exec(move || {
+            if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNS) != 0
+                || libc::setgroups(1, &gid) != 0
+                || libc::setresgid(gid, gid, gid) != 0
+                || libc::setresuid(uid, uid, uid) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    c
+}
+
+// ----- the bench world -----------------------------------------------------------
+
+struct World {
+    // Dropped first: its `runc delete` must run while the host's runc root
+    // still exists (fields drop in declaration order).
+    inst: Instance,
+    host: TestHost,
+    key: ClientKey,
+}
+
+/// One bastion: a paid web service `srv-bench` whose key is also in
+/// plainuser's authorized_keys (same key type for subject and anchor), one
+/// busybox instance running as `app`, a cache that stays warm for the run.
+fn world() -> World {
+    let host = TestHost::start(
+        TestHostOpts::default()
+            .name("bench")
+            .set("cache.fresh_secs", 3600)
+            .set("limits.max_sessions_per_instance", 0)
+            .set("limits.max_sessions_per_owner", 0)
+            .set("limits.memory_reserve_mib", 0),
+    );
+    let key = host.key(KeyKind::Ed25519);
+    host.control_plane()
+        .set_body(SERVICE, &web_service(SERVICE, &[KeySpec::new(&key, OWNER)]));
+    host.authorize_plainuser(&key);
+    let inst = Instance::start(&host, SERVICE, SLUG, InstanceOpts::default().app_user());
+    World { inst, host, key }
+}
+
+impl World {
+    fn srv(&self) -> String {
+        format!("{SERVICE}-{SLUG}")
+    }
+
+    fn ssh(&self, user: &str) -> SshCmd {
+        self.host.ssh_cmd(user, &self.key)
+    }
+
+    fn login(&self, user: &str, args: &[&str]) -> Duration {
+        let (d, out) = timed(&mut self.ssh(user).args(args).command());
+        must(&format!("ssh {user} {args:?}"), &out);
+        d
+    }
+}
+
+// ----- 1. login ---------------------------------------------------------------------
+
+struct Pair {
+    subject: Samples,
+    anchor: Samples,
+}
+
+fn bench_login(w: &World) -> Pair {
+    let srv = w.srv();
+    for _ in 0..3 {
+        w.login(&srv, &["true"]);
+        w.login(PLAIN_USER, &["true"]);
+    }
+    let mut p = Pair {
+        subject: Samples::default(),
+        anchor: Samples::default(),
+    };
+    for i in 0..n(100, 6) {
+        // Alternate which goes first so neither always follows the other.
+        if i % 2 == 0 {
+            p.anchor.push(w.login(PLAIN_USER, &["true"]).as_secs_f64());
+            p.subject.push(w.login(&srv, &["true"]).as_secs_f64());
+        } else {
+            p.subject.push(w.login(&srv, &["true"]).as_secs_f64());
+            p.anchor.push(w.login(PLAIN_USER, &["true"]).as_secs_f64());
+        }
+    }
+    p
+}
+
+// ----- 2. entering ---------------------------------------------------------------
+
+struct Enter {
+    porthole: Samples,
+    nsenter: Samples,
+    runc: Samples,
+}
+
+/// porthole-shell started the way sshd starts it for `ssh srv-…@host true`:
+/// as the session account, argv `porthole-shell -c <ForceCommand>`, with
+/// USER, SSH_ORIGINAL_COMMAND, SSH_USER_AUTH and SSH_CONNECTION.
+fn shell_cmd(w: &World, auth_file: &Path, command: &str) -> Command {
+    let ids = w.host.ids();
+    let shell = w.host.bin_dir().join("porthole-shell");
+    let mut c = as_user_in_ns(&w.host, ids.session, ids.session, &shell);
+    c.arg0("porthole-shell")
+        .arg("-c")
+        .arg(&shell)
+        .env("USER", w.srv())
+        .env("LOGNAME", w.srv())
+        .env("HOME", w.host.dir().join("home"))
+        .env("PATH", "/usr/bin:/bin")
+        .env("SSH_ORIGINAL_COMMAND", command)
+        .env("SSH_USER_AUTH", auth_file)
+        .env("SSH_CONNECTION", "127.0.0.1 40000 127.0.0.1 22");
+    c
+}
+
+fn auth_file(w: &World) -> PathBuf {
+    let p = w.host.dir().join("bench-user-auth");
+    util::write_file(
+        &p,
+        format!("publickey {} {}\n", w.key.key_type, w.key.base64),
+        0o600,
+        w.host.ids().session,
+        w.host.ids().session,
+    );
+    p
+}
+
+fn bench_enter(w: &World) -> Enter {
+    // One real login fills the cache the shell reads.
+    w.login(&w.srv(), &["true"]);
+    let auth = auth_file(w);
+    let pid = w.inst.init_pid().to_string();
+    let root = w.host.runc_root();
+    let porthole = || {
+        let (d, out) = timed(&mut shell_cmd(w, &auth, "true"));
+        must("porthole-shell true", &out);
+        d.as_secs_f64()
+    };
+    let nsenter = || {
+        let (d, out) = timed(Command::new("nsenter").args(["-t", &pid, "-a", "true"]));
+        must("nsenter -a true", &out);
+        d.as_secs_f64()
+    };
+    let runc = || {
+        let (d, out) = timed(Command::new("runc").arg("--root").arg(&root).args([
+            "exec",
+            w.inst.id(),
+            "true",
+        ]));
+        must("runc exec true", &out);
+        d.as_secs_f64()
+    };
+    for _ in 0..3 {
+        porthole();
+        nsenter();
+        runc();
+    }
+    // Development aid: one run of the shell under `strace -f -r -T`.
+    if let Some(out) = std::env::var_os("PORTHOLE_BENCH_STRACE") {
+        std::thread::sleep(Duration::from_millis(200));
+        let shell = w.host.bin_dir().join("porthole-shell");
+        let mut c = Command::new("nsenter");
+        c.arg("-t")
+            .arg(w.host.sshd_pid().to_string())
+            .args(["-m", "--", "strace", "-f", "-tt", "-T", "-o"])
+            .arg(&out)
+            .args(["-u", "porthole-session", "env", "-i"])
+            .arg(format!("USER={}", w.srv()))
+            .arg("SSH_ORIGINAL_COMMAND=true")
+            .arg(format!("SSH_USER_AUTH={}", auth.display()))
+            .arg("SSH_CONNECTION=127.0.0.1 40000 127.0.0.1 22")
+            .arg(&shell)
+            .arg("-c")
+            .arg(&shell);
+        let (_, o) = timed(&mut c);
+        must("strace porthole-shell", &o);
+    }
+    let mut e = Enter {
+        porthole: Samples::default(),
+        nsenter: Samples::default(),
+        runc: Samples::default(),
+    };
+    // A pause before every sample: joining a v1 cgroup waits for an RCU
+    // grace period unless another cgroup migration just happened, so
+    // back-to-back samples would flatter whoever follows runc exec.
+    let gap = Duration::from_millis(60);
+    for i in 0..n(60, 5) {
+        let order: [usize; 3] = match i % 3 {
+            0 => [0, 1, 2],
+            1 => [1, 2, 0],
+            _ => [2, 0, 1],
+        };
+        for k in order {
+            std::thread::sleep(gap);
+            match k {
+                0 => e.porthole.push(porthole()),
+                1 => e.nsenter.push(nsenter()),
+                _ => e.runc.push(runc()),
+            }
+        }
+    }
+    e
+}
+
+// ----- 3. keys hook -------------------------------------------------------------
+
+struct Keys {
+    warm: Samples,
+    cold: Samples,
+    cat1: Samples,
+    stale: Samples,
+    cat2: Samples,
+}
+
+fn bench_keys(w: &World) -> Keys {
+    let ids = w.host.ids();
+    let hook = w.host.bin_dir().join("porthole-keys");
+    let call = || {
+        let mut c = as_user_in_ns(&w.host, ids.porthole, ids.porthole, &hook);
+        c.args([SERVICE, &w.key.fingerprint, &w.key.key_type, &w.key.base64]);
+        let (d, out) = timed(&mut c);
+        must("porthole-keys", &out);
+        assert!(
+            util::lossy(&out.stdout).contains(&w.key.base64),
+            "the hook did not print the key: {}",
+            util::lossy(&out.stdout)
+        );
+        (d.as_secs_f64(), out.stdout)
+    };
+    // The lines the hook prints, for `cat` to print the same.
+    let (_, lines) = call();
+    let lines_file = w.host.dir().join("bench-authorized-lines");
+    util::write_file(&lines_file, &lines, 0o644, 0, 0);
+    let cat = || {
+        let mut c = as_user_in_ns(&w.host, ids.porthole, ids.porthole, Path::new("/bin/cat"));
+        c.arg(&lines_file);
+        let (d, out) = timed(&mut c);
+        must("cat", &out);
+        d.as_secs_f64()
+    };
+    let clear_cache = || {
+        for e in fs::read_dir(w.host.cache_dir()).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                let _ = fs::remove_dir_all(&p);
+            } else {
+                let _ = fs::remove_file(&p);
+            }
+        }
+    };
+    for _ in 0..5 {
+        call();
+        cat();
+    }
+    let mut k = Keys {
+        warm: Samples::default(),
+        cold: Samples::default(),
+        cat1: Samples::default(),
+        stale: Samples::default(),
+        cat2: Samples::default(),
+    };
+    let before = w.host.control_plane().requests(SERVICE);
+    let rounds = n(200, 10);
+    for _ in 0..rounds {
+        k.warm.push(call().0);
+        k.cat1.push(cat());
+        clear_cache();
+        k.cold.push(call().0);
+    }
+    let asked = w.host.control_plane().requests(SERVICE) - before;
+    assert_eq!(
+        asked, rounds,
+        "cold calls must each ask the API, warm ones never"
+    );
+    // Stale: the cache is older than fresh_secs and the API is down.
+    w.host.set_config("cache.fresh_secs", 0);
+    w.host.control_plane().stop();
+    for _ in 0..3 {
+        call();
+    }
+    for _ in 0..n(200, 10) {
+        k.stale.push(call().0);
+        k.cat2.push(cat());
+    }
+    w.host.control_plane().restart();
+    w.host.set_config("cache.fresh_secs", 3600);
+    k
+}
+
+// ----- 4. throughput ----------------------------------------------------------
+
+const GIB: u64 = 1 << 30;
+
+/// Pushes `total` bytes through `ssh user cat` and reads them back at the
+/// same time; returns MB/s (10^6 bytes per second) of the round trip.
+fn pipe_through(w: &World, user: &str, total: u64) -> f64 {
+    let mut child = w.ssh(user).args(&["cat"]).spawn();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let t = Instant::now();
+    let writer = std::thread::spawn(move || {
+        let block: Vec<u8> = (0..(1 << 20)).map(|i| (i % 251) as u8).collect();
+        let mut left = total;
+        while left > 0 {
+            let k = left.min(block.len() as u64) as usize;
+            stdin.write_all(&block[..k]).expect("write to ssh");
+            left -= k as u64;
+        }
+    });
+    let mut buf = vec![0u8; 1 << 20];
+    let mut got = 0u64;
+    loop {
+        let r = stdout.read(&mut buf).expect("read from ssh");
+        if r == 0 {
+            break;
+        }
+        got += r as u64;
+    }
+    let st = child.wait().unwrap();
+    let elapsed = t.elapsed().as_secs_f64();
+    writer.join().unwrap();
+    assert!(st.success(), "ssh {user} cat: {st}");
+    assert_eq!(got, total, "ssh {user} cat returned {got} of {total} bytes");
+    total as f64 / elapsed / 1e6
+}
+
+fn bench_throughput(w: &World) -> Pair {
+    let srv = w.srv();
+    let total = if quick() { 64 << 20 } else { GIB };
+    pipe_through(w, &srv, 64 << 20);
+    pipe_through(w, PLAIN_USER, 64 << 20);
+    let mut p = Pair {
+        subject: Samples::default(),
+        anchor: Samples::default(),
+    };
+    for i in 0..n(5, 2) {
+        if i % 2 == 0 {
+            p.anchor.push(pipe_through(w, PLAIN_USER, total));
+            p.subject.push(pipe_through(w, &srv, total));
+        } else {
+            p.subject.push(pipe_through(w, &srv, total));
+            p.anchor.push(pipe_through(w, PLAIN_USER, total));
+        }
+    }
+    p
+}
+
+// ----- 5. pty echo -----------------------------------------------------------------
+
+/// A session with a remote pty running `cat`; each round trip is one byte
+/// typed and its echo (by the remote terminal's line discipline) seen.
+struct Echo {
+    child: Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::process::ChildStdout,
+}
+
+impl Echo {
+    fn start(w: &World, user: &str) -> Echo {
+        let mut child = w.ssh(user).tty(true).args(&["cat"]).spawn();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut e = Echo {
+            child,
+            stdin,
+            stdout,
+        };
+        // The first echo proves the session is up.
+        e.round_trip();
+        e
+    }
+
+    fn round_trip(&mut self) -> f64 {
+        let t = Instant::now();
+        self.stdin.write_all(b"a").unwrap();
+        self.stdin.flush().unwrap();
+        let mut b = [0u8; 64];
+        loop {
+            let r = self.stdout.read(&mut b).unwrap();
+            assert!(r > 0, "session closed while waiting for the echo");
+            if b[..r].contains(&b'a') {
+                break;
+            }
+        }
+        t.elapsed().as_secs_f64()
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn bench_pty(w: &World) -> Pair {
+    let mut srv = Echo::start(w, &w.srv());
+    let mut plain = Echo::start(w, PLAIN_USER);
+    for _ in 0..20 {
+        srv.round_trip();
+        plain.round_trip();
+    }
+    // Development aid: the supervisor's system calls for a few round trips.
+    if let Some(out) = std::env::var_os("PORTHOLE_BENCH_STRACE_PTY") {
+        let sup = descendants(w.host.sshd_pid())
+            .into_iter()
+            .find(|(pid, c)| {
+                c == "porthole-shell"
+                    && ppid_comm(*pid)
+                        .is_some_and(|(pp, _)| ppid_comm(pp).is_some_and(|(_, pc)| pc == "sshd"))
+            })
+            .expect("supervisor")
+            .0;
+        let mut st = Command::new("strace")
+            .args(["-tt", "-T", "-o"])
+            .arg(&out)
+            .args(["-p", &sup.to_string()])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        for _ in 0..20 {
+            srv.round_trip();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        util::kill(st.id() as i32, libc::SIGINT);
+        let _ = st.wait();
+    }
+    let mut p = Pair {
+        subject: Samples::default(),
+        anchor: Samples::default(),
+    };
+    // Fewer than the 4095 characters a canonical-mode line holds.
+    for i in 0..n(1000, 50) {
+        if i % 2 == 0 {
+            p.anchor.push(plain.round_trip());
+            p.subject.push(srv.round_trip());
+        } else {
+            p.subject.push(srv.round_trip());
+            p.anchor.push(plain.round_trip());
+        }
+    }
+    p
+}
+
+// ----- 6. memory --------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Mem {
+    rss: u64,
+    pss: u64,
+    uss: u64,
+    procs: usize,
+}
+
+impl std::ops::AddAssign for Mem {
+    fn add_assign(&mut self, o: Mem) {
+        self.rss += o.rss;
+        self.pss += o.pss;
+        self.uss += o.uss;
+        self.procs += o.procs;
+    }
+}
+
+/// Rss, Pss and Private_* (USS) of one process, from smaps_rollup (bytes).
+fn mem_of(pid: u32) -> Mem {
+    let text = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let mut m = Mem {
+        procs: 1,
+        ..Mem::default()
+    };
+    for l in text.lines() {
+        let mut it = l.split_whitespace();
+        let (Some(k), Some(v)) = (it.next(), it.next()) else {
+            continue;
+        };
+        let v: u64 = v.parse().unwrap_or(0) * 1024;
+        match k {
+            "Rss:" => m.rss += v,
+            "Pss:" => m.pss += v,
+            "Private_Clean:" | "Private_Dirty:" => m.uss += v,
+            _ => {}
+        }
+    }
+    m
+}
+
+fn ppid_comm(pid: u32) -> Option<(u32, String)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat[open + 1..close].to_owned();
+    let ppid = stat[close + 1..].split_whitespace().nth(1)?.parse().ok()?;
+    Some((ppid, comm))
+}
+
+/// Every descendant of `root` (host pids) with its command name.
+fn descendants(root: u32) -> Vec<(u32, String)> {
+    let all: Vec<(u32, u32, String)> = fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| ppid_comm(pid).map(|(pp, c)| (pid, pp, c)))
+        .collect();
+    let mut out = Vec::new();
+    let mut frontier = vec![root];
+    while let Some(p) = frontier.pop() {
+        for (pid, pp, c) in &all {
+            if *pp == p {
+                out.push((*pid, c.clone()));
+                frontier.push(*pid);
+            }
+        }
+    }
+    out
+}
+
+struct Memory {
+    sessions: usize,
+    /// porthole-shell processes (supervisor, outer) per session.
+    porthole: Mem,
+    /// sshd's own processes per plain session.
+    sshd_plain: Mem,
+    /// sshd's own processes per porthole session.
+    sshd_srv: Mem,
+}
+
+fn per_session(sum: Mem, k: usize) -> Mem {
+    let k = k as u64;
+    Mem {
+        rss: sum.rss / k,
+        pss: sum.pss / k,
+        uss: sum.uss / k,
+        procs: sum.procs / k as usize,
+    }
+}
+
+fn bench_memory(w: &World) -> Memory {
+    let k = n(10, 3);
+    let sshd = w.host.sshd_pid();
+    let measure = |user: &str| -> (Mem, Mem) {
+        let kids: Vec<Child> = (0..k)
+            .map(|_| w.ssh(user).args(&["sleep 600"]).spawn())
+            .collect();
+        // Wait until every session runs its command.
+        let ok = util::wait_for(Duration::from_secs(30), || {
+            let d = descendants(sshd);
+            (d.iter().filter(|(_, c)| c == "sleep").count() >= k).then_some(())
+        });
+        assert!(ok.is_some(), "{k} sessions of {user} did not start");
+        std::thread::sleep(Duration::from_millis(500));
+        let (mut ours, mut theirs) = (Mem::default(), Mem::default());
+        for (pid, comm) in descendants(sshd) {
+            // Development aid: where a session's memory is.
+            if let Some(dir) = std::env::var_os("PORTHOLE_BENCH_SMAPS") {
+                let _ = fs::copy(
+                    format!("/proc/{pid}/smaps"),
+                    Path::new(&dir).join(format!("{comm}-{pid}.smaps")),
+                );
+            }
+            if comm == "porthole-shell" {
+                ours += mem_of(pid);
+            } else if comm == "sshd" {
+                theirs += mem_of(pid);
+            }
+        }
+        for mut c in kids {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        util::wait_for(Duration::from_secs(15), || {
+            (!descendants(sshd).iter().any(|(_, c)| c == "sleep")).then_some(())
+        });
+        (per_session(ours, k), per_session(theirs, k))
+    };
+    let (_, sshd_plain) = measure(PLAIN_USER);
+    let (porthole, sshd_srv) = measure(&w.srv());
+    Memory {
+        sessions: k,
+        porthole,
+        sshd_plain,
+        sshd_srv,
+    }
+}
+
+// ----- the report ---------------------------------------------------------------------
+
+fn first_line(cmd: &mut Command) -> String {
+    cmd.output()
+        .map(|o| {
+            let mut s = util::lossy(&o.stdout);
+            s.push_str(&util::lossy(&o.stderr));
+            s.lines().next().unwrap_or("").trim().to_owned()
+        })
+        .unwrap_or_else(|e| format!("unavailable ({e})"))
+}
+
+fn loadavg() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+fn cpu_model() -> String {
+    fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|r| r.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn size_of(p: &Path) -> String {
+    fs::metadata(p)
+        .map(|m| format!("{} KB", m.size() / 1000))
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.2} MiB", b as f64 / (1024.0 * 1024.0))
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "**missed**"
+    }
+}
+
+#[test]
+#[ignore = "benchmark: run with bench/run"]
+fn bench_all() {
+    let profile = Path::new(env!("CARGO_BIN_EXE_porthole-shell"))
+        .parent()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let load_before = loadavg();
+    let started = Instant::now();
+    let w = world();
+    let login = wanted("login").then(|| bench_login(&w));
+    let enter = wanted("enter").then(|| bench_enter(&w));
+    let keys = wanted("keys").then(|| bench_keys(&w));
+    let thru = wanted("throughput").then(|| bench_throughput(&w));
+    let pty = wanted("pty").then(|| bench_pty(&w));
+    let mem = wanted("memory").then(|| bench_memory(&w));
+    let load_after = loadavg();
+    let took = started.elapsed();
+
+    let mut md = String::new();
+    let out = |md: &mut String, s: &str| {
+        md.push_str(s);
+        md.push('\n');
+    };
+    out(&mut md, "# Benchmarks");
+    out(&mut md, "");
+    out(
+        &mut md,
+        "Written by `bench/run` (`tests/bench.rs`); the figures below are the tool's, not edited by hand.",
+    );
+    out(&mut md, "");
+    out(&mut md, "## Machine");
+    out(&mut md, "");
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    out(&mut md, &format!("- CPU: {} × {}", cores, cpu_model()));
+    out(
+        &mut md,
+        &format!(
+            "- kernel: {}",
+            first_line(Command::new("uname").args(["-sr"]))
+        ),
+    );
+    out(
+        &mut md,
+        &format!("- OpenSSH: {}", first_line(Command::new("ssh").arg("-V"))),
+    );
+    out(
+        &mut md,
+        &format!(
+            "- runc: {}",
+            first_line(Command::new("runc").arg("--version"))
+        ),
+    );
+    out(
+        &mut md,
+        &format!(
+            "- porthole: commit {}, `{profile}` binaries (porthole-keys {}, porthole-shell {}, libnss_porthole.so {})",
+            first_line(Command::new("git").args(["rev-parse", "--short", "HEAD"])),
+            size_of(&w.host.bin_dir().join("porthole-keys")),
+            size_of(&w.host.bin_dir().join("porthole-shell")),
+            size_of(&nss_module()),
+        ),
+    );
+    out(
+        &mut md,
+        &format!(
+            "- date: {}",
+            first_line(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))
+        ),
+    );
+    out(&mut md, &format!("- load average before: `{load_before}`"));
+    out(&mut md, &format!("- load average after: `{load_after}`"));
+    out(
+        &mut md,
+        &format!(
+            "- whole run: {:.0} s{}",
+            took.as_secs_f64(),
+            if quick() {
+                " (QUICK: small sample counts, not a result)"
+            } else {
+                ""
+            }
+        ),
+    );
+    out(&mut md, "");
+    out(&mut md, METHOD);
+    out(&mut md, "");
+    out(&mut md, "## Results");
+    out(&mut md, "");
+    out(
+        &mut md,
+        "| # | figure | n | median | p95 | anchor (same run) | anchor median | anchor p95 | ratio of medians | goal | |",
+    );
+    out(&mut md, "|---|---|---|---|---|---|---|---|---|---|---|");
+    if let Some(p) = &login {
+        let r = p.subject.median() / p.anchor.median();
+        out(
+            &mut md,
+            &format!(
+                "| 1 | `ssh srv-bench-aaaaa@127.0.0.1 true` | {} | {} | {} | `ssh plainuser@127.0.0.1 true` | {} | {} | {:.3}× | ≤ 1.10× | {} |",
+                p.subject.len(),
+                ms(p.subject.median()),
+                ms(p.subject.pct(95.0)),
+                ms(p.anchor.median()),
+                ms(p.anchor.pct(95.0)),
+                r,
+                verdict(r <= 1.10)
+            ),
+        );
+    }
+    if let Some(e) = &enter {
+        let r1 = e.porthole.median() / e.nsenter.median();
+        let r2 = e.porthole.median() / e.runc.median();
+        out(
+            &mut md,
+            &format!(
+                "| 2a | entering: `porthole-shell` run as sshd runs it, `true` in the instance | {} | {} | {} | `nsenter -t PID -a true` | {} | {} | {:.3}× | ≤ 1.5× | {} |",
+                e.porthole.len(),
+                ms(e.porthole.median()),
+                ms(e.porthole.pct(95.0)),
+                ms(e.nsenter.median()),
+                ms(e.nsenter.pct(95.0)),
+                r1,
+                verdict(r1 <= 1.5)
+            ),
+        );
+        out(
+            &mut md,
+            &format!(
+                "| 2b | (same samples) | {} | {} | {} | `runc exec ID true` | {} | {} | {:.3}× | ≤ 0.2× | {} |",
+                e.porthole.len(),
+                ms(e.porthole.median()),
+                ms(e.porthole.pct(95.0)),
+                ms(e.runc.median()),
+                ms(e.runc.pct(95.0)),
+                r2,
+                verdict(r2 <= 0.2)
+            ),
+        );
+    }
+    if let Some(k) = &keys {
+        let row = |md: &mut String,
+                   tag: &str,
+                   what: &str,
+                   s: &Samples,
+                   cat: &Samples,
+                   goal: &str,
+                   ok: Option<bool>| {
+            out(
+                md,
+                &format!(
+                    "| {tag} | keys hook, {what} (p99 {}) | {} | {} | {} | `cat` of the same lines (p99 {}) | {} | {} | {:.2}× | {goal} | {} |",
+                    ms(s.pct(99.0)),
+                    s.len(),
+                    ms(s.median()),
+                    ms(s.pct(95.0)),
+                    ms(cat.pct(99.0)),
+                    ms(cat.median()),
+                    ms(cat.pct(95.0)),
+                    s.median() / cat.median(),
+                    ok.map(verdict).unwrap_or("report")
+                ),
+            );
+        };
+        row(
+            &mut md,
+            "3a",
+            "warm cache",
+            &k.warm,
+            &k.cat1,
+            "p50 ≤ 2 ms",
+            Some(k.warm.median() <= 0.002),
+        );
+        row(
+            &mut md,
+            "3b",
+            "cold cache (loopback API)",
+            &k.cold,
+            &k.cat1,
+            "report",
+            None,
+        );
+        row(
+            &mut md,
+            "3c",
+            "stale cache, API down",
+            &k.stale,
+            &k.cat2,
+            "report",
+            None,
+        );
+    }
+    if let Some(p) = &thru {
+        let r = p.subject.median() / p.anchor.median();
+        let total = if quick() { "64 MiB" } else { "1 GiB" };
+        out(
+            &mut md,
+            &format!(
+                "| 4 | {total} in and out through `ssh srv-bench-aaaaa cat` (MB/s; p95 = 5th-slowest bound: min) | {} | {:.1} MB/s | {:.1} MB/s | `ssh plainuser cat` | {:.1} MB/s | {:.1} MB/s | {:.3}× | ≥ 0.95× | {} |",
+                p.subject.len(),
+                p.subject.median(),
+                p.subject.pct(5.0),
+                p.anchor.median(),
+                p.anchor.pct(5.0),
+                r,
+                verdict(r >= 0.95)
+            ),
+        );
+    }
+    if let Some(p) = &pty {
+        let r = p.subject.median() / p.anchor.median();
+        out(
+            &mut md,
+            &format!(
+                "| 5 | pty echo round trip, `ssh -tt srv-bench-aaaaa cat` | {} | {} | {} | `ssh -tt plainuser cat` | {} | {} | {:.3}× | ≤ 1.10× | {} |",
+                p.subject.len(),
+                ms(p.subject.median()),
+                ms(p.subject.pct(95.0)),
+                ms(p.anchor.median()),
+                ms(p.anchor.pct(95.0)),
+                r,
+                verdict(r <= 1.10)
+            ),
+        );
+    }
+    if let Some(m) = &mem {
+        let goal = 1_500_000u64;
+        for (tag, what, ours, theirs) in [
+            ("6a", "RSS", m.porthole.rss, m.sshd_plain.rss),
+            ("6b", "PSS", m.porthole.pss, m.sshd_plain.pss),
+            ("6c", "USS (private)", m.porthole.uss, m.sshd_plain.uss),
+        ] {
+            out(
+                &mut md,
+                &format!(
+                    "| {tag} | memory per session, {what}: porthole-shell processes ({} per session) | {} sessions | {} | – | sshd's own per-session processes ({}) | {} | – | {:.2}× | ≤ 1.5 MB | {} |",
+                    m.porthole.procs,
+                    m.sessions,
+                    mib(ours),
+                    m.sshd_plain.procs,
+                    mib(theirs),
+                    ours as f64 / theirs as f64,
+                    verdict(ours <= goal)
+                ),
+            );
+        }
+    }
+    out(&mut md, "");
+    if let Some(m) = &mem {
+        out(
+            &mut md,
+            &format!(
+                "Memory detail: sshd's own processes per porthole session: RSS {}, PSS {}, USS {} ({} processes); per plain session: RSS {}, PSS {}, USS {} ({} processes). MB = 10^6 bytes in the goal.",
+                mib(m.sshd_srv.rss), mib(m.sshd_srv.pss), mib(m.sshd_srv.uss), m.sshd_srv.procs,
+                mib(m.sshd_plain.rss), mib(m.sshd_plain.pss), mib(m.sshd_plain.uss), m.sshd_plain.procs,
+            ),
+        );
+        out(&mut md, "");
+    }
+
+    let path = std::env::var_os("PORTHOLE_BENCH_OUT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("BENCHMARKS.md"));
+    let kept = fs::read_to_string(&path)
+        .ok()
+        .and_then(|old| old.split_once(ANALYSIS_MARK).map(|(_, a)| a.to_owned()));
+    out(&mut md, ANALYSIS_MARK);
+    if let Some(a) = kept {
+        md.push_str(a.trim_start_matches('\n'));
+    } else {
+        out(&mut md, "");
+        out(&mut md, "## Analysis");
+        out(&mut md, "");
+        out(&mut md, "(none yet)");
+    }
+    fs::write(&path, &md).unwrap();
+    let mut show = String::new();
+    let _ = write!(show, "wrote {}\n{md}", path.display());
+    eprintln!("{show}");
+}
+
+const METHOD: &str = "## Method
+
+One sshd (OpenSSH from the distribution) in a private mount namespace on a
+loopback port, set up by the end-to-end harness (`tests/common`): the
+shipped drop-in, the NSS module, the keys hook and the setuid session
+shell of this build (release profile), a real HTTP control plane on
+127.0.0.1, one busybox runc instance `srv-bench-aaaaa` running as `app`.
+The anchor user `plainuser` is a plain local account of the same sshd with
+an `authorized_keys` file holding the same ed25519 key and no
+ForceCommand. Every figure is measured in this one run, subject and anchor
+interleaved sample by sample (A B, then B A, …) after a few unrecorded
+warm-up rounds; medians and nearest-rank percentiles; ratio = subject
+median / anchor median. Wall times are taken around `fork`+`exec` to the
+reaped exit (blocking `waitpid`, no polling).
+
+1. **Login**: the real `ssh` client, `ssh … true`, new connection each time
+   (key exchange, authentication with the keys hook answering from a warm
+   cache, session, exit status). The anchor is the same sshd reading
+   plainuser's `authorized_keys`.
+2. **Entering**: `porthole-shell` is started directly, the way sshd starts
+   it for `ssh srv-bench-aaaaa@host true` (as the session account, in sshd's
+   mount namespace, entered in `pre_exec` so no wrapper is timed; argv
+   `porthole-shell -c <ForceCommand>`, `USER`, `SSH_ORIGINAL_COMMAND=true`,
+   `SSH_USER_AUTH`, `SSH_CONNECTION`). The time is its whole path: self
+   checks, configuration, the cached authorization, the runtime state,
+   pinning the init, reading credentials, user, environment, cgroups,
+   admission (slot files), the session record and audit events, the forks
+   into cgroups and namespaces, `exec` of `true` as `app`, the supervisor
+   relaying until `true` exits, and its own exit. Anchors: `nsenter -t PID -a
+   true` (joins the namespaces only, stays root, no cgroups, no checks) and
+   `runc exec ID true` (what runc users do). Each sample follows a 60 ms
+   pause: joining a cgroup-v1 hierarchy waits for an RCU grace period unless
+   another migration happened just before, so back-to-back samples would
+   flatter whatever follows `runc exec`.
+3. **Keys hook**: `porthole-keys srv-bench %f %t %k` as user `porthole`, as
+   sshd runs it, including process start; warm (answer in the cache), cold
+   (cache emptied before each call: one request to the loopback API; the run
+   checks the API saw exactly one request per cold call), stale (cache
+   older than `fresh_secs`, API stopped: connection refused, the stale
+   answer is served). Anchor: `cat` of the same lines as the same user the
+   same way. What sshd pays for reading an `AuthorizedKeysFile` instead is
+   part of figure 1.
+4. **Throughput**: 1 GiB written into `ssh … cat` while the echoed 1 GiB is
+   read back (counted, length checked), default cipher; MB/s = 10^6 bytes
+   per second of the round trip; p95 column = the slowest sample's rate (the
+   5th percentile of the rate).
+5. **PTY echo**: one long-lived `ssh -tt … cat` per user; one byte typed,
+   time until its echo (by the remote terminal's line discipline) arrives.
+   For porthole the byte crosses sshd's pty, the supervisor's relay, the
+   container's own pty and back.
+6. **Memory**: N concurrent `ssh … 'sleep 600'` sessions per user; for each
+   process below the sshd listener, `Rss`, `Pss` and `Private_Clean +
+   Private_Dirty` (USS) from `/proc/PID/smaps_rollup`, summed and divided by
+   N. porthole's per-session processes are those named `porthole-shell`
+   (the supervisor; the process it forks to join the instance exits as soon
+   as the session's process is started); the anchor is sshd's own per-session processes of a plain
+   session (the `[priv]` monitor and the `user@notty` process). RSS counts
+   shared library and binary pages in full in every process; PSS divides
+   them among the processes sharing them; USS is what one more session
+   really adds.";
