@@ -39,6 +39,22 @@ pub struct SessionRecord {
     pub tty: bool,
     /// The supervisor's pid (host namespace).
     pub pid: i32,
+    /// The session process, once started: lets a later sweep find what a
+    /// supervisor killed with SIGKILL (OOM killer, admin) left running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<Leader>,
+}
+
+/// The session process: it leads a session (setsid) every process of the
+/// session inherits, in the instance's pid namespace.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Leader {
+    /// Host pid, which is also the session id of its processes.
+    pub pid: i32,
+    /// (device, inode) of the instance's pid namespace.
+    pub pid_ns: (u64, u64),
+    /// Its start time (clock ticks after boot, /proc/PID/stat field 22).
+    pub start: u64,
 }
 
 /// A random session id (16 hex digits).
@@ -64,9 +80,19 @@ fn sessions_dir(state: &Path) -> PathBuf {
 
 /// Holds the record of a live session; dropping it removes the record.
 pub struct Registration {
-    _file: File,
+    file: File,
     path: PathBuf,
     close_path: PathBuf,
+}
+
+impl Registration {
+    /// Rewrites the record (still locked) once the session process exists.
+    pub fn update(&mut self, rec: &SessionRecord) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let text = serde_json::to_string(rec).map_err(std::io::Error::other)?;
+        self.file.write_all_at(text.as_bytes(), 0)?;
+        self.file.set_len(text.len() as u64)
+    }
 }
 
 impl Drop for Registration {
@@ -95,7 +121,7 @@ pub fn register(state: &Path, rec: &SessionRecord) -> std::io::Result<Registrati
     let text = serde_json::to_string(rec).map_err(std::io::Error::other)?;
     file.write_all(text.as_bytes())?;
     Ok(Registration {
-        _file: file,
+        file,
         path,
         close_path: dir.join(format!("{}.close", rec.id)),
     })
@@ -127,12 +153,28 @@ fn is_live(path: &Path) -> bool {
     !free
 }
 
-/// Every live session, oldest first. Records of dead supervisors are removed.
+/// Every live session, oldest first. Records of dead supervisors are
+/// removed and what those sessions left running is killed ([`sweep`]).
 pub fn list(state: &Path) -> Vec<SessionRecord> {
+    scan(state).0
+}
+
+/// Removes the records of dead supervisors and kills the processes their
+/// sessions left in the instance (a supervisor killed with SIGKILL cannot
+/// clean up; its session process dies with it, what that started does
+/// not). Returns how many processes were killed. Run at every session
+/// start and by the admin commands, so leftovers do not outlive the next
+/// login on the host.
+pub fn sweep(state: &Path) -> usize {
+    scan(state).1
+}
+
+fn scan(state: &Path) -> (Vec<SessionRecord>, usize) {
     let Ok(entries) = std::fs::read_dir(sessions_dir(state)) else {
-        return Vec::new();
+        return (Vec::new(), 0);
     };
-    let mut out = Vec::new();
+    let mut live = Vec::new();
+    let mut orphaned = Vec::new();
     for e in entries.flatten() {
         let path = e.path();
         let Some(id) = path.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else {
@@ -141,19 +183,35 @@ pub fn list(state: &Path) -> Vec<SessionRecord> {
         if path.extension().and_then(|x| x.to_str()) != Some("json") || !valid_id(&id) {
             continue;
         }
-        if !is_live(&path) {
-            let _ = std::fs::remove_file(&path);
-            let _ = std::fs::remove_file(path.with_extension("close"));
+        let alive = is_live(&path);
+        let rec = read_small(&path).and_then(|t| serde_json::from_str::<SessionRecord>(&t).ok());
+        if alive {
+            live.extend(rec);
             continue;
         }
-        if let Some(rec) =
-            read_small(&path).and_then(|t| serde_json::from_str::<SessionRecord>(&t).ok())
-        {
-            out.push(rec);
-        }
+        orphaned.extend(rec.and_then(|r| r.leader));
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(path.with_extension("close"));
     }
-    out.sort_by(|a, b| a.started.cmp(&b.started).then(a.id.cmp(&b.id)));
-    out
+    let mut killed = 0;
+    for leader in orphaned {
+        if live.iter().any(|r| {
+            r.leader
+                .is_some_and(|l| l.pid == leader.pid && l.pid_ns == leader.pid_ns)
+        }) {
+            continue;
+        }
+        // A pid in use as a session id is never handed out again, so
+        // processes of session `pid` are this session's while any is left;
+        // once none is, the number may be reused, and a process that now
+        // has it and started later is someone else's.
+        if crate::runtime::process_start_time(leader.pid).is_some_and(|t| t != leader.start) {
+            continue;
+        }
+        killed += crate::supervise::kill_session(leader.pid, leader.pid_ns, libc::SIGKILL);
+    }
+    live.sort_by(|a, b| a.started.cmp(&b.started).then(a.id.cmp(&b.id)));
+    (live, killed)
 }
 
 /// Why an admin request found nothing to act on.
@@ -319,7 +377,65 @@ mod tests {
             command: "shell".into(),
             tty: true,
             pid: std::process::id() as i32,
+            leader: None,
         }
+    }
+
+    /// A process leading its own session, like a session process.
+    fn session_leader() -> std::process::Child {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = std::process::Command::new("sleep");
+        cmd.arg("30");
+        // SAFETY: setsid is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        cmd.spawn().unwrap()
+    }
+
+    fn own_pid_ns() -> (u64, u64) {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata("/proc/self/ns/pid").unwrap();
+        (m.dev(), m.ino())
+    }
+
+    #[test]
+    fn sweep_kills_what_a_dead_supervisor_left_and_spares_a_reused_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("sessions")).unwrap();
+        let mut reused = session_leader();
+        let mut orphan = session_leader();
+        let leader = |child: &std::process::Child, start_offset: u64| Leader {
+            pid: child.id() as i32,
+            pid_ns: own_pid_ns(),
+            start: crate::runtime::process_start_time(child.id() as i32).unwrap() + start_offset,
+        };
+        // Dead records (nobody holds their lock): one whose leader is the
+        // process that started then, one whose pid now names a later one.
+        for (id, l) in [
+            ("00000000000000a1", leader(&orphan, 0)),
+            ("00000000000000a2", leader(&reused, 1)),
+        ] {
+            let r = SessionRecord {
+                leader: Some(l),
+                ..rec(id)
+            };
+            std::fs::write(
+                dir.path().join("sessions").join(format!("{id}.json")),
+                serde_json::to_string(&r).unwrap(),
+            )
+            .unwrap();
+        }
+        assert_eq!(sweep(dir.path()), 1);
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(orphan.wait().unwrap().signal(), Some(libc::SIGKILL));
+        assert!(reused.try_wait().unwrap().is_none(), "a reused pid was hit");
+        assert!(list(dir.path()).is_empty());
+        reused.kill().unwrap();
+        reused.wait().unwrap();
     }
 
     #[test]

@@ -356,6 +356,17 @@ pub fn run(cfg: &Config, log: &Logger, h: &Handover) -> i32 {
     for n in notices {
         eprintln!("porthole: {n}");
     }
+    let reaped = registry::sweep(&cfg.session.state_dir);
+    if reaped > 0 {
+        log.emit(
+            &Event::new("session.reaped", Severity::Warning)
+                .field("processes", reaped)
+                .field(
+                    "message",
+                    "killed what sessions of dead supervisors left running",
+                ),
+        );
+    }
     let limits = crate::limits::effective(&cfg.limits, service_limits.as_ref());
     let admitted = match admit(cfg, &limits, &target, &instance, &identity, &plan) {
         Ok(a) => a,
@@ -374,8 +385,13 @@ pub fn run(cfg: &Config, log: &Logger, h: &Handover) -> i32 {
         command: request.describe(),
         tty: plan.pty.is_some(),
         pid: std::process::id() as i32,
+        leader: None,
     };
-    let _registration = match registry::register(&cfg.session.state_dir, &record) {
+    if !supervise::block_session_signals() {
+        let r = refuse("state", "cannot set up signal handling for the session");
+        return reject(&user, &r, Some(&identity));
+    }
+    let mut registration = match registry::register(&cfg.session.state_dir, &record) {
         Ok(r) => r,
         Err(e) => {
             let r = refuse(
@@ -408,6 +424,20 @@ pub fn run(cfg: &Config, log: &Logger, h: &Handover) -> i32 {
             )
         }
     };
+    if let Some(start) = runtime::process_start_time(spawned.inner_pid) {
+        let leader = registry::Leader {
+            pid: spawned.inner_pid,
+            pid_ns: spawned.pid_ns,
+            start,
+        };
+        let record = SessionRecord {
+            leader: Some(leader),
+            ..record
+        };
+        // Without it only a later sweep's safety net is lost; the session
+        // itself is fine.
+        let _ = registration.update(&record);
+    }
     log.emit(
         &Event::new("session.start", Severity::Info)
             .field("service", target.service.as_str())

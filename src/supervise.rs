@@ -278,10 +278,9 @@ fn copy_window_size(from: RawFd, to: RawFd) {
     }
 }
 
-/// Blocks the signals we handle and returns a signalfd for them. Called
-/// after the session process was forked, so its mask is untouched.
-fn signal_fd() -> Option<OwnedFd> {
-    // SAFETY: sigset manipulation on a local; signalfd returns a new fd.
+/// The signals the supervisor handles through its signalfd.
+fn handled_signals() -> libc::sigset_t {
+    // SAFETY: sigset manipulation on a local.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
@@ -295,9 +294,30 @@ fn signal_fd() -> Option<OwnedFd> {
         ] {
             libc::sigaddset(&mut set, s);
         }
-        if libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
-            return None;
-        }
+        set
+    }
+}
+
+/// Blocks the signals the supervisor handles, so that from here on they
+/// wait for its signalfd instead of killing it: called before the session
+/// is registered, since an admin's `porthole kill` (SIGTERM) may come as
+/// soon as the record exists. The session process clears its mask before
+/// exec.
+pub fn block_session_signals() -> bool {
+    let set = handled_signals();
+    // SAFETY: changes this process's signal mask; `set` is initialised.
+    unsafe { libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) == 0 }
+}
+
+/// Returns a signalfd for the handled signals (blocking them if the caller
+/// has not yet); signals that arrived while blocked are read from it.
+fn signal_fd() -> Option<OwnedFd> {
+    if !block_session_signals() {
+        return None;
+    }
+    let set = handled_signals();
+    // SAFETY: signalfd returns a new fd we own; `set` is initialised.
+    unsafe {
         let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
         (fd >= 0).then(|| OwnedFd::from_raw_fd(fd))
     }
