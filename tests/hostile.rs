@@ -1474,7 +1474,7 @@ fn unreadable_cache_file() {
     });
     // The good answer was written back, readable again.
     let m = fs::metadata(&cache).unwrap();
-    assert_eq!((m.mode() & 0o777, m.uid()), (0o644, p));
+    assert_eq!((m.mode() & 0o777, m.uid()), (0o600, p));
     let v: Value = serde_json::from_slice(&fs::read(&cache).unwrap()).unwrap();
     assert_eq!(v["status"], "found");
     // With the control plane down and the file unreadable: refused, clearly.
