@@ -138,6 +138,10 @@ fn read_small(path: &Path) -> Option<String> {
     Some(s)
 }
 
+fn read_record(path: &Path) -> Option<SessionRecord> {
+    read_small(path).and_then(|t| serde_json::from_str(&t).ok())
+}
+
 /// Whether the supervisor that wrote `path` still holds its lock.
 fn is_live(path: &Path) -> bool {
     let Ok(f) = File::options()
@@ -156,7 +160,7 @@ fn is_live(path: &Path) -> bool {
 /// Every live session, oldest first. Records of dead supervisors are
 /// removed and what those sessions left running is killed ([`sweep`]).
 pub fn list(state: &Path) -> Vec<SessionRecord> {
-    scan(state).0
+    scan(state, true).0
 }
 
 /// Removes the records of dead supervisors and kills the processes their
@@ -166,14 +170,16 @@ pub fn list(state: &Path) -> Vec<SessionRecord> {
 /// start and by the admin commands, so leftovers do not outlive the next
 /// login on the host.
 pub fn sweep(state: &Path) -> usize {
-    scan(state).1
+    scan(state, false).1
 }
 
-fn scan(state: &Path) -> (Vec<SessionRecord>, usize) {
+/// Live records (read only when `want_live` or when a dead one must be
+/// told apart from them) and the number of leftover processes killed.
+fn scan(state: &Path, want_live: bool) -> (Vec<SessionRecord>, usize) {
     let Ok(entries) = std::fs::read_dir(sessions_dir(state)) else {
         return (Vec::new(), 0);
     };
-    let mut live = Vec::new();
+    let mut live_paths = Vec::new();
     let mut orphaned = Vec::new();
     for e in entries.flatten() {
         let path = e.path();
@@ -183,16 +189,19 @@ fn scan(state: &Path) -> (Vec<SessionRecord>, usize) {
         if path.extension().and_then(|x| x.to_str()) != Some("json") || !valid_id(&id) {
             continue;
         }
-        let alive = is_live(&path);
-        let rec = read_small(&path).and_then(|t| serde_json::from_str::<SessionRecord>(&t).ok());
-        if alive {
-            live.extend(rec);
+        if is_live(&path) {
+            live_paths.push(path);
             continue;
         }
-        orphaned.extend(rec.and_then(|r| r.leader));
+        orphaned.extend(read_record(&path).and_then(|r| r.leader));
         let _ = std::fs::remove_file(&path);
         let _ = std::fs::remove_file(path.with_extension("close"));
     }
+    let mut live: Vec<SessionRecord> = if want_live || !orphaned.is_empty() {
+        live_paths.iter().filter_map(|p| read_record(p)).collect()
+    } else {
+        Vec::new()
+    };
     let mut killed = 0;
     for leader in orphaned {
         if live.iter().any(|r| {

@@ -33,24 +33,6 @@ fn list(host: &TestHost, service: &str, keys: &[KeySpec]) {
         .set_body(service, &web_service(service, keys));
 }
 
-fn assert_accepted(r: &SshRun, user: &str) {
-    assert!(
-        r.success() && r.stdout_str().trim() == format!("{AUTH_PROBE_OK} {user}"),
-        "login as {user} should be accepted:\n{}",
-        r.describe()
-    );
-}
-
-fn assert_refused(r: &SshRun, user: &str) {
-    assert!(
-        r.denied() && !r.stdout_str().contains(AUTH_PROBE_OK),
-        "login as {user} should be refused with \"Permission denied\":\n{}",
-        r.describe()
-    );
-}
-
-/// Refused, and for the right reason: sshd knew the name (NSS) and asked
-/// the keys hook, which logged a decision about `service`.
 fn assert_refused_by_hook(host: &TestHost, r: &SshRun, service: &str) {
     assert_refused(r, service);
     host.expect_event(

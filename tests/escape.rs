@@ -930,24 +930,42 @@ fn supervisor_pid(host: &TestHost) -> i32 {
 fn supervisor_killed_takes_the_session_command_with_it() {
     let (host, key) = bastion();
     let inst = instance(&host);
+    let before = kill_supervisor_of(&host, &key, &inst, "echo up; exec sleep 60");
+    assert_only(
+        &inst,
+        &before,
+        "the session's command outlived its supervisor",
+    );
+}
+
+/// Starts `command` in a session, SIGKILLs its supervisor once the command
+/// runs; returns the instance's processes from before the session.
+fn kill_supervisor_of(
+    host: &TestHost,
+    key: &ClientKey,
+    inst: &Instance,
+    command: &str,
+) -> Vec<i32> {
     let before = inst.pids();
-    let cmd = host
-        .ssh_cmd(LOGIN, &key)
-        .arg("echo up; exec sleep 60")
-        .command();
-    let client = Running::spawn(cmd, host.dir(), "ssh-pdeath");
+    let cmd = host.ssh_cmd(LOGIN, key).arg(command).command();
+    let client = Running::spawn(cmd, host.dir(), "ssh-supervised");
     assert!(client.wait_stdout("up"), "{}", client.stderr());
     assert!(
         inst.pids().len() > before.len(),
         "the session is not running"
     );
-    util::kill(supervisor_pid(&host), libc::SIGKILL);
+    util::kill(supervisor_pid(host), libc::SIGKILL);
+    before
+}
+
+/// Waits until the instance runs only the processes of `before`.
+fn assert_only(inst: &Instance, before: &[i32], what: &str) {
     let left = util::wait_for(WAIT, || {
         inst.pids().iter().all(|p| before.contains(p)).then_some(())
     });
     assert!(
         left.is_some(),
-        "the session's command outlived its supervisor: {:?} (before: {before:?})",
+        "{what}: {:?} (before: {before:?})",
         inst.pids()
     );
 }
@@ -962,14 +980,7 @@ fn supervisor_killed_takes_the_session_command_with_it() {
 fn supervisor_killed_leaves_no_session_process_in_the_instance() {
     let (host, key) = bastion();
     let inst = instance(&host);
-    let before = inst.pids();
-    let cmd = host
-        .ssh_cmd(LOGIN, &key)
-        .arg("echo up; sleep 60; echo never")
-        .command();
-    let client = Running::spawn(cmd, host.dir(), "ssh-orphan");
-    assert!(client.wait_stdout("up"), "{}", client.stderr());
-    util::kill(supervisor_pid(&host), libc::SIGKILL);
+    let before = kill_supervisor_of(&host, &key, &inst, "echo up; sleep 60; echo never");
     // The next login on the host sweeps.
     let r = host.ssh(LOGIN, &key, &["true"]);
     assert!(r.success(), "{}", r.describe());
@@ -978,13 +989,10 @@ fn supervisor_killed_leaves_no_session_process_in_the_instance() {
         |e| e.name() == "session.reaped" && e.u64("processes").is_some_and(|n| n >= 1),
         WAIT,
     );
-    let left = util::wait_for(WAIT, || {
-        inst.pids().iter().all(|p| before.contains(p)).then_some(())
-    });
-    assert!(
-        left.is_some(),
-        "session processes outlived their supervisor and the next login: {:?} (before: {before:?})",
-        inst.pids()
+    assert_only(
+        &inst,
+        &before,
+        "session processes outlived their supervisor and the next login",
     );
 }
 

@@ -53,22 +53,6 @@ fn warm(host: &TestHost, key: &ClientKey) {
     thread::sleep(Duration::from_millis(2100));
 }
 
-fn assert_accepted(r: &SshRun, user: &str) {
-    assert!(
-        r.success() && r.stdout_str().trim() == format!("{AUTH_PROBE_OK} {user}"),
-        "login as {user} should be accepted:\n{}",
-        r.describe()
-    );
-}
-
-fn assert_refused(r: &SshRun, user: &str) {
-    assert!(
-        r.denied() && !r.stdout_str().contains(AUTH_PROBE_OK),
-        "login as {user} should be refused:\n{}",
-        r.describe()
-    );
-}
-
 /// A login that fails closed does so within one budget plus the cost of
 /// an ssh handshake (generous: the machine is shared).
 fn assert_fast(r: &SshRun, what: &str, bound: Duration) {

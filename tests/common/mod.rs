@@ -1091,6 +1091,24 @@ fn toml_value(v: &Value) -> String {
     }
 }
 
+/// An auth-probe login (see [`SessionMode::AuthProbe`]) as `user` got in.
+pub fn assert_accepted(r: &SshRun, user: &str) {
+    assert!(
+        r.success() && r.stdout_str().trim() == format!("{AUTH_PROBE_OK} {user}"),
+        "login as {user} should be accepted:\n{}",
+        r.describe()
+    );
+}
+
+/// An auth-probe login as `user` was refused by sshd.
+pub fn assert_refused(r: &SshRun, user: &str) {
+    assert!(
+        r.denied() && !r.stdout_str().contains(AUTH_PROBE_OK),
+        "login as {user} should be refused with \"Permission denied\":\n{}",
+        r.describe()
+    );
+}
+
 #[cfg(test)]
 mod harness_self_tests {
     use super::*;
