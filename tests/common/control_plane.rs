@@ -498,7 +498,26 @@ mod tests {
         assert_eq!(get(cp.port(), "/v1/services/srv-zz/ssh", "tok").0, 404);
         assert_eq!(cp.requests("srv-a1"), 2);
         cp.stop();
-        assert!(TcpStream::connect(("127.0.0.1", cp.port())).is_err());
+        assert!(!cp.is_running());
+        // Nothing serves the port any more. (A bare connect is no proof
+        // either way: another test may bind the freed port, and a connect
+        // to a free ephemeral port can, rarely, connect to itself.)
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", cp.port())) {
+            s.set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+            let _ = write!(s, "GET /v1/services/srv-a1/ssh HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tok\r\n\r\n");
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            assert!(
+                !out.contains("\"srv-a1\""),
+                "a stopped control plane answered: {out}"
+            );
+        }
+        assert_eq!(
+            cp.requests("srv-a1"),
+            2,
+            "a stopped control plane counted a request"
+        );
         cp.restart();
         cp.set_replies("srv-a1", vec![Reply::status(503), Reply::raw(200, "x")]);
         assert_eq!(get(cp.port(), "/v1/services/srv-a1/ssh", "tok").0, 503);
