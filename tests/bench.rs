@@ -762,6 +762,38 @@ fn mib(b: u64) -> String {
     format!("{:.2} MiB", b as f64 / (1024.0 * 1024.0))
 }
 
+/// Appends one line to the report.
+fn out(md: &mut String, line: &str) {
+    md.push_str(line);
+    md.push('\n');
+}
+
+/// One row of a timed figure: n, median and p95 of subject and anchor, the
+/// ratio of medians and whether it meets the goal (at most `max_ratio`).
+fn time_row(
+    md: &mut String,
+    tag: &str,
+    figure: &str,
+    subject: &Samples,
+    anchor_label: &str,
+    anchor: &Samples,
+    (goal, max_ratio): (&str, f64),
+) {
+    let r = subject.median() / anchor.median();
+    out(
+        md,
+        &format!(
+            "| {tag} | {figure} | {} | {} | {} | {anchor_label} | {} | {} | {r:.3}× | ≤ {goal}× | {} |",
+            subject.len(),
+            ms(subject.median()),
+            ms(subject.pct(95.0)),
+            ms(anchor.median()),
+            ms(anchor.pct(95.0)),
+            verdict(r <= max_ratio)
+        ),
+    );
+}
+
 fn verdict(ok: bool) -> &'static str {
     if ok {
         "met"
@@ -793,10 +825,6 @@ fn bench_all() {
     let took = started.elapsed();
 
     let mut md = String::new();
-    let out = |md: &mut String, s: &str| {
-        md.push_str(s);
-        md.push('\n');
-    };
     out(&mut md, "# Benchmarks");
     out(&mut md, "");
     out(
@@ -870,49 +898,34 @@ fn bench_all() {
     );
     out(&mut md, "|---|---|---|---|---|---|---|---|---|---|---|");
     if let Some(p) = &login {
-        let r = p.subject.median() / p.anchor.median();
-        out(
+        time_row(
             &mut md,
-            &format!(
-                "| 1 | `ssh srv-bench-aaaaa@127.0.0.1 true` | {} | {} | {} | `ssh plainuser@127.0.0.1 true` | {} | {} | {:.3}× | ≤ 1.10× | {} |",
-                p.subject.len(),
-                ms(p.subject.median()),
-                ms(p.subject.pct(95.0)),
-                ms(p.anchor.median()),
-                ms(p.anchor.pct(95.0)),
-                r,
-                verdict(r <= 1.10)
-            ),
+            "1",
+            "`ssh srv-bench-aaaaa@127.0.0.1 true`",
+            &p.subject,
+            "`ssh plainuser@127.0.0.1 true`",
+            &p.anchor,
+            ("1.10", 1.10),
         );
     }
     if let Some(e) = &enter {
-        let r1 = e.porthole.median() / e.nsenter.median();
-        let r2 = e.porthole.median() / e.runc.median();
-        out(
+        time_row(
             &mut md,
-            &format!(
-                "| 2a | entering: `porthole-shell` run as sshd runs it, `true` in the instance | {} | {} | {} | `nsenter -t PID -a true` | {} | {} | {:.3}× | ≤ 1.5× | {} |",
-                e.porthole.len(),
-                ms(e.porthole.median()),
-                ms(e.porthole.pct(95.0)),
-                ms(e.nsenter.median()),
-                ms(e.nsenter.pct(95.0)),
-                r1,
-                verdict(r1 <= 1.5)
-            ),
+            "2a",
+            "entering: `porthole-shell` run as sshd runs it, `true` in the instance",
+            &e.porthole,
+            "`nsenter -t PID -a true`",
+            &e.nsenter,
+            ("1.5", 1.5),
         );
-        out(
+        time_row(
             &mut md,
-            &format!(
-                "| 2b | (same samples) | {} | {} | {} | `runc exec ID true` | {} | {} | {:.3}× | ≤ 0.2× | {} |",
-                e.porthole.len(),
-                ms(e.porthole.median()),
-                ms(e.porthole.pct(95.0)),
-                ms(e.runc.median()),
-                ms(e.runc.pct(95.0)),
-                r2,
-                verdict(r2 <= 0.2)
-            ),
+            "2b",
+            "(same samples)",
+            &e.porthole,
+            "`runc exec ID true`",
+            &e.runc,
+            ("0.2", 0.2),
         );
     }
     if let Some(k) = &keys {
@@ -985,19 +998,14 @@ fn bench_all() {
         );
     }
     if let Some(p) = &pty {
-        let r = p.subject.median() / p.anchor.median();
-        out(
+        time_row(
             &mut md,
-            &format!(
-                "| 5 | pty echo round trip, `ssh -tt srv-bench-aaaaa cat` | {} | {} | {} | `ssh -tt plainuser cat` | {} | {} | {:.3}× | ≤ 1.10× | {} |",
-                p.subject.len(),
-                ms(p.subject.median()),
-                ms(p.subject.pct(95.0)),
-                ms(p.anchor.median()),
-                ms(p.anchor.pct(95.0)),
-                r,
-                verdict(r <= 1.10)
-            ),
+            "5",
+            "pty echo round trip, `ssh -tt srv-bench-aaaaa cat`",
+            &p.subject,
+            "`ssh -tt plainuser cat`",
+            &p.anchor,
+            ("1.10", 1.10),
         );
     }
     if let Some(m) = &mem {
