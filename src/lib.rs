@@ -23,9 +23,11 @@ pub mod fetch;
 #[cfg(feature = "http")]
 pub mod hook;
 
+pub mod confine;
 pub mod container;
 pub mod enter;
 pub mod registry;
 pub mod runtime;
+pub mod sealed;
 pub mod session;
 pub mod supervise;

@@ -306,8 +306,14 @@ pub fn run(cfg: &Config, log: &Logger, h: &Handover) -> i32 {
         .map(str::to_owned);
     let reject = |user: &str, r: &Refusal, extra: Option<&Identity>| {
         eprintln!("porthole: {}", r.message);
+        // An instance porthole cannot confine as it is confined is the
+        // admin's problem to fix: say so louder than an ordinary refusal.
+        let severity = match r.reason {
+            "confinement" => Severity::Warning,
+            _ => Severity::Notice,
+        };
         log.emit(
-            &Event::new("session.rejected", Severity::Notice)
+            &Event::new("session.rejected", severity)
                 .field("user", user)
                 .field("reason", r.reason)
                 .field("message", r.message.as_str())
@@ -766,6 +772,15 @@ fn prepare(
     let dirs = container::cgroup_dirs(&proc_cgroup, &mountinfo);
     let cgroups = enter::open_cgroups(dirs).map_err(|e| refuse("enter_failed", e.to_string()))?;
 
+    let confinement = confinement(inst, &pinned, &status)?;
+    let host_proc = match confinement.lsm {
+        Some(_) => Some(
+            crate::confine::host_proc()
+                .map_err(|e| refuse("confinement", format!("cannot open the host's /proc: {e}")))?,
+        ),
+        None => None,
+    };
+
     let cs = |s: String| {
         CString::new(s).map_err(|_| refuse("bad_command", "the command contains a NUL byte"))
     };
@@ -785,8 +800,58 @@ fn prepare(
         home: cs(home)?,
         pty,
         cgroups,
+        confinement,
+        host_proc,
     };
     Ok((pinned, plan, notices))
+}
+
+/// What `runc exec` would apply besides ids, capabilities and cgroups:
+/// the instance's seccomp filter (from its trusted bundle, cross-checked
+/// with the init's mode), LSM label, rlimits and oom_score_adj. Anything
+/// that cannot be reproduced refuses the session (see `confine`).
+fn confinement(
+    inst: &Instance,
+    pinned: &enter::Pinned,
+    status: &str,
+) -> Result<crate::confine::Confinement, Refusal> {
+    use crate::confine;
+    let refused = |e: confine::ConfineError| {
+        refuse(
+            "confinement",
+            format!(
+                "instance {} cannot be entered safely: {e}; the platform team has been notified",
+                inst.name()
+            ),
+        )
+    };
+    let config = match inst.bundle.as_deref() {
+        Some(b) => confine::read_trusted_config(b).map_err(refused)?,
+        None => None,
+    };
+    let seccomp =
+        confine::seccomp_for(config.as_deref(), confine::seccomp_mode(status)).map_err(refused)?;
+    let lsm = confine::lsm_for(|p| pinned.read_proc(p).ok()).map_err(refused)?;
+    let limits = pinned.read_proc("limits").map_err(|_| {
+        refuse(
+            "instance_stopped",
+            format!(
+                "instance {} stopped while connecting; try again",
+                inst.name()
+            ),
+        )
+    })?;
+    let rlimits = confine::parse_limits(&limits).map_err(refused)?;
+    let oom_score_adj = pinned
+        .read_proc("oom_score_adj")
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
+    Ok(confine::Confinement {
+        seccomp,
+        lsm,
+        rlimits,
+        oom_score_adj,
+    })
 }
 
 /// Checks that the running binary is installed as intended before doing

@@ -39,6 +39,10 @@ pub struct InstanceOpts {
     pub userns: Option<u32>,
     /// Further OCI annotations (`key`, `value`), as a tenant might set them.
     pub extra_annotations: Vec<(String, String)>,
+    /// Members set in the spec's `process` and `linux` objects last
+    /// (`seccomp`, `rlimits`, `noNewPrivileges`, `oomScoreAdj`, …).
+    pub process_set: Vec<(String, Value)>,
+    pub linux_set: Vec<(String, Value)>,
 }
 
 impl Default for InstanceOpts {
@@ -55,6 +59,8 @@ impl Default for InstanceOpts {
             files: Vec::new(),
             userns: None,
             extra_annotations: Vec::new(),
+            process_set: Vec::new(),
+            linux_set: Vec::new(),
         }
     }
 }
@@ -103,6 +109,18 @@ impl InstanceOpts {
     /// One more OCI annotation (what a tenant can often set).
     pub fn annotation(mut self, key: &str, value: &str) -> Self {
         self.extra_annotations.push((key.into(), value.into()));
+        self
+    }
+
+    /// Sets `process.<key>` of the OCI spec.
+    pub fn process(mut self, key: &str, value: Value) -> Self {
+        self.process_set.push((key.into(), value));
+        self
+    }
+
+    /// Sets `linux.<key>` of the OCI spec (e.g. `seccomp`).
+    pub fn linux(mut self, key: &str, value: Value) -> Self {
+        self.linux_set.push((key.into(), value));
         self
     }
 
@@ -443,6 +461,12 @@ fn spec(host: &TestHost, id: &str, service: &str, slug: &str, opts: &InstanceOpt
             }
             mounts.retain(|m| m["type"] != "mqueue" && m["destination"] != "/sys/fs/cgroup");
         }
+    }
+    for (k, v) in &opts.process_set {
+        s["process"][k] = v.clone();
+    }
+    for (k, v) in &opts.linux_set {
+        s["linux"][k] = v.clone();
     }
     s
 }
