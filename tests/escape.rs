@@ -768,13 +768,24 @@ fn shell_that_lost_its_setuid_bit_refuses_with_a_sentence_and_an_event() {
 // ----- no core dumps -----------------------------------------------------------------
 
 /// Pids running this test's porthole-shell binary.
+/// This test's porthole-shell processes: they run from the sealed memfd
+/// copy (`/memfd:porthole-shell`), started from this test's binary (the
+/// origin the re-exec put in their initial environment).
 fn shell_pids(host: &TestHost) -> Vec<i32> {
-    let bin = host.bin_dir().join("porthole-shell");
+    let origin = format!(
+        "PORTHOLE_SHELL_ORIGIN={}",
+        host.bin_dir().join("porthole-shell").display()
+    );
     fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|p| p == bin))
+        .filter(|pid| {
+            fs::read_link(format!("/proc/{pid}/exe"))
+                .is_ok_and(|p| p.to_string_lossy().starts_with("/memfd:porthole-shell"))
+                && fs::read(format!("/proc/{pid}/environ"))
+                    .is_ok_and(|env| env.split(|&b| b == 0).any(|kv| kv == origin.as_bytes()))
+        })
         .collect()
 }
 
