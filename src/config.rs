@@ -91,6 +91,14 @@ pub struct Cache {
     pub stale_secs: u64,
     /// How long a 404 ("no such service") is remembered.
     pub negative_secs: u64,
+    /// Most entries (answers, 404s, failure records) kept; beyond, the
+    /// oldest are removed, 404s and failure records first.
+    pub max_entries: u64,
+    /// Most bytes those entries may take together.
+    pub max_bytes: u64,
+    /// Most 404s and failure records kept (anyone who can reach sshd can
+    /// make the hook write one per name it tries).
+    pub max_negative_entries: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -226,6 +234,9 @@ impl Default for Cache {
             fresh_secs: 60,
             stale_secs: 24 * 3600,
             negative_secs: 30,
+            max_entries: 10_000,
+            max_bytes: 64 * 1024 * 1024,
+            max_negative_entries: 1_000,
         }
     }
 }
@@ -322,6 +333,26 @@ impl Config {
         if cp.max_body_bytes < 1024 {
             return Err(ConfigError::Invalid(
                 "control_plane.max_body_bytes must be at least 1024".into(),
+            ));
+        }
+        let c = &self.cache;
+        if c.max_entries < 10 || c.max_entries > 10_000_000 {
+            return Err(ConfigError::Invalid(
+                "cache.max_entries must be between 10 and 10000000".into(),
+            ));
+        }
+        if c.max_negative_entries < 10 || c.max_negative_entries > c.max_entries {
+            return Err(ConfigError::Invalid(
+                "cache.max_negative_entries must be at least 10 and at most cache.max_entries"
+                    .into(),
+            ));
+        }
+        // Room for two answers of the largest size: a fresh answer is never
+        // evicted to make room for itself.
+        if c.max_bytes < cp.max_body_bytes.saturating_mul(2).saturating_add(64 * 1024) {
+            return Err(ConfigError::Invalid(
+                "cache.max_bytes must be at least twice control_plane.max_body_bytes plus 64 KiB"
+                    .into(),
             ));
         }
         let mut paths: Vec<(&str, &Path)> = vec![
@@ -493,6 +524,28 @@ mod tests {
         assert!(matches!(e, ConfigError::Invalid(_)));
         let e = Config::from_toml("[cache]\ndir = \"rel\"\n", Path::new("x")).unwrap_err();
         assert!(matches!(e, ConfigError::Invalid(_)));
+    }
+
+    #[test]
+    fn cache_caps_have_sane_defaults_and_bounds() {
+        let c = Cache::default();
+        assert_eq!(
+            (c.max_entries, c.max_negative_entries, c.max_bytes),
+            (10_000, 1_000, 64 * 1024 * 1024)
+        );
+        for bad in [
+            "[cache]\nmax_entries = 0\n",
+            "[cache]\nmax_negative_entries = 0\n",
+            "[cache]\nmax_entries = 100\nmax_negative_entries = 101\n",
+            // Not even two answers of the largest accepted size.
+            "[cache]\nmax_bytes = 1048576\n",
+        ] {
+            let e = Config::from_toml(bad, Path::new("x")).unwrap_err();
+            assert!(matches!(e, ConfigError::Invalid(_)), "{bad}: {e}");
+        }
+        let ok = "[control_plane]\nmax_body_bytes = 1024\n[cache]\nmax_entries = 10\n\
+                  max_negative_entries = 10\nmax_bytes = 67584\n";
+        assert!(Config::from_toml(ok, Path::new("x")).is_ok());
     }
 
     #[test]
