@@ -944,10 +944,22 @@ mod tests {
         assert_eq!(classify("srv-a1.lock"), Kind::Lock);
         assert_eq!(classify(".srv-a1.4242.tmp"), Kind::Temp);
         assert_eq!(classify(".ledger"), Kind::Ledger);
-        for other in ["notes.txt", "srv-A1.json", ".srv-a1.x.tmp", "srv-a1.json.bak", "fill", "..json"] {
+        for other in [
+            "notes.txt",
+            "srv-A1.json",
+            ".srv-a1.x.tmp",
+            "srv-a1.json.bak",
+            "fill",
+            "..json",
+        ] {
             assert_eq!(classify(other), Kind::Other, "{other}");
         }
-        let c = Counts { entries: 3, bytes: 400, negatives: 2, swept_at: 1_700_000_000 };
+        let c = Counts {
+            entries: 3,
+            bytes: 400,
+            negatives: 2,
+            swept_at: 1_700_000_000,
+        };
         assert_eq!(Counts::parse(&c.render()), Some(c));
         assert_eq!(Counts::parse("porthole-cache-ledger 1 -1 0 0 0"), None);
         assert_eq!(Counts::parse(""), None);
@@ -956,7 +968,11 @@ mod tests {
     #[test]
     fn negatives_are_capped_oldest_first_and_never_push_out_answers() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = Cache { max_entries: 40, max_negative_entries: 10, ..at(dir.path()) };
+        let cfg = Cache {
+            max_entries: 40,
+            max_negative_entries: 10,
+            ..at(dir.path())
+        };
         for n in 0..5 {
             write(&cfg, &svc(n), 1, Some(&found(n, 100))).unwrap();
         }
@@ -966,7 +982,10 @@ mod tests {
                 sweeps += 1;
             }
             let (entries, negatives, _, _) = census(dir.path());
-            assert!(negatives <= 10 && entries <= 40, "after {n}: {entries} entries, {negatives} negatives");
+            assert!(
+                negatives <= 10 && entries <= 40,
+                "after {n}: {entries} entries, {negatives} negatives"
+            );
         }
         // Cheap: one sweep per 9 % of the negative cap, not one per write.
         assert!(sweeps <= 1000 / 2, "{sweeps} sweeps for 1000 writes");
@@ -982,19 +1001,35 @@ mod tests {
     #[test]
     fn entries_and_bytes_are_capped_with_the_oldest_answers_evicted() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = Cache { max_entries: 20, max_negative_entries: 20, max_bytes: 20_000, ..at(dir.path()) };
+        let cfg = Cache {
+            max_entries: 20,
+            max_negative_entries: 20,
+            max_bytes: 20_000,
+            ..at(dir.path())
+        };
         for n in 0..60 {
             write(&cfg, &svc(n), 1, Some(&found(n, 1500))).unwrap();
             // Distinct ages: the sweep orders by modification time.
             age(dir.path(), &format!("srv-t{n}.json"), 3000 - 10 * n as u64);
             let (entries, _, bytes, _) = census(dir.path());
-            assert!(entries <= 20 && bytes <= 20_000, "after {n}: {entries} entries, {bytes} bytes");
+            assert!(
+                entries <= 20 && bytes <= 20_000,
+                "after {n}: {entries} entries, {bytes} bytes"
+            );
         }
-        assert!(read(dir.path(), &svc(59), None).unwrap().is_some(), "the newest stays");
-        assert!(read(dir.path(), &svc(0), None).unwrap().is_none(), "the oldest goes");
+        assert!(
+            read(dir.path(), &svc(59), None).unwrap().is_some(),
+            "the newest stays"
+        );
+        assert!(
+            read(dir.path(), &svc(0), None).unwrap().is_none(),
+            "the oldest goes"
+        );
         // A replacement grows no count: the same service rewritten 50 times.
         for _ in 0..50 {
-            assert!(write(&cfg, &svc(59), 2, Some(&found(59, 1500))).unwrap().is_none());
+            assert!(write(&cfg, &svc(59), 2, Some(&found(59, 1500)))
+                .unwrap()
+                .is_none());
         }
     }
 
@@ -1002,7 +1037,11 @@ mod tests {
     fn sweep_removes_expired_entries_and_leftovers_and_nothing_foreign() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let cfg = Cache { negative_secs: 30, stale_secs: 3600, ..at(d) };
+        let cfg = Cache {
+            negative_secs: 30,
+            stale_secs: 3600,
+            ..at(d)
+        };
         write(&cfg, &svc(1), 1, None).unwrap(); // 404, will expire
         write(&cfg, &svc(2), 1, None).unwrap(); // 404, young
         write(&cfg, &svc(3), 1, Some(&found(3, 10))).unwrap(); // stale but servable
@@ -1017,28 +1056,56 @@ mod tests {
         std::fs::write(d.join(".srv-t7.98.tmp"), "x").unwrap(); // a live writer's
         std::fs::write(d.join("srv-t8.lock"), "").unwrap(); // a killed holder's
         std::fs::write(d.join("notes.txt"), "the admin's").unwrap();
-        let held = lock(d, &svc(9), Instant::now() + Duration::from_secs(1)).unwrap().unwrap();
+        let held = lock(d, &svc(9), Instant::now() + Duration::from_secs(1))
+            .unwrap()
+            .unwrap();
         let report = {
             let _ledger = Ledger::lock(d, Instant::now() + LEDGER_WAIT).unwrap();
-            sweep(&cfg, crate::time::now_unix(), Change { len: 0, negative: false }).1
+            sweep(
+                &cfg,
+                crate::time::now_unix(),
+                Change {
+                    len: 0,
+                    negative: false,
+                },
+            )
+            .1
         };
-        assert_eq!((report.expired, report.evicted, report.leftovers), (3, 0, 2), "{report:?}");
+        assert_eq!(
+            (report.expired, report.evicted, report.leftovers),
+            (3, 0, 2),
+            "{report:?}"
+        );
         let (_, _, _, mut names) = census(d);
         names.sort();
         assert_eq!(
             names,
-            [".ledger", ".srv-t7.98.tmp", "notes.txt", "srv-t2.json", "srv-t3.json", "srv-t9.lock"]
+            [
+                ".ledger",
+                ".srv-t7.98.tmp",
+                "notes.txt",
+                "srv-t2.json",
+                "srv-t3.json",
+                "srv-t9.lock"
+            ]
         );
         assert_eq!(report.counts.entries, 2);
         assert_eq!(report.counts.negatives, 1);
         drop(held);
-        assert!(!d.join("srv-t9.lock").exists(), "the holder removes its lock file");
+        assert!(
+            !d.join("srv-t9.lock").exists(),
+            "the holder removes its lock file"
+        );
     }
 
     #[test]
     fn a_lost_ledger_is_recounted_before_the_next_write() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = Cache { max_entries: 10, max_negative_entries: 10, ..at(dir.path()) };
+        let cfg = Cache {
+            max_entries: 10,
+            max_negative_entries: 10,
+            ..at(dir.path())
+        };
         for n in 0..8 {
             write(&cfg, &svc(n), 1, None).unwrap();
         }

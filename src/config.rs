@@ -201,7 +201,9 @@ fn http_host_is_loopback(rest: &str) -> bool {
     let authority = rest.get(..end).unwrap_or("");
     if authority.is_empty()
         || authority.contains(['@', '%', '\\'])
-        || authority.chars().any(|c| c.is_whitespace() || c.is_control())
+        || authority
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
     {
         return false;
     }
@@ -349,7 +351,11 @@ impl Config {
         }
         // Room for two answers of the largest size: a fresh answer is never
         // evicted to make room for itself.
-        if c.max_bytes < cp.max_body_bytes.saturating_mul(2).saturating_add(64 * 1024) {
+        if c.max_bytes
+            < cp.max_body_bytes
+                .saturating_mul(2)
+                .saturating_add(64 * 1024)
+        {
             return Err(ConfigError::Invalid(
                 "cache.max_bytes must be at least twice control_plane.max_body_bytes plus 64 KiB"
                     .into(),
@@ -584,7 +590,10 @@ mod tests {
             );
             let ok = cfg(url, true, true);
             assert!(ok.is_ok() || url == "http://", "{url}: {ok:?}");
-            assert!(cfg(url, false, false).is_ok(), "{url}: no token, nothing to leak");
+            assert!(
+                cfg(url, false, false).is_ok(),
+                "{url}: no token, nothing to leak"
+            );
         }
         for url in [
             "http://127.0.0.1:8080",

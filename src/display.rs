@@ -95,7 +95,11 @@ mod tests {
         assert_eq!(printable("a\tb\nc\rd\0e\u{7f}"), "a\\tb\\nc\\rd\\x00e\\x7f");
         assert_eq!(printable("\u{9b}31m"), "\\u{009b}31m", "C1 CSI");
         assert_eq!(printable("x\u{202e}gpj.exe"), "x\\u{202e}gpj.exe");
-        assert_eq!(printable(r"C:\e"), r"C:\\e", "a literal backslash-e stays distinguishable");
+        assert_eq!(
+            printable(r"C:\e"),
+            r"C:\\e",
+            "a literal backslash-e stays distinguishable"
+        );
         for c in (0u32..0x20).chain(0x7f..0xa0) {
             let s = char::from_u32(c).unwrap().to_string();
             let p = printable(&s);

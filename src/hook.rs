@@ -299,12 +299,7 @@ fn unavailable(
 }
 
 fn write_cache(cfg: &Config, log: &Logger, target: &Target, body: Option<&serde_json::Value>) {
-    match cache::write(
-        &cfg.cache,
-        &target.service,
-        crate::time::now_unix(),
-        body,
-    ) {
+    match cache::write(&cfg.cache, &target.service, crate::time::now_unix(), body) {
         Ok(swept) => log_sweep(log, cfg, swept),
         Err(e) => cache_error(log, target, &e),
     }

@@ -149,7 +149,9 @@ fn plain_http_control_plane_with_a_token_is_refused_unless_allowed() {
         std::time::Duration::from_secs(5),
     );
     assert!(
-        e.str("reason").unwrap().contains("control plane unavailable"),
+        e.str("reason")
+            .unwrap()
+            .contains("control plane unavailable"),
         "{}",
         e.raw
     );

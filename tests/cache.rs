@@ -140,10 +140,8 @@ fn hook(host: &TestHost, user: &str, key: &ClientKey) -> std::process::Output {
 fn ten_thousand_random_service_names_keep_the_cache_under_its_caps() {
     let host = Arc::new(TestHost::start(TestHostOpts::auth_probe().timeout_ms(3000)));
     let key = host.key(KeyKind::Ed25519);
-    host.control_plane().set_body(
-        LEGIT,
-        &web_service(LEGIT, &[KeySpec::new(&key, OWNER)]),
-    );
+    host.control_plane()
+        .set_body(LEGIT, &web_service(LEGIT, &[KeySpec::new(&key, OWNER)]));
     assert_accepted(&host.ssh(LEGIT, &key, &[]), LEGIT);
     let cache: PathBuf = host.cache_dir();
     assert!(cache.join(format!("{LEGIT}.json")).is_file());

@@ -389,7 +389,10 @@ fn session_list_shows_escape_sequences_in_a_command_escaped() {
     let cmd = "sleep 30 # \u{1b}]0;pwned\u{7}\u{1b}[2J\u{9b}31m\u{202e}x";
     let child = w.spawn(cmd);
     let listed = w.wait_sessions(1);
-    assert_eq!(listed[0]["command"], cmd, "the record keeps the command as sent");
+    assert_eq!(
+        listed[0]["command"], cmd,
+        "the record keeps the command as sent"
+    );
     let out = w.porthole(&["sessions"]);
     let text = util::lossy(&out.stdout);
     stop(child);
@@ -399,11 +402,19 @@ fn session_list_shows_escape_sequences_in_a_command_escaped() {
         "{text}"
     );
     for raw in ['\u{1b}', '\u{7}', '\u{9b}', '\u{202e}'] {
-        assert!(!text.contains(raw), "raw U+{:04X} in {text:?}", u32::from(raw));
+        assert!(
+            !text.contains(raw),
+            "raw U+{:04X} in {text:?}",
+            u32::from(raw)
+        );
     }
     let json = w.porthole(&["sessions", "--json"]);
     let json_text = util::lossy(&json.stdout);
     for raw in ['\u{1b}', '\u{7}', '\u{9b}', '\u{202e}'] {
-        assert!(!json_text.contains(raw), "raw U+{:04X} in {json_text:?}", u32::from(raw));
+        assert!(
+            !json_text.contains(raw),
+            "raw U+{:04X} in {json_text:?}",
+            u32::from(raw)
+        );
     }
 }

@@ -218,7 +218,11 @@ fn tmpfiles_rule_is_shipped_and_creates_the_cache_dir() {
     let r = root.path();
     std::fs::create_dir_all(r.join("etc")).unwrap();
     std::fs::create_dir_all(r.join("usr/lib/tmpfiles.d")).unwrap();
-    std::fs::write(r.join("etc/passwd"), "porthole:x:987:986::/nonexistent:/usr/sbin/nologin\n").unwrap();
+    std::fs::write(
+        r.join("etc/passwd"),
+        "porthole:x:987:986::/nonexistent:/usr/sbin/nologin\n",
+    )
+    .unwrap();
     std::fs::write(r.join("etc/group"), "porthole:x:986:\n").unwrap();
     std::fs::write(r.join("usr/lib/tmpfiles.d/porthole.conf"), &rule).unwrap();
     let out = Command::new(tmpfiles)
