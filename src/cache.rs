@@ -210,7 +210,12 @@ pub fn write(
             .open(&tmp)
             .map_err(io)?;
         f.write_all(&bytes).map_err(io)?;
-        f.sync_all().map_err(io)?;
+        // Answers are synced (stale serving and the session shell depend
+        // on them surviving a crash); a 404 is not: losing one costs one
+        // request, and strangers choose how many are written.
+        if body.is_some() {
+            f.sync_all().map_err(io)?;
+        }
         let change = Change {
             len: bytes.len() as u64,
             negative: body.is_none(),
@@ -246,10 +251,11 @@ fn account(
     let now = crate::time::now_unix();
     let mut counts = ledger.read();
     let mut swept = None;
+    let mut old = old_file(path);
     let due = match counts {
         None => true,
         Some(c) => {
-            let after = c.with(old_file(path), change);
+            let after = c.with(old, change);
             after.entries > cfg.max_entries
                 || after.bytes > cfg.max_bytes
                 || after.negatives > cfg.max_negative_entries
@@ -261,9 +267,9 @@ fn account(
         let (c, report) = sweep(cfg, now, change);
         counts = Some(c);
         swept = Some(report);
+        // Looked at again: the sweep may have removed the old file.
+        old = old_file(path);
     }
-    // Looked at again: the sweep may have removed the old file.
-    let old = old_file(path);
     let put = put();
     if let Some(c) = counts {
         let c = if put.is_ok() { c.with(old, change) } else { c };
