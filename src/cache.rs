@@ -376,7 +376,16 @@ struct Ledger {
 impl Ledger {
     fn lock(dir: &Path, deadline: Instant) -> Result<Ledger, CacheError> {
         let path = dir.join(LEDGER_NAME);
-        let file = open_lock_file(&path)?;
+        let file = match open_lock_file(&path) {
+            // Left by the hook run by hand as root: the directory is ours,
+            // so replace it (without counts: the next write recounts)
+            // rather than never caching again.
+            Err(CacheError::Io(_, e)) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                let _ = std::fs::remove_file(&path);
+                open_lock_file(&path)?
+            }
+            other => other?,
+        };
         match flock_until(&file, &path, deadline)? {
             true => Ok(Ledger { file }),
             false => Err(CacheError::Busy(path)),

@@ -254,3 +254,38 @@ fn ten_thousand_random_service_names_keep_the_cache_under_its_caps() {
     assert!(legit.contains("\"found\""), "{legit}");
     assert_accepted(&host.ssh(LEGIT, &key, &[]), LEGIT);
 }
+
+/// An admin who runs the keys hook by hand as root leaves a root-owned
+/// ledger behind; the hook, run by sshd as its own user, replaces it and
+/// goes on caching (the session shell needs the cached answer).
+#[test]
+fn a_ledger_left_by_root_does_not_stop_the_hook_from_caching() {
+    use std::os::unix::fs::MetadataExt;
+    let host = TestHost::start(TestHostOpts::auth_probe());
+    let key = host.key(KeyKind::Ed25519);
+    host.control_plane()
+        .set_body(LEGIT, &web_service(LEGIT, &[KeySpec::new(&key, OWNER)]));
+    let out = Command::new(host.bin_dir().join("porthole-keys"))
+        .arg("--config")
+        .arg(host.config_path())
+        .args(["srv-debug1", &key.fingerprint, &key.key_type, &key.base64])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let ledger = host.cache_dir().join(".ledger");
+    assert_eq!(std::fs::metadata(&ledger).unwrap().uid(), 0);
+    assert_accepted(&host.ssh(LEGIT, &key, &[]), LEGIT);
+    assert!(host.cache_dir().join(format!("{LEGIT}.json")).is_file());
+    assert_eq!(
+        std::fs::metadata(&ledger).unwrap().uid(),
+        host.ids().porthole
+    );
+    let errors: Vec<String> = host
+        .events()
+        .into_iter()
+        .filter(|e| e.name() == "keys.cache_error")
+        .map(|e| e.raw)
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}");
+}
