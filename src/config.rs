@@ -207,20 +207,19 @@ fn http_host_is_loopback(rest: &str) -> bool {
     {
         return false;
     }
-    let host = if let Some(v6) = authority.strip_prefix('[') {
+    if let Some(v6) = authority.strip_prefix('[') {
         let Some((addr, port)) = v6.split_once(']') else {
             return false;
         };
-        if !(port.is_empty() || port.starts_with(':')) {
-            return false;
-        }
-        return addr.parse::<std::net::Ipv6Addr>().is_ok_and(|a| {
-            a.is_loopback() || a.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
-        });
-    } else {
-        authority.split(':').next().unwrap_or("")
-    };
-    if authority.matches(':').count() > 1 {
+        return (port.is_empty() || port.starts_with(':'))
+            && addr.parse::<std::net::Ipv6Addr>().is_ok_and(|a| {
+                a.is_loopback() || a.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+            });
+    }
+    // host[:port]; a second colon is an IPv6 address without brackets.
+    let mut parts = authority.split(':');
+    let host = parts.next().unwrap_or("");
+    if parts.count() > 1 {
         return false;
     }
     host.eq_ignore_ascii_case("localhost")
