@@ -365,6 +365,21 @@ impl Counts {
     }
 }
 
+/// The ledger's counts as of the last write, read without taking it (for
+/// `porthole doctor`): an upper estimate, `None` before the first write.
+pub fn counts(dir: &Path) -> Option<Counts> {
+    let mut text = String::new();
+    File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(dir.join(LEDGER_NAME))
+        .ok()?
+        .take(256)
+        .read_to_string(&mut text)
+        .ok()?;
+    Counts::parse(&text)
+}
+
 /// The ledger file, flocked: whoever holds it is the only one creating,
 /// replacing or sweeping entries. It is never removed by the hook (the
 /// shipped tmpfiles.d rule excludes it too); if it is lost anyway, the
@@ -1124,7 +1139,9 @@ mod tests {
         for n in 0..8 {
             write(&cfg, &svc(n), 1, None).unwrap();
         }
+        assert_eq!(counts(dir.path()).map(|c| c.entries), Some(8));
         std::fs::remove_file(dir.path().join(".ledger")).unwrap();
+        assert_eq!(counts(dir.path()), None);
         let swept = write(&cfg, &svc(100), 1, None).unwrap().expect("a recount");
         assert!(swept.counts.entries <= 9, "{swept:?}");
         for n in 200..230 {

@@ -249,6 +249,17 @@ fn ten_thousand_random_service_names_keep_the_cache_under_its_caps() {
     }
     eprintln!("{} sweeps logged, by severity {by_severity:?}", swept.len());
 
+    // The admin sees how full the cache is.
+    let doctor = host.in_ns(&[env!("CARGO_BIN_EXE_porthole"), "doctor"]);
+    let text = util::lossy(&doctor.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("] cache "))
+        .unwrap_or_else(|| panic!("no cache line in:\n{text}"));
+    assert!(
+        line.starts_with("[ ok ]") && line.contains("(max 10000)") && line.contains("(max 1000)"),
+        "{line}"
+    );
     // The real service's answer was never pushed out, and logins go on.
     let legit = std::fs::read_to_string(cache.join(format!("{LEGIT}.json"))).unwrap();
     assert!(legit.contains("\"found\""), "{legit}");
