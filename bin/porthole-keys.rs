@@ -33,14 +33,17 @@ struct Args {
 fn main() {
     let started = Instant::now();
     let args = Args::parse();
-    // The name is checked before anything is built from it; the config is
-    // read only to learn where the admin's log is (a configured socket
-    // other than /dev/log would otherwise never see hostile names).
+    // The name is checked before anything is built from it. Events before
+    // the configuration is in hand (a hostile name, an invalid file) go to
+    // the log socket the file names, even when the rest of it is invalid: a
+    // configured socket other than /dev/log would otherwise never see them.
+    let early_log = || {
+        let socket = porthole::config::log_socket_hint(&args.config)
+            .unwrap_or_else(|| PathBuf::from("/dev/log"));
+        Logger::new("porthole-keys", &socket)
+    };
     if porthole::names::Target::parse(&args.user).is_none() {
-        let socket = Config::load(&args.config)
-            .map(|c| c.log.socket)
-            .unwrap_or_else(|_| std::path::PathBuf::from("/dev/log"));
-        Logger::new("porthole-keys", &socket).emit(
+        early_log().emit(
             &Event::new("keys.decision", Severity::Notice)
                 .field("user", args.user.as_str())
                 .field("outcome", "refused")
@@ -51,7 +54,7 @@ fn main() {
     let cfg = match Config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
-            Logger::new("porthole-keys", std::path::Path::new("/dev/log")).emit(
+            early_log().emit(
                 &Event::new("keys.decision", Severity::Error)
                     .field("user", args.user.as_str())
                     .field("outcome", "refused")

@@ -299,9 +299,22 @@ pub fn run(paths: &Paths) -> Vec<Check> {
         "cache",
         cache_ok,
         if cache_ok {
+            let c = &cfg.cache;
+            let fill = match crate::cache::counts(&c.dir) {
+                Some(n) => format!(
+                    "{} entries (max {}), {} of them 404s or failures (max {}), {} KiB (max {} KiB)",
+                    n.entries,
+                    c.max_entries,
+                    n.negatives,
+                    c.max_negative_entries,
+                    n.bytes.div_ceil(1024),
+                    c.max_bytes / 1024
+                ),
+                None => "nothing written yet".to_string(),
+            };
             format!(
-                "{} is owned by {}",
-                cfg.cache.dir.display(),
+                "{} is owned by {}; {fill}",
+                c.dir.display(),
                 cfg.session.keys_user
             )
         } else {

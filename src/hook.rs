@@ -258,10 +258,9 @@ fn decide(cfg: &Config, log: &Logger, target: &Target, deadline: Instant) -> Ans
         Err(FetchError::Unavailable(m)) => format!("control plane unavailable: {m}"),
     };
     if cfg.control_plane.failure_backoff_secs > 0 {
-        if let Err(e) =
-            cache::note_failure(&cfg.cache.dir, &target.service, crate::time::now_unix())
-        {
-            cache_error(log, target, &e);
+        match cache::note_failure(&cfg.cache, &target.service, crate::time::now_unix()) {
+            Ok(swept) => log_sweep(log, cfg, swept),
+            Err(e) => cache_error(log, target, &e),
         }
     }
     unavailable(log, target, stale, failure)
@@ -300,12 +299,35 @@ fn unavailable(
 }
 
 fn write_cache(cfg: &Config, log: &Logger, target: &Target, body: Option<&serde_json::Value>) {
-    if let Err(e) = cache::write(
-        &cfg.cache.dir,
-        &target.service,
-        crate::time::now_unix(),
-        body,
-    ) {
-        cache_error(log, target, &e);
+    match cache::write(&cfg.cache, &target.service, crate::time::now_unix(), body) {
+        Ok(swept) => log_sweep(log, cfg, swept),
+        Err(e) => cache_error(log, target, &e),
     }
+}
+
+/// A sweep that removed usable entries is worth the admin's attention (a
+/// cap reached: many names tried, or caps too small); one that only
+/// expired old ones is routine.
+fn log_sweep(log: &Logger, cfg: &Config, swept: Option<cache::Sweep>) {
+    let Some(s) = swept else { return };
+    if s.expired == 0 && s.evicted == 0 && s.leftovers == 0 {
+        return;
+    }
+    let severity = if s.evicted > 0 {
+        Severity::Notice
+    } else {
+        Severity::Info
+    };
+    log.emit(
+        &Event::new("keys.cache_swept", severity)
+            .field("expired", s.expired)
+            .field("evicted", s.evicted)
+            .field("leftovers", s.leftovers)
+            .field("entries", s.counts.entries)
+            .field("negatives", s.counts.negatives)
+            .field("bytes", s.counts.bytes)
+            .field("max_entries", cfg.cache.max_entries)
+            .field("max_negative_entries", cfg.cache.max_negative_entries)
+            .field("max_bytes", cfg.cache.max_bytes),
+    );
 }

@@ -9,6 +9,7 @@
 pub mod api;
 pub mod cache;
 pub mod config;
+pub mod display;
 pub mod hostkeys;
 pub mod keys;
 pub mod limits;
