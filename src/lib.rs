@@ -26,6 +26,7 @@ pub mod hook;
 pub mod container;
 pub mod enter;
 pub mod registry;
+pub mod revoke;
 pub mod runtime;
 pub mod session;
 pub mod supervise;
