@@ -78,7 +78,9 @@ impl Cause {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     /// Still admitted; look again at this unix time.
-    Allowed { recheck_at: i64 },
+    Allowed {
+        recheck_at: i64,
+    },
     Revoked(Cause),
     /// The answer is not fresh: only a refresh can tell.
     NeedsRefresh,
@@ -106,6 +108,14 @@ pub fn judge(
     now: i64,
     cfg: &crate::config::Cache,
 ) -> Verdict {
+    // fresh_secs = 0 makes every login ask the control plane; here an
+    // answer must stay fresh for at least the second it was fetched in, or
+    // the refresh that just wrote it would read as an outage.
+    let cfg = &crate::config::Cache {
+        fresh_secs: cfg.fresh_secs.max(1),
+        negative_secs: cfg.negative_secs.max(1),
+        ..cfg.clone()
+    };
     let fresh = cache::freshness(answer, now, cfg) == Freshness::Fresh;
     let max_age = i64::try_from(cfg.stale_secs).unwrap_or(i64::MAX);
     let Some(doc) = &answer.doc else {
@@ -269,17 +279,19 @@ impl<'a> KeyWatch<'a> {
         e
     }
 
-    /// Logs a problem once until the next good look.
-    fn problem(&mut self, what: String) {
+    /// Logs a problem once until the next good look (an outage is one
+    /// event per session, not one per retry).
+    fn problem(&mut self, what: String, answer_age: Option<i64>) {
         if self.last_problem.as_deref() != Some(what.as_str()) {
             self.log.emit(
                 &self
                     .event("session.key_check", Severity::Warning)
                     .field("outcome", "deferred")
                     .field("problem", what.as_str())
+                    .opt("answer_age_secs", answer_age)
                     .field(
                         "message",
-                        "no fresh control-plane answer; the session stays open",
+                        "the key could not be checked against a fresh control-plane answer; the session stays open",
                     ),
             );
             self.last_problem = Some(what);
@@ -304,7 +316,7 @@ impl<'a> KeyWatch<'a> {
             match reap(r) {
                 None => return None,
                 Some(Ok(())) => {}
-                Some(Err(e)) => self.problem(e.to_string()),
+                Some(Err(e)) => self.problem(e.to_string(), None),
             }
             self.child = None;
             self.after_refresh = true;
@@ -316,7 +328,7 @@ impl<'a> KeyWatch<'a> {
         let keys_uid = match hook_user(&self.cfg.session.keys_user) {
             Ok((uid, _)) => uid,
             Err(e) => {
-                self.problem(e.to_string());
+                self.problem(e.to_string(), None);
                 self.due = now + self.retry_secs();
                 return None;
             }
@@ -324,7 +336,7 @@ impl<'a> KeyWatch<'a> {
         let answer = match cache::read(&self.cfg.cache.dir, &self.service, Some(keys_uid)) {
             Ok(a) => a,
             Err(e) => {
-                self.problem(e.to_string());
+                self.problem(e.to_string(), None);
                 self.due = now + self.retry_secs();
                 return None;
             }
@@ -357,11 +369,10 @@ impl<'a> KeyWatch<'a> {
                 // The refresh ran and still no fresh answer: the control
                 // plane is down or failing. Not a revocation; try later.
                 self.after_refresh = false;
-                let age = answer.map(|a| a.age(now));
-                self.problem(match age {
-                    Some(s) => format!("control plane unavailable; cached answer is {s} s old"),
-                    None => "control plane unavailable; no cached answer".into(),
-                });
+                self.problem(
+                    "control plane unavailable: no fresh answer after a refresh".into(),
+                    answer.map(|a| a.age(now)),
+                );
                 self.due = now + self.retry_secs();
                 None
             }
@@ -374,7 +385,7 @@ impl<'a> KeyWatch<'a> {
                         })
                     }
                     Err(e) => {
-                        self.problem(e.to_string());
+                        self.problem(e.to_string(), None);
                         self.due = now + self.retry_secs();
                     }
                 }
@@ -435,8 +446,23 @@ impl KeyWatch<'_> {
         }
         self.child = None;
         self.after_refresh = true;
-        self.problem(RefreshError::Timeout.to_string());
+        self.problem(RefreshError::Timeout.to_string(), None);
     }
+}
+
+/// The keys user's groups as sshd's initgroups gives them (looked up
+/// before the fork: NSS is not async-signal-safe).
+fn hook_groups(name: &str, gid: u32) -> Result<Vec<libc::gid_t>, RefreshError> {
+    let cname = CString::new(name).map_err(|_| RefreshError::User("NUL in name".into()))?;
+    let groups = nix::unistd::getgrouplist(&cname, nix::unistd::Gid::from_raw(gid))
+        .map_err(|e| RefreshError::User(format!("{name}: groups: {e}")))?;
+    let groups: Vec<libc::gid_t> = groups.iter().map(|g| g.as_raw()).collect();
+    if groups.contains(&0) {
+        return Err(RefreshError::User(format!(
+            "{name} is in group root; the keys hook never runs with it"
+        )));
+    }
+    Ok(groups)
 }
 
 /// uid and gid of the keys user; never root.
@@ -455,10 +481,11 @@ fn hook_user(name: &str) -> Result<(u32, u32), RefreshError> {
 
 /// Starts `<keys_command> --refresh <service>` as the keys user, the way
 /// sshd starts an AuthorizedKeysCommand: own session, stdio on /dev/null,
-/// every other fd closed, no supplementary groups, a minimal environment.
+/// every other fd closed, the user's groups, a minimal environment.
 /// Returns the child's pid.
 fn spawn_refresh(cfg: &Config, service: &ServiceId) -> Result<i32, RefreshError> {
     let (uid, gid) = hook_user(&cfg.session.keys_user)?;
+    let groups = hook_groups(&cfg.session.keys_user, gid)?;
     let path = check_command(&cfg.session.keys_command)?;
     let cs = |s: &str| {
         CString::new(s).map_err(|_| RefreshError::Command("path contains a NUL byte".into()))
@@ -489,7 +516,7 @@ fn spawn_refresh(cfg: &Config, service: &ServiceId) -> Result<i32, RefreshError>
     if pid == 0 {
         // SAFETY: in the child of a single-threaded fork: raw system calls
         // only, on data that stays valid until execve or _exit.
-        unsafe { refresh_child(uid, gid, null_fd, &prog, &argv, &envp) }
+        unsafe { refresh_child(uid, gid, &groups, null_fd, &prog, &argv, &envp) }
     }
     Ok(pid)
 }
@@ -502,6 +529,7 @@ fn spawn_refresh(cfg: &Config, service: &ServiceId) -> Result<i32, RefreshError>
 unsafe fn refresh_child(
     uid: u32,
     gid: u32,
+    groups: &[libc::gid_t],
     null_fd: i32,
     prog: &CString,
     argv: &[*const libc::c_char],
@@ -527,8 +555,7 @@ unsafe fn refresh_child(
     if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) != 0 {
         fail(126);
     }
-    let groups = [gid];
-    if libc::setgroups(1, groups.as_ptr()) != 0
+    if libc::setgroups(groups.len(), groups.as_ptr()) != 0
         || libc::setresgid(gid, gid, gid) != 0
         || libc::setresuid(uid, uid, uid) != 0
         || libc::geteuid() != uid
@@ -665,7 +692,10 @@ mod tests {
         assert!(check_command(Path::new("relative/porthole-keys")).is_err());
         assert!(check_command(Path::new("/nonexistent/porthole-keys")).is_err());
         assert!(check_command(Path::new("/etc")).is_err(), "a directory");
-        assert!(check_command(Path::new("/etc/passwd")).is_err(), "not executable");
+        assert!(
+            check_command(Path::new("/etc/passwd")).is_err(),
+            "not executable"
+        );
         if nix::unistd::geteuid().is_root() {
             // Links are resolved first (/bin is one on merged-/usr systems).
             let real = check_command(Path::new("/bin/true")).unwrap();

@@ -49,7 +49,16 @@ impl World {
     fn list(&self, keys: &[&ClientKey]) {
         let specs: Vec<KeySpec> = keys
             .iter()
-            .map(|k| KeySpec::new(k, if k.path == self.alice.path { ALICE } else { BOB }))
+            .map(|k| {
+                KeySpec::new(
+                    k,
+                    if k.path == self.alice.path {
+                        ALICE
+                    } else {
+                        BOB
+                    },
+                )
+            })
             .collect();
         self.host
             .control_plane()
@@ -124,7 +133,10 @@ fn revoked_key_closes_its_session_within_fresh_secs_and_other_keys_stay() {
     // for a supervisor's refresh to ask the control plane, then revoke.
     let fetched = w.refreshes();
     let refreshed = util::wait_for(WAIT, || (w.refreshes() > fetched).then_some(()));
-    assert!(refreshed.is_some(), "no keys.refresh from the control plane");
+    assert!(
+        refreshed.is_some(),
+        "no keys.refresh from the control plane"
+    );
     w.list(&[&w.bob]);
     let revoked = Instant::now();
     let out = finish(alice, Duration::from_secs(FRESH + 10));
@@ -142,7 +154,12 @@ fn revoked_key_closes_its_session_within_fresh_secs_and_other_keys_stay() {
     );
     let end = w.host.expect_event(
         "session.end key_revoked",
-        |e| e.is("session.end", &[("reason", "key_revoked"), ("owner", ALICE)]),
+        |e| {
+            e.is(
+                "session.end",
+                &[("reason", "key_revoked"), ("owner", ALICE)],
+            )
+        },
         WAIT,
     );
     assert!(end.str("message").unwrap().contains("revoked"));
@@ -200,7 +217,10 @@ fn an_unreachable_or_failing_control_plane_closes_nothing() {
     w.list(&[&w.alice, &w.bob]);
     w.host.control_plane().restart();
     std::thread::sleep(Duration::from_secs(2 * FRESH));
-    assert!(running(&mut alice), "closed after the control plane came back");
+    assert!(
+        running(&mut alice),
+        "closed after the control plane came back"
+    );
     // And a revocation after the outage still takes effect.
     w.list(&[&w.bob]);
     let out = finish(alice, WAIT);
@@ -217,7 +237,10 @@ fn a_service_that_disappears_closes_its_sessions() {
     let alice = w.live(&w.alice, ALICE);
     let fetched = w.refreshes();
     let refreshed = util::wait_for(WAIT, || (w.refreshes() > fetched).then_some(()));
-    assert!(refreshed.is_some(), "no keys.refresh from the control plane");
+    assert!(
+        refreshed.is_some(),
+        "no keys.refresh from the control plane"
+    );
     w.host.control_plane().clear(SVC); // 404 from now on
     let gone = Instant::now();
     let out = finish(alice, Duration::from_secs(FRESH + 10));
