@@ -237,6 +237,8 @@ pub struct KeyWatch<'a> {
     tags: Vec<(&'static str, String)>,
     /// Unix second at which to look at the cache next.
     due: i64,
+    /// The refresh running now. When the session ends first it is left to
+    /// finish its cache write (its own alarm bounds it); init reaps it.
     child: Option<Refresh>,
     /// The next look reads what the refresh that just ended wrote.
     after_refresh: bool,
@@ -419,14 +421,6 @@ fn reap(r: &Refresh) -> Option<Result<(), RefreshError>> {
             "signal {}",
             libc::WTERMSIG(st)
         ))))
-    }
-}
-
-impl Drop for KeyWatch<'_> {
-    fn drop(&mut self) {
-        // A refresh still running is left to finish its cache write (it
-        // ends by itself within its budget); init reaps it.
-        self.child = None;
     }
 }
 

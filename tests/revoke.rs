@@ -298,3 +298,38 @@ fn an_expiring_key_closes_its_session_at_its_expiry() {
         WAIT,
     );
 }
+
+#[test]
+fn an_interactive_session_gets_the_sentence_on_its_terminal() {
+    let w = world();
+    let mut c = w.host.ssh_cmd(INST, &w.alice).tty(true).spawn_pty(24, 80);
+    c.send("echo typing-$((20+22))\n");
+    assert!(c.wait_for("typing-42", WAIT), "{}", c.screen());
+    w.list(&[&w.bob]);
+    let revoked = Instant::now();
+    assert!(
+        c.wait_for(
+            "porthole: your key was revoked for srv-web1; closing the session",
+            Duration::from_secs(FRESH + 5)
+        ),
+        "{}",
+        c.screen()
+    );
+    let st = c.wait(WAIT).expect("the client exits");
+    assert!(!st.success());
+    assert!(
+        revoked.elapsed() <= Duration::from_secs(FRESH + 1),
+        "{:?}",
+        revoked.elapsed()
+    );
+    w.host.expect_event(
+        "session.end key_revoked",
+        |e| {
+            e.is(
+                "session.end",
+                &[("reason", "key_revoked"), ("owner", ALICE)],
+            )
+        },
+        WAIT,
+    );
+}
