@@ -333,3 +333,88 @@ fn an_interactive_session_gets_the_sentence_on_its_terminal() {
         WAIT,
     );
 }
+
+/// `/proc/<pid>/status` field as its whitespace-separated values.
+fn status_field(pid: u32, key: &str) -> Vec<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}:")).map(str::to_owned))
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn the_refresh_runs_like_sshds_hook_as_the_keys_user_with_nothing_inherited() {
+    let w = world();
+    let mut alice = w.live(&w.alice, ALICE);
+    let supervisor = w
+        .host
+        .expect_event(
+            "session.start",
+            |e| e.is("session.start", &[("owner", ALICE)]),
+            WAIT,
+        )
+        .pid;
+    // A slow control plane keeps the next refresh running long enough to
+    // look at it.
+    let body = web_service(SVC, &[KeySpec::new(&w.alice, ALICE)]);
+    w.host
+        .control_plane()
+        .set_reply(SVC, Reply::json(&body).delay(Duration::from_millis(2500)));
+    let hook = util::wait_for(Duration::from_secs(FRESH + 5), || {
+        std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+            let ours = args.first()?.ends_with(b"/bin/porthole-keys")
+                && args.get(1) == Some(&&b"--refresh"[..])
+                && args.get(2) == Some(&SVC.as_bytes())
+                && status_field(pid, "PPid") == [supervisor.to_string()];
+            ours.then_some(pid)
+        })
+    })
+    .expect("no porthole-keys --refresh child of the supervisor");
+    let p = w.host.ids().porthole.to_string();
+    assert_eq!(status_field(hook, "Uid"), vec![p.clone(); 4], "uids");
+    assert_eq!(status_field(hook, "Gid"), vec![p.clone(); 4], "gids");
+    assert_eq!(status_field(hook, "Groups"), [p], "supplementary groups");
+    assert_eq!(
+        std::fs::read(format!("/proc/{hook}/environ")).unwrap(),
+        b"PATH=/usr/bin:/bin:/usr/sbin:/sbin\0",
+        "environment"
+    );
+    // SAFETY: getsid has no memory effects.
+    assert_eq!(
+        unsafe { libc::getsid(hook as i32) },
+        hook as i32,
+        "own session"
+    );
+    for fd in 0..3 {
+        let target = std::fs::read_link(format!("/proc/{hook}/fd/{fd}")).unwrap();
+        assert_eq!(target, std::path::Path::new("/dev/null"), "fd {fd}");
+    }
+    // Nothing of the session: no terminal, pipe, pidfd or signalfd (the
+    // hook's own files and sockets are fine).
+    for e in std::fs::read_dir(format!("/proc/{hook}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        let target = std::fs::read_link(e.path())
+            .map(|t| t.display().to_string())
+            .unwrap_or_default();
+        assert!(
+            !["/dev/pts", "/dev/ptmx", "pipe:", "pidfd", "signalfd"]
+                .iter()
+                .any(|bad| target.contains(bad)),
+            "fd {:?} -> {target}",
+            e.file_name()
+        );
+    }
+    // The slow answer still lists the key: the session goes on.
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(running(&mut alice), "closed by a slow control plane");
+    stop(alice);
+}
