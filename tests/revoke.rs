@@ -418,3 +418,51 @@ fn the_refresh_runs_like_sshds_hook_as_the_keys_user_with_nothing_inherited() {
     assert!(running(&mut alice), "closed by a slow control plane");
     stop(alice);
 }
+
+#[test]
+fn keys_hook_refresh_mode_prints_nothing_and_keeps_the_single_flight() {
+    // No instance needed: the hook alone, as the keys user, like sshd runs it.
+    let host = TestHost::start(TestHostOpts::default().set("cache.fresh_secs", FRESH));
+    let key = host.key(KeyKind::Ed25519);
+    let cp = host.control_plane();
+    cp.set_body(SVC, &web_service(SVC, &[KeySpec::new(&key, ALICE)]));
+    let r = host.run_keys_hook(&["--refresh", SVC]);
+    assert_eq!(r.output.status.code(), Some(0), "{:?}", r.output);
+    assert!(r.output.stdout.is_empty(), "refresh prints nothing");
+    assert_eq!(cp.requests(SVC), 1);
+    assert!(host.cache_dir().join(format!("{SVC}.json")).is_file());
+    // Fresh: nothing asked.
+    let r = host.run_keys_hook(&["--refresh", SVC]);
+    assert_eq!(r.output.status.code(), Some(0));
+    assert_eq!(cp.requests(SVC), 1);
+    // Stale, and five supervisors refresh at once: one request.
+    std::thread::sleep(Duration::from_secs(FRESH));
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..5)
+            .map(|_| s.spawn(|| host.run_keys_hook(&["--refresh", SVC])))
+            .collect();
+        for h in handles {
+            assert_eq!(h.join().unwrap().output.status.code(), Some(0));
+        }
+    });
+    assert_eq!(cp.requests(SVC), 2, "single flight");
+    // One keys.refresh event per run (syslog delivery is asynchronous).
+    let count = || {
+        host.events()
+            .into_iter()
+            .filter(|e| e.name() == "keys.refresh")
+            .count()
+    };
+    util::wait_for(WAIT, || (count() >= 7).then_some(()));
+    assert_eq!(count(), 7);
+    // Stale and the control plane fails: exit 1, still nothing printed.
+    std::thread::sleep(Duration::from_secs(FRESH));
+    cp.set_reply(SVC, Reply::status(503));
+    let r = host.run_keys_hook(&["--refresh", SVC]);
+    assert_eq!(r.output.status.code(), Some(1), "{:?}", r.output);
+    assert!(r.output.stdout.is_empty());
+    // The refresh mode takes a service, not sshd's key arguments.
+    let r = host.run_keys_hook(&["--refresh", SVC, &key.fingerprint]);
+    assert_ne!(r.output.status.code(), Some(0));
+    assert!(r.output.stdout.is_empty());
+}
