@@ -131,6 +131,10 @@ pub fn judge(
         return Verdict::Revoked(Cause::Expired);
     }
     if !fresh {
+        // Fail open, on purpose: the key was valid at login, and an answer
+        // that is merely old (the control plane is down, slow or erring)
+        // is an outage, not a revocation. Closing here would turn every
+        // control-plane incident into every developer losing their shell.
         return Verdict::NeedsRefresh;
     }
     // The login's own test: a listing the hook would print no line for
