@@ -6,7 +6,7 @@
 //! async code, so it never asks the control plane itself. It reads the
 //! keys hook's cache (root may read it; the owner is checked as at login)
 //! and, when the answer there is no longer fresh, runs the keys hook the
-//! way sshd does — as the hook user, empty environment, no inherited fds —
+//! way sshd does — as the hook user, PATH-only environment, no inherited fds —
 //! in its refresh mode (`porthole-keys --refresh <service>`). The hook
 //! fetches under its per-service single-flight lock, so the sessions of one
 //! service cause one request per `fresh_secs`, however many there are. The
@@ -502,6 +502,10 @@ fn spawn_refresh(cfg: &Config, service: &ServiceId) -> Result<i32, RefreshError>
         .map_err(|e| RefreshError::Spawn(format!("/dev/null: {e}")))?
         .into();
     let null_fd = null.as_raw_fd();
+    // For kernels without close_range(2): how far to close by hand.
+    let max_fd = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(soft, _)| soft.min(65_536) as i32)
+        .unwrap_or(1024);
     // SAFETY: the supervisor is single-threaded; the child only makes
     // async-signal-safe calls on memory prepared above, then execs or
     // _exits. Everything it needs (argv, envp, ids, fd) exists already.
@@ -514,7 +518,7 @@ fn spawn_refresh(cfg: &Config, service: &ServiceId) -> Result<i32, RefreshError>
     if pid == 0 {
         // SAFETY: in the child of a single-threaded fork: raw system calls
         // only, on data that stays valid until execve or _exit.
-        unsafe { refresh_child(uid, gid, &groups, null_fd, &prog, &argv, &envp) }
+        unsafe { refresh_child(uid, gid, &groups, null_fd, max_fd, &prog, &argv, &envp) }
     }
     Ok(pid)
 }
@@ -524,15 +528,19 @@ fn spawn_refresh(cfg: &Config, service: &ServiceId) -> Result<i32, RefreshError>
 ///
 /// # Safety
 /// Call only in a freshly forked child of a single-threaded process.
+#[allow(clippy::too_many_arguments)]
 unsafe fn refresh_child(
     uid: u32,
     gid: u32,
     groups: &[libc::gid_t],
     null_fd: i32,
+    max_fd: i32,
     prog: &CString,
     argv: &[*const libc::c_char],
     envp: &[*const libc::c_char],
 ) -> ! {
+    // SAFETY (the whole body): raw system calls on locals and on memory the
+    // parent prepared before fork, which stays valid until execve/_exit.
     let fail = |code: i32| -> ! { libc::_exit(code) };
     // The supervisor blocks the signals it reads through its signalfd, and
     // Rust ignores SIGPIPE: the hook starts with neither.
@@ -551,7 +559,9 @@ unsafe fn refresh_child(
         }
     }
     if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) != 0 {
-        fail(126);
+        for fd in 3..max_fd {
+            libc::close(fd);
+        }
     }
     if libc::setgroups(groups.len(), groups.as_ptr()) != 0
         || libc::setresgid(gid, gid, gid) != 0
