@@ -20,7 +20,12 @@ struct Args {
     /// Configuration file.
     #[arg(long, default_value = DEFAULT_PATH)]
     config: PathBuf,
-    /// Login name (%u).
+    /// Refresh the cached answer for the service named by USER if it is no
+    /// longer fresh, print nothing (run by session supervisors to close the
+    /// sessions of revoked keys). Exit 0 when a fresh answer is cached.
+    #[arg(long, conflicts_with_all = ["fingerprint", "key_type", "key"])]
+    refresh: bool,
+    /// Login name (%u), or the service with --refresh.
     user: String,
     /// Fingerprint of the offered key (%f).
     fingerprint: Option<String>,
@@ -77,6 +82,11 @@ fn main() {
         libc::alarm(u32::try_from(secs).unwrap_or(61));
     }
     let log = Logger::new("porthole-keys", &cfg.log.socket);
+    if args.refresh {
+        let fresh = porthole::names::Target::parse(&args.user)
+            .is_some_and(|t| hook::refresh(&cfg, &log, &t, started));
+        std::process::exit(if fresh { 0 } else { 1 });
+    }
     let call = Call {
         user: args.user,
         fingerprint: args.fingerprint,

@@ -117,6 +117,11 @@ pub struct Runtime {
 pub struct Session {
     /// The user sshd runs the keys hook as; owns the cache the shell trusts.
     pub keys_user: String,
+    /// The keys hook (sshd's AuthorizedKeysCommand program). Session
+    /// supervisors run it as `keys_user` with `--refresh <service>` when
+    /// the cached answer is no longer fresh, to close the sessions of
+    /// revoked keys (src/revoke.rs).
+    pub keys_command: PathBuf,
     /// The shared account every service name maps to (the NSS module reads
     /// its uid/gid/home/shell from /etc/passwd).
     pub account: String,
@@ -261,6 +266,7 @@ impl Default for Session {
     fn default() -> Self {
         Session {
             keys_user: "porthole".into(),
+            keys_command: "/usr/lib/porthole/porthole-keys".into(),
             account: "porthole-session".into(),
             fallback_shell: "/bin/sh".into(),
             sftp_server_paths: vec![
@@ -364,6 +370,7 @@ impl Config {
             ("cache.dir", &self.cache.dir),
             ("log.socket", &self.log.socket),
             ("session.state_dir", &self.session.state_dir),
+            ("session.keys_command", &self.session.keys_command),
         ];
         if let Some(t) = &cp.token_file {
             paths.push(("control_plane.token_file", t));

@@ -196,6 +196,32 @@ pub fn run(paths: &Paths) -> Vec<Check> {
                     )
                 },
             ));
+            // Session supervisors run the same hook to close the sessions
+            // of revoked keys (src/revoke.rs).
+            let kc = &cfg.session.keys_command;
+            let kc_ok = crate::revoke::check_command(kc);
+            let akc_prog = akc
+                .split_whitespace()
+                .next()
+                .and_then(|p| std::fs::canonicalize(p).ok());
+            let same = matches!((&akc_prog, &kc_ok), (Some(a), Ok(k)) if a == k);
+            out.push(check(
+                "keys command",
+                same,
+                match (&kc_ok, same) {
+                    (Err(e), _) => {
+                        format!("{e}: live sessions of revoked keys are not closed")
+                    }
+                    (Ok(_), false) => format!(
+                        "session.keys_command {} is not sshd's AuthorizedKeysCommand {akc:?}",
+                        kc.display()
+                    ),
+                    (Ok(k), true) => format!(
+                        "{} refreshes answers for live sessions (revoked keys are closed within cache.fresh_secs)",
+                        k.display()
+                    ),
+                },
+            ));
         }
         Ok(o) => out.push(check(
             "sshd drop-in",

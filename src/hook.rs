@@ -154,6 +154,38 @@ pub fn run(cfg: &Config, log: &Logger, call: &Call, started: Instant) -> Vec<Str
     lines
 }
 
+/// `porthole-keys --refresh <service>`: brings the cached answer up to date
+/// the way a login would (fresh cache first, else the control plane under
+/// the single-flight lock, with the failure backoff) and prints nothing.
+/// Session supervisors run it to notice revoked keys (src/revoke.rs).
+/// True when a fresh answer is cached now.
+pub fn refresh(cfg: &Config, log: &Logger, target: &Target, started: Instant) -> bool {
+    let deadline = started + Duration::from_millis(cfg.control_plane.timeout_ms);
+    let base = Event::new("keys.refresh", Severity::Info).field("service", target.service.as_str());
+    let (outcome, source) = match decide(cfg, log, target, deadline) {
+        Answer::Doc(_, source) => ("found", source),
+        Answer::NoService(source) => ("no-service", source),
+        Answer::Refused(reason, severity) => {
+            let mut e = base
+                .field("source", Source::None.as_str())
+                .field("outcome", "unavailable")
+                .field("reason", reason)
+                .field("ms", elapsed_ms(started));
+            e.severity = severity;
+            log.emit(&e);
+            return false;
+        }
+    };
+    log.emit(
+        &base
+            .field("source", source.as_str())
+            .field("outcome", outcome)
+            .field("ms", elapsed_ms(started)),
+    );
+    // A stale answer served means the control plane did not answer.
+    source != Source::StaleCache
+}
+
 /// A cache problem never decides a login: it is logged and treated as a miss.
 fn cache_error(log: &Logger, target: &Target, e: &cache::CacheError) {
     log.emit(

@@ -28,6 +28,7 @@ pub mod confine;
 pub mod container;
 pub mod enter;
 pub mod registry;
+pub mod revoke;
 pub mod runtime;
 pub mod sealed;
 pub mod session;

@@ -174,6 +174,9 @@ pub struct Identity {
     pub owner: String,
     pub fingerprint: String,
     pub key_type: String,
+    /// The key blob as the control plane lists it (re-encoded after
+    /// parsing): what the revocation watch looks for in later answers.
+    pub key_base64: String,
 }
 
 fn lookup_uid(name: &str) -> Option<u32> {
@@ -282,6 +285,7 @@ pub fn authorize(cfg: &Config, h: &Handover) -> Result<Authorized, Refusal> {
         owner: entry.owner.clone(),
         fingerprint: key.fingerprint,
         key_type: key.algorithm,
+        key_base64: key.base64,
     };
     if let ShellPolicy::Refused(msg) = shell_policy(&doc.service) {
         return Err(refuse("service_type", msg));
@@ -462,6 +466,19 @@ pub fn run(cfg: &Config, log: &Logger, h: &Handover) -> i32 {
     );
     let state = cfg.session.state_dir.clone();
     let (svc, iname, sid) = (target.service.clone(), instance.name(), session_id.clone());
+    let mut key_watch = crate::revoke::KeyWatch::new(
+        cfg,
+        log,
+        target.service.clone(),
+        &identity.key_type,
+        &identity.key_base64,
+        vec![
+            ("instance", instance.name()),
+            ("session_id", session_id.clone()),
+            ("owner", identity.owner.clone()),
+            ("fingerprint", identity.fingerprint.clone()),
+        ],
+    );
     let controls = Controls {
         max_duration: (limits.max_duration_secs > 0)
             .then(|| Duration::from_secs(limits.max_duration_secs)),
@@ -484,6 +501,7 @@ pub fn run(cfg: &Config, log: &Logger, h: &Handover) -> i32 {
             })
         }),
         close_message: Box::new(|| registry::close_message(&cfg.session.state_dir, &sid)),
+        key_revoked: Box::new(move || key_watch.poll()),
         on_notice: Box::new(|kind, text| {
             log.emit(
                 &Event::new("session.notice", Severity::Info)
@@ -534,7 +552,8 @@ pub fn run(cfg: &Config, log: &Logger, h: &Handover) -> i32 {
         | EndReason::Closed
         | EndReason::Drained
         | EndReason::MaxDuration
-        | EndReason::Idle => 1,
+        | EndReason::Idle
+        | EndReason::KeyRevoked => 1,
     }
 }
 
