@@ -259,7 +259,7 @@ pub fn run(paths: &Paths) -> Vec<Check> {
                 &cfg.runtime.service_annotation,
                 &cfg.runtime.instance_annotation,
             )
-            .map(|v| v.len())
+            .map(|v| v.instances.len())
             .unwrap_or(0);
             format!(
                 "{} readable, {n} running instance(s)",
@@ -347,7 +347,20 @@ pub fn instance(cfg: &Config, name: &str) -> Vec<Check> {
         &cfg.runtime.service_annotation,
         &cfg.runtime.instance_annotation,
     ) {
-        Ok(a) => a,
+        Ok(scan) => {
+            for u in &scan.untrusted {
+                out.push(check(
+                    "runtime state",
+                    false,
+                    format!(
+                        "{} {}: its containers are ignored",
+                        u.path.display(),
+                        u.why
+                    ),
+                ));
+            }
+            scan.instances
+        }
         Err(e) => {
             out.push(check("instance", false, e.to_string()));
             return out;
@@ -398,7 +411,8 @@ pub fn instance(cfg: &Config, name: &str) -> Vec<Check> {
         return out;
     };
     match crate::container::container_user(&pinned.root, uid) {
-        Some(pw) => {
+        Err(n) => out.push(check("user", false, format!("{n}; sessions are refused"))),
+        Ok(Some(pw)) => {
             out.push(check(
                 "user",
                 true,
@@ -437,7 +451,7 @@ pub fn instance(cfg: &Config, name: &str) -> Vec<Check> {
                 },
             ));
         }
-        None => out.push(check(
+        Ok(None) => out.push(check(
             "user",
             false,
             format!(
