@@ -732,6 +732,120 @@ evil:x:1000:1000::/home/ev\x1bil:/bin/sh\napp:x:1000:1000:App:/home/app:/bin/sh\
         assert!(!usable_shell(&root, "bin/sh"), "relative path");
     }
 
+    #[test]
+    fn special_files_are_never_opened() {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("etc")).unwrap();
+        let passwd = dir.path().join("etc/passwd");
+        nix::unistd::mkfifo(&passwd, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        let root: OwnedFd = File::open(dir.path()).unwrap().into();
+        // A FIFO: refused without blocking (and without opening it: an
+        // open for reading would complete this non-blocking writer's open).
+        let expected = NotRegular {
+            path: "/etc/passwd".into(),
+            kind: FileKind::Fifo,
+        };
+        assert_eq!(container_user(&root, 5), Err(expected.clone()));
+        let writer = std::fs::File::options()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&passwd);
+        assert_eq!(
+            writer.unwrap_err().raw_os_error(),
+            Some(libc::ENXIO),
+            "no reader may hold the FIFO open"
+        );
+        assert_eq!(
+            expected.to_string(),
+            "/etc/passwd in the instance is not a regular file (it is a FIFO); porthole does not open it"
+        );
+        // A directory, and a symlink to the FIFO (resolved in the root).
+        assert!(matches!(
+            read_in_root(&root, "/etc", 10),
+            Err(FileError::NotRegular(NotRegular {
+                kind: FileKind::Directory,
+                ..
+            }))
+        ));
+        std::os::unix::fs::symlink("/etc/passwd", dir.path().join("etc/link")).unwrap();
+        assert!(matches!(
+            read_in_root(&root, "/etc/link", 10),
+            Err(FileError::NotRegular(NotRegular {
+                kind: FileKind::Fifo,
+                ..
+            }))
+        ));
+        // A character device (needs CAP_MKNOD): /dev/null's numbers.
+        let dev = dir.path().join("etc/dev");
+        if nix::sys::stat::mknod(
+            &dev,
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+            nix::sys::stat::makedev(1, 3),
+        )
+        .is_ok()
+        {
+            assert!(matches!(
+                read_in_root(&root, "/etc/dev", 10),
+                Err(FileError::NotRegular(NotRegular {
+                    kind: FileKind::CharDevice,
+                    ..
+                }))
+            ));
+        }
+        // Host files read as root follow the same rule.
+        assert!(matches!(
+            read_host_file(&passwd, 10),
+            Err(FileError::NotRegular(NotRegular {
+                kind: FileKind::Fifo,
+                ..
+            }))
+        ));
+        // Missing and oversized are "unavailable", not refusals.
+        assert!(container_user(&root, 5).is_err());
+        std::fs::remove_file(&passwd).unwrap();
+        assert_eq!(container_user(&root, 5), Ok(None));
+        std::fs::write(&passwd, "app:x:5:5::/h:/bin/sh\n").unwrap();
+        assert!(matches!(
+            read_in_root(&root, "/etc/passwd", 3),
+            Err(FileError::TooLarge)
+        ));
+        assert_eq!(read_in_root(&root, "/etc/passwd", 100).unwrap().len(), 22);
+        // open_in_root hands out O_PATH handles only, whatever is asked.
+        let f = open_in_root(&root, "/etc/passwd", libc::O_RDWR).unwrap();
+        let mut buf = [0u8; 4];
+        assert_eq!(
+            (&f).read(&mut buf).unwrap_err().raw_os_error(),
+            Some(libc::EBADF)
+        );
+    }
+
+    #[test]
+    fn required_v1_cgroups_must_be_mounted() {
+        let mountinfo = "\
+31 30 0:27 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n\
+32 30 0:28 / /sys/fs/cgroup/devices rw - cgroup cgroup rw,devices\n";
+        let proc_cg = "5:devices:/t1\n4:memory:/t1\n3:cpu:/t1\n0::/t1\n";
+        // cpu (best effort) and v2 (not mounted on this v1 host) may be left out.
+        let dirs = cgroup_dirs_checked(proc_cg, mountinfo).unwrap();
+        assert_eq!(dirs.len(), 2);
+        assert!(dirs[0].is_required(), "devices is required on v1");
+        assert_eq!(dirs[0].dir, Path::new("/sys/fs/cgroup/devices/t1"));
+        // The devices hierarchy not mounted: an error naming it.
+        let no_devices = "31 30 0:27 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
+        assert_eq!(
+            cgroup_dirs_checked(proc_cg, no_devices),
+            Err("devices".to_string())
+        );
+        assert_eq!(cgroup_dirs(proc_cg, no_devices).len(), 1);
+        // A path that cannot be mapped (escaping the mount) is refused too.
+        assert_eq!(
+            cgroup_dirs_checked("4:memory:/../x\n", mountinfo),
+            Err("memory".to_string())
+        );
+    }
+
     /// Fuzzing finding (fuzz/regressions/container): a uid_map line whose
     /// range runs past 2^32 on the inside made `to_inside` overflow (a panic
     /// in debug builds, a wrapped id such as 0 in release builds).

@@ -352,11 +352,7 @@ pub fn instance(cfg: &Config, name: &str) -> Vec<Check> {
                 out.push(check(
                     "runtime state",
                     false,
-                    format!(
-                        "{} {}: its containers are ignored",
-                        u.path.display(),
-                        u.why
-                    ),
+                    format!("{} {}: its containers are ignored", u.path.display(), u.why),
                 ));
             }
             scan.instances

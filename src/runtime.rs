@@ -429,10 +429,14 @@ fn trusted_dir(at: RawFd, path: &Path, shown: &Path) -> Result<Option<OwnedFd>, 
         Ok(fd) => fd,
         Err(e) => {
             return match e.raw_os_error() {
-                Some(libc::ENOENT) | Some(libc::ENOTDIR) => Ok(None),
-                Some(libc::ELOOP) => Err(untrusted("is a symbolic link".into())),
+                Some(libc::ENOENT) => Ok(None),
+                // O_DIRECTORY|O_NOFOLLOW on a symlink says ENOTDIR (or ELOOP).
+                Some(libc::ENOTDIR) | Some(libc::ELOOP) if is_symlink_at(at, path) => {
+                    Err(untrusted("is a symbolic link".into()))
+                }
+                Some(libc::ENOTDIR) => Ok(None),
                 _ => Err(untrusted(format!("cannot be opened: {e}"))),
-            }
+            };
         }
     };
     let meta = std::fs::File::from(
@@ -447,6 +451,13 @@ fn trusted_dir(at: RawFd, path: &Path, shown: &Path) -> Result<Option<OwnedFd>, 
     }
 }
 
+/// Whether `path` (relative to `at`) is itself a symbolic link.
+fn is_symlink_at(at: RawFd, path: &Path) -> bool {
+    nix::sys::stat::fstatat(Some(at), path, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+        .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFLNK)
+        .unwrap_or(false)
+}
+
 /// One container's `state.json` read from its checked directory.
 /// `Ok(None)` for a missing, unreadable or oversized file (a container
 /// being created or deleted); `Err` when it is not root's.
@@ -457,9 +468,7 @@ fn read_state_file(dir: &OwnedFd, shown: &Path) -> Result<Option<Vec<u8>>, Untru
     };
     let f = match open_regular_at(dir, "state.json") {
         Ok(f) => f,
-        Err(FileError::NotRegular(n)) => {
-            return Err(untrusted(format!("is {}", n.kind.as_str())))
-        }
+        Err(FileError::NotRegular(n)) => return Err(untrusted(format!("is {}", n.kind.as_str()))),
         Err(FileError::Unavailable(e)) if e.raw_os_error() == Some(libc::ELOOP) => {
             return Err(untrusted("is a symbolic link".into()))
         }
@@ -495,6 +504,13 @@ pub fn running_instances(
     for root in roots {
         let root_fd = match trusted_dir(libc::AT_FDCWD, root, root) {
             Ok(Some(fd)) => fd,
+            Ok(None) if root.symlink_metadata().is_ok() => {
+                scan.untrusted.push(Untrusted {
+                    path: root.clone(),
+                    why: "is not a directory".into(),
+                });
+                continue;
+            }
             Ok(None) => continue,
             Err(u) => {
                 scan.untrusted.push(u);
@@ -799,6 +815,236 @@ mod tests {
             choose(all, &c3, None).unwrap_err().to_string(),
             "srv-c3 has no running instance on this host"
         );
+    }
+
+    fn impostor(svc: &str, slug: &str, id: &str) -> Instance {
+        Instance {
+            container_id: id.into(),
+            claim: Claim::Annotation,
+            ..inst(svc, slug)
+        }
+    }
+
+    #[test]
+    fn conflicts_are_every_instance_claimed_twice() {
+        let all = vec![
+            inst("srv-a1", "aaaaa"),
+            impostor("srv-a1", "aaaaa", "0-first-by-sort"),
+            inst("srv-a1", "bbbbb"),
+            inst("srv-b2", "aaaaa"),
+            impostor("srv-a1", "aaaaa", "zz-third"),
+        ];
+        let c = conflicts(&all);
+        assert_eq!(c.len(), 1, "{c:?}");
+        assert_eq!(c[0].name(), "srv-a1-aaaaa");
+        let ids: Vec<&str> = c[0].claimants.iter().map(|x| x.0.as_str()).collect();
+        assert_eq!(ids, ["srv-a1-aaaaa", "0-first-by-sort", "zz-third"]);
+        assert_eq!(
+            c[0].to_string(),
+            "instance srv-a1-aaaaa is claimed by three containers (srv-a1-aaaaa, 0-first-by-sort, zz-third); refusing to choose"
+        );
+        // The same slug in two services is two instances, not a conflict.
+        assert!(conflicts(&[inst("srv-a1", "aaaaa"), inst("srv-b2", "aaaaa")]).is_empty());
+        assert!(conflicts(&[]).is_empty());
+    }
+
+    #[test]
+    fn a_conflicted_instance_is_never_chosen() {
+        let a1 = ServiceId::parse("srv-a1").unwrap();
+        let all = vec![
+            impostor("srv-a1", "aaaaa", "0-impostor"),
+            inst("srv-a1", "aaaaa"),
+            inst("srv-a1", "bbbbb"),
+        ];
+        // By slug: refused with the sentence, whatever the sort order.
+        let e = choose(all.clone(), &a1, Some("aaaaa")).unwrap_err();
+        assert!(matches!(e, ResolveError::Conflicted { .. }), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "instance srv-a1-aaaaa is claimed by two containers (0-impostor, srv-a1-aaaaa); refusing to choose — ask the platform admins"
+        );
+        // Other instances are unaffected.
+        assert_eq!(
+            choose(all.clone(), &a1, Some("bbbbb")).unwrap().slug,
+            "bbbbb"
+        );
+        // At random: only the unconflicted instance is ever picked.
+        for _ in 0..100 {
+            assert_eq!(choose(all.clone(), &a1, None).unwrap().slug, "bbbbb");
+        }
+        // All conflicted: refused, naming each conflict.
+        let all = vec![
+            inst("srv-a1", "aaaaa"),
+            impostor("srv-a1", "aaaaa", "x1"),
+            inst("srv-a1", "ccccc"),
+            impostor("srv-a1", "ccccc", "x2"),
+        ];
+        let e = choose(all, &a1, None).unwrap_err();
+        match &e {
+            ResolveError::Conflicted { conflicts } => assert_eq!(conflicts.len(), 2),
+            other => panic!("{other:?}"),
+        }
+        let text = e.to_string();
+        assert!(
+            text.contains("instance srv-a1-aaaaa is claimed by two containers (srv-a1-aaaaa, x1)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("instance srv-a1-ccccc is claimed by two containers (srv-a1-ccccc, x2)"),
+            "{text}"
+        );
+        // A conflict elsewhere does not refuse another service.
+        let b2 = ServiceId::parse("srv-b2").unwrap();
+        let all = vec![
+            inst("srv-a1", "aaaaa"),
+            impostor("srv-a1", "aaaaa", "x1"),
+            inst("srv-b2", "aaaaa"),
+        ];
+        assert_eq!(choose(all, &b2, None).unwrap().container_id, "srv-b2-aaaaa");
+    }
+
+    #[test]
+    fn ownership_and_mode_checks() {
+        let dir = libc::S_IFDIR;
+        let file = libc::S_IFREG;
+        assert_eq!(untrusted_reason(0, dir | 0o700, true), None);
+        assert_eq!(untrusted_reason(0, dir | 0o755, true), None);
+        assert_eq!(untrusted_reason(0, dir | 0o711, true), None);
+        assert_eq!(untrusted_reason(0, file | 0o600, false), None);
+        assert_eq!(untrusted_reason(0, file | 0o644, false), None);
+        assert_eq!(
+            untrusted_reason(1000, dir | 0o700, true).as_deref(),
+            Some("is owned by uid 1000, not root")
+        );
+        assert_eq!(
+            untrusted_reason(0, dir | 0o1777, true).as_deref(),
+            Some("is writable by group or others (mode 1777)")
+        );
+        assert_eq!(
+            untrusted_reason(0, dir | 0o770, true).as_deref(),
+            Some("is writable by group or others (mode 0770)")
+        );
+        assert_eq!(
+            untrusted_reason(0, file | 0o602, false).as_deref(),
+            Some("is writable by group or others (mode 0602)")
+        );
+        assert_eq!(
+            untrusted_reason(0, file | 0o600, true).as_deref(),
+            Some("is not a directory")
+        );
+        assert_eq!(
+            untrusted_reason(0, libc::S_IFIFO | 0o600, false).as_deref(),
+            Some("is not a regular file")
+        );
+    }
+
+    /// The scan on a real directory tree: what root alone wrote counts,
+    /// the rest is reported. Needs root (chown); skipped otherwise.
+    #[test]
+    fn scan_skips_and_reports_untrusted_state() {
+        if nix::unistd::geteuid().as_raw() != 0 {
+            eprintln!("skipped: needs root to chown");
+            return;
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("runc");
+        std::fs::create_dir(&root).unwrap();
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let me = std::process::id() as i32;
+        let start = process_start_time(me).unwrap();
+        let put = |id: &str, dir_mode: u32, file_mode: u32, owner: u32| {
+            let d = root.join(id);
+            std::fs::create_dir(&d).unwrap();
+            let json = serde_json::json!({"id": id, "init_process_pid": me,
+                "init_process_start": start, "config": {"labels": []}});
+            std::fs::write(d.join("state.json"), json.to_string()).unwrap();
+            std::fs::set_permissions(
+                d.join("state.json"),
+                std::fs::Permissions::from_mode(file_mode),
+            )
+            .unwrap();
+            std::os::unix::fs::chown(d.join("state.json"), Some(owner), Some(owner)).unwrap();
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(dir_mode)).unwrap();
+        };
+        put("srv-a1-aaaaa", 0o711, 0o600, 0);
+        put("srv-a1-bbbbb", 0o777, 0o600, 0);
+        put("srv-a1-ccccc", 0o711, 0o666, 0);
+        put("srv-a1-ddddd", 0o711, 0o600, 1000);
+        std::os::unix::fs::symlink(root.join("srv-a1-aaaaa"), root.join("srv-a1-eeeee")).unwrap();
+        let roots = vec![root.clone()];
+        let scan =
+            running_instances(&roots, "io.porthole.service", "io.porthole.instance").unwrap();
+        let names: Vec<String> = scan.instances.iter().map(Instance::name).collect();
+        assert_eq!(names, ["srv-a1-aaaaa"]);
+        let why: Vec<(String, &str)> = scan
+            .untrusted
+            .iter()
+            .map(|u| {
+                (
+                    u.path.strip_prefix(&root).unwrap().display().to_string(),
+                    u.why.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            why,
+            [
+                (
+                    "srv-a1-bbbbb".to_string(),
+                    "is writable by group or others (mode 0777)"
+                ),
+                (
+                    "srv-a1-ccccc/state.json".to_string(),
+                    "is writable by group or others (mode 0666)"
+                ),
+                (
+                    "srv-a1-ddddd/state.json".to_string(),
+                    "is owned by uid 1000, not root"
+                ),
+                ("srv-a1-eeeee".to_string(), "is a symbolic link"),
+            ]
+        );
+        // The root itself: writable by others, or not root's → nothing in it counts.
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o757)).unwrap();
+        match running_instances(&roots, "io.porthole.service", "io.porthole.instance") {
+            Err(ResolveError::UntrustedRuntime { untrusted }) => {
+                assert_eq!(untrusted.len(), 1);
+                assert_eq!(untrusted[0].path, root);
+                assert_eq!(
+                    untrusted[0].why,
+                    "is writable by group or others (mode 0757)"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::chown(&root, Some(1000), None).unwrap();
+        let e =
+            running_instances(&roots, "io.porthole.service", "io.porthole.instance").unwrap_err();
+        assert!(e.to_string().contains("failed its ownership checks"), "{e}");
+        // A trusted root next to an untrusted one still counts.
+        let good = tmp.path().join("good");
+        std::fs::create_dir(&good).unwrap();
+        let scan = running_instances(
+            &[root.clone(), good],
+            "io.porthole.service",
+            "io.porthole.instance",
+        )
+        .unwrap();
+        assert!(scan.instances.is_empty());
+        assert_eq!(scan.untrusted[0].why, "is owned by uid 1000, not root");
+        // A symlinked root is not followed.
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&root, &link).unwrap();
+        let e =
+            running_instances(&[link], "io.porthole.service", "io.porthole.instance").unwrap_err();
+        match e {
+            ResolveError::UntrustedRuntime { untrusted } => {
+                assert_eq!(untrusted[0].why, "is a symbolic link")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
