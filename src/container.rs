@@ -385,8 +385,15 @@ impl std::fmt::Display for FileError {
 impl std::error::Error for FileError {}
 
 /// openat2(2) of `path` relative to `dirfd` with `how.flags = flags`.
-fn openat2(dirfd: RawFd, path: &str, flags: i32, resolve: u64) -> std::io::Result<OwnedFd> {
-    let cpath = CString::new(path).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+fn openat2(
+    dirfd: RawFd,
+    path: impl AsRef<std::ffi::OsStr>,
+    flags: i32,
+    resolve: u64,
+) -> std::io::Result<OwnedFd> {
+    use std::os::unix::ffi::OsStrExt;
+    let cpath = CString::new(path.as_ref().as_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
     #[repr(C)]
     struct OpenHow {
         flags: u64,
@@ -452,7 +459,7 @@ fn open_regular(handle: OwnedFd, shown: &str) -> Result<File, FileError> {
     }
     let reopened = openat2(
         libc::AT_FDCWD,
-        &format!("/proc/self/fd/{}", handle.as_raw_fd()),
+        format!("/proc/self/fd/{}", handle.as_raw_fd()),
         libc::O_RDONLY | libc::O_NOCTTY | libc::O_NONBLOCK,
         0,
     )
@@ -480,7 +487,7 @@ pub fn read_in_root(root: &OwnedFd, path: &str, max: u64) -> Result<Vec<u8>, Fil
 /// `max` bytes, with the same never-open-anything-else rule.
 pub fn read_host_file(path: &Path, max: u64) -> Result<Vec<u8>, FileError> {
     let shown = path.display().to_string();
-    let handle = openat2(libc::AT_FDCWD, &shown, libc::O_PATH | libc::O_NOFOLLOW, 0)
+    let handle = openat2(libc::AT_FDCWD, path, libc::O_PATH | libc::O_NOFOLLOW, 0)
         .map_err(FileError::Unavailable)?;
     read_capped(open_regular(handle, &shown)?, max)
 }

@@ -248,23 +248,47 @@ pub fn run(paths: &Paths) -> Vec<Check> {
         .iter()
         .filter(|r| std::fs::read_dir(r).is_ok())
         .collect();
+    let scan = crate::runtime::running_instances(
+        &cfg.runtime.roots,
+        &cfg.runtime.service_annotation,
+        &cfg.runtime.instance_annotation,
+    );
+    // What the session shell ignores as not root's (it logs runtime.untrusted).
+    let untrusted: Vec<String> = match &scan {
+        Ok(s) => s.untrusted.iter(),
+        Err(crate::runtime::ResolveError::UntrustedRuntime { untrusted }) => untrusted.iter(),
+        Err(_) => [].iter(),
+    }
+    .map(|u| format!("{} {}", u.path.display(), u.why))
+    .collect();
+    let conflicts: Vec<String> = match &scan {
+        Ok(s) => crate::runtime::conflicts(&s.instances)
+            .iter()
+            .map(|c| c.to_string())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
     out.push(check(
         "runtime roots",
-        !readable.is_empty(),
+        !readable.is_empty() && untrusted.is_empty() && conflicts.is_empty(),
         if readable.is_empty() {
             "none of runtime.roots exists yet (no container has run on this host, or the roots are wrong)".to_string()
         } else {
-            let n = crate::runtime::running_instances(
-                &cfg.runtime.roots,
-                &cfg.runtime.service_annotation,
-                &cfg.runtime.instance_annotation,
-            )
-            .map(|v| v.instances.len())
-            .unwrap_or(0);
-            format!(
+            let n = scan.as_ref().map(|v| v.instances.len()).unwrap_or(0);
+            let mut text = format!(
                 "{} readable, {n} running instance(s)",
                 readable.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
-            )
+            );
+            if !untrusted.is_empty() {
+                text.push_str(&format!(
+                    "; ignored as not root's (runtime state must be root-owned and not group/other-writable): {}",
+                    untrusted.join("; ")
+                ));
+            }
+            if !conflicts.is_empty() {
+                text.push_str(&format!("; {}", conflicts.join("; ")));
+            }
+            text
         },
     ));
 
