@@ -345,13 +345,20 @@ impl FileKind {
 pub struct NotRegular {
     pub path: String,
     pub kind: FileKind,
+    /// A path inside the instance (else a host path).
+    pub in_instance: bool,
 }
 
 impl std::fmt::Display for NotRegular {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let place = if self.in_instance {
+            " in the instance"
+        } else {
+            ""
+        };
         write!(
             f,
-            "{} in the instance is not a regular file (it is {}); porthole does not open it",
+            "{}{place} is not a regular file (it is {}); porthole does not open it",
             self.path,
             self.kind.as_str()
         )
@@ -446,7 +453,7 @@ pub fn open_in_root(root: &OwnedFd, path: &str, flags: i32) -> std::io::Result<F
 /// `/proc/self/fd`, which reopens exactly the inode already checked, so a
 /// rename in between cannot swap in a device). `O_NONBLOCK` on the reopen
 /// keeps a write lease a tenant holds on the file from stalling us.
-fn open_regular(handle: OwnedFd, shown: &str) -> Result<File, FileError> {
+fn open_regular(handle: OwnedFd, shown: &str, in_instance: bool) -> Result<File, FileError> {
     use std::os::unix::fs::MetadataExt;
     let handle = File::from(handle);
     let meta = handle.metadata().map_err(FileError::Unavailable)?;
@@ -455,6 +462,7 @@ fn open_regular(handle: OwnedFd, shown: &str) -> Result<File, FileError> {
         return Err(FileError::NotRegular(NotRegular {
             path: shown.to_owned(),
             kind: FileKind::of(mode),
+            in_instance,
         }));
     }
     let reopened = openat2(
@@ -479,17 +487,23 @@ fn open_regular(handle: OwnedFd, shown: &str) -> Result<File, FileError> {
 /// other kind of file is never opened ([`FileError::NotRegular`]).
 pub fn read_in_root(root: &OwnedFd, path: &str, max: u64) -> Result<Vec<u8>, FileError> {
     let handle = open_in_root(root, path, 0).map_err(FileError::Unavailable)?;
-    let f = open_regular(handle.into(), path)?;
+    let f = open_regular(handle.into(), path, true)?;
     read_capped(f, max)
 }
 
-/// Reads a regular host file (no symlink as its last component), at most
-/// `max` bytes, with the same never-open-anything-else rule.
-pub fn read_host_file(path: &Path, max: u64) -> Result<Vec<u8>, FileError> {
-    let shown = path.display().to_string();
+/// Opens a regular host file for reading with the same never-open-anything-
+/// else rule. A symlink as the last component is not followed: it comes
+/// back as [`FileError::NotRegular`] of kind [`FileKind::Symlink`].
+pub fn open_host_regular(path: &Path) -> Result<File, FileError> {
     let handle = openat2(libc::AT_FDCWD, path, libc::O_PATH | libc::O_NOFOLLOW, 0)
         .map_err(FileError::Unavailable)?;
-    read_capped(open_regular(handle, &shown)?, max)
+    open_regular(handle, &path.display().to_string(), false)
+}
+
+/// Reads a regular host file (see [`open_host_regular`]), at most `max`
+/// bytes.
+pub fn read_host_file(path: &Path, max: u64) -> Result<Vec<u8>, FileError> {
+    read_capped(open_host_regular(path)?, max)
 }
 
 /// Opens the regular file `name` in the directory `dir` (no symlinks at
@@ -503,7 +517,7 @@ pub fn open_regular_at(dir: &OwnedFd, name: &str) -> Result<File, FileError> {
         RESOLVE_NO_SYMLINKS,
     )
     .map_err(FileError::Unavailable)?;
-    open_regular(handle, name)
+    open_regular(handle, name, false)
 }
 
 /// Reads at most `max` bytes; more is an error, not a silent truncation.
@@ -752,6 +766,7 @@ evil:x:1000:1000::/home/ev\x1bil:/bin/sh\napp:x:1000:1000:App:/home/app:/bin/sh\
         let expected = NotRegular {
             path: "/etc/passwd".into(),
             kind: FileKind::Fifo,
+            in_instance: true,
         };
         assert_eq!(container_user(&root, 5), Err(expected.clone()));
         let writer = std::fs::File::options()

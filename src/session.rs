@@ -10,7 +10,7 @@
 
 use crate::api::{shell_policy, ShellPolicy};
 use crate::config::Config;
-use crate::container::{self, IdMap};
+use crate::container::{self, FileError, FileKind, IdMap};
 use crate::enter::{self, EnterError, Plan, WinSize};
 use crate::log::{elapsed_ms, Event, Logger, Severity};
 use crate::names::Target;
@@ -19,7 +19,7 @@ use crate::runtime::{self, Instance};
 use crate::supervise::{self, Controls, DrainNotice, EndReason, ExitStatus};
 use std::ffi::CString;
 use std::io::Read;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -149,15 +149,17 @@ pub fn read_user_auth(path: &str, uid: u32) -> Result<String, Refusal> {
             "SSH_USER_AUTH is not an absolute path (is ExposeAuthInfo on?)",
         ));
     }
-    let f = std::fs::File::options()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
-        .open(path)
-        .map_err(|e| bad(&format!("{path}: {e}")))?;
+    // The variable is the caller's: a local user with the session uid can
+    // name a device node or FIFO, which must not even be opened as root.
+    let f = container::open_host_regular(std::path::Path::new(path)).map_err(|e| match e {
+        FileError::NotRegular(n) if n.kind == FileKind::Symlink => {
+            bad(&format!("{path}: symbolic links are not followed"))
+        }
+        FileError::NotRegular(_) => bad("the auth info is not a regular file"),
+        FileError::TooLarge => bad("the auth info is too large"),
+        FileError::Unavailable(e) => bad(&format!("{path}: {e}")),
+    })?;
     let meta = f.metadata().map_err(|e| bad(&e.to_string()))?;
-    if !meta.is_file() {
-        return Err(bad("the auth info is not a regular file"));
-    }
     if meta.uid() != uid {
         return Err(bad("the auth info belongs to another user"));
     }

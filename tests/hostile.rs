@@ -608,6 +608,33 @@ fn env_ssh_user_auth_fifo() {
 }
 
 #[test]
+fn env_ssh_user_auth_char_device() {
+    // Issue 12: the setuid shell used to open the file before checking its
+    // type, so a local user with the session uid could make host root open
+    // any device node. /dev/null's numbers here; the inotify watch proves
+    // it is never opened (see etc_passwd_is_a_character_device).
+    let (b, i) = shell_world();
+    let dev = b.auth_dir().join("dev");
+    nix::sys::stat::mknod(
+        &dev,
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+        nix::sys::stat::makedev(1, 3),
+    )
+    .unwrap();
+    let s = b.host.ids().session;
+    util::set_owner_mode(&dev, 0o600, s, s);
+    let watch = OpenWatch::new(&dev);
+    hostile_auth_info(&b, &i, &dev, "not a regular file");
+    assert!(!watch.opened(), "porthole-shell opened the device node");
+    drop(fs::File::open(&dev).unwrap());
+    assert!(
+        watch.opened(),
+        "the watch does not see opens: it proves nothing"
+    );
+}
+
+#[test]
 fn env_ssh_user_auth_huge_file() {
     let (b, i) = shell_world();
     let huge = b.auth_info(&b.key, "huge");
