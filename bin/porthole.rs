@@ -319,11 +319,22 @@ fn run() -> Result<()> {
         }
         Command::Instances => {
             let cfg = Config::load(&cli.config)?;
-            let all = porthole::runtime::running_instances(
+            let scan = porthole::runtime::running_instances(
                 &cfg.runtime.roots,
                 &cfg.runtime.service_annotation,
                 &cfg.runtime.instance_annotation,
             )?;
+            for u in &scan.untrusted {
+                eprintln!(
+                    "warning: {} {}: its containers are ignored",
+                    u.path.display(),
+                    u.why
+                );
+            }
+            for c in porthole::runtime::conflicts(&scan.instances) {
+                eprintln!("warning: {c}; sessions to it are refused");
+            }
+            let all = scan.instances;
             if all.is_empty() {
                 println!("no running instances");
             }

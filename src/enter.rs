@@ -155,10 +155,18 @@ pub fn pin(pid: i32, start: u64) -> Result<Pinned, EnterError> {
     }
     // A recycled init pid (or a forged runtime state) can name a process of
     // the host: never "enter" something that shares our mount namespace or
-    // the host init's, whatever its start time says.
-    if ns_flags & libc::CLONE_NEWNS == 0 || shares_host_mount_ns(pid) {
+    // the host init's, whatever its start time says. The same for the pid
+    // namespace: a process in the host's (or ours) could see and signal
+    // every host process, so an "instance" that runs there is not one a
+    // session may join.
+    if ns_flags & libc::CLONE_NEWNS == 0 || shares_host_ns(pid, "mnt") {
         return Err(EnterError::Host(format!(
             "process {pid} is not in a container (it shares the host's mount namespace)"
+        )));
+    }
+    if ns_flags & libc::CLONE_NEWPID == 0 || shares_host_ns(pid, "pid") {
+        return Err(EnterError::Host(format!(
+            "process {pid} is not in a container (it shares the host's pid namespace)"
         )));
     }
     if !pidfd_alive(&pidfd) {
@@ -173,16 +181,17 @@ pub fn pin(pid: i32, start: u64) -> Result<Pinned, EnterError> {
     })
 }
 
-/// True when `pid` is in the mount namespace of the host's init (pid 1).
-/// An unreadable pid 1 (sandboxes deny it even to root) cannot be compared
-/// with: then only the check against our own namespace applies. A target
-/// whose namespace cannot be read counts as shared (fail closed).
-fn shares_host_mount_ns(pid: i32) -> bool {
+/// True when `pid` is in the namespace `kind` (`mnt`, `pid`) of the host's
+/// init (pid 1). An unreadable pid 1 (sandboxes deny it even to root)
+/// cannot be compared with: then only the check against our own namespace
+/// (`ns_flags` in [`pin`], which fails closed) applies. A target whose
+/// namespace cannot be read counts as shared (fail closed).
+fn shares_host_ns(pid: i32, kind: &str) -> bool {
     use std::os::unix::fs::MetadataExt;
-    let Ok(host) = std::fs::metadata("/proc/1/ns/mnt") else {
+    let Ok(host) = std::fs::metadata(format!("/proc/1/ns/{kind}")) else {
         return false;
     };
-    match std::fs::metadata(format!("/proc/{pid}/ns/mnt")) {
+    match std::fs::metadata(format!("/proc/{pid}/ns/{kind}")) {
         Ok(t) => t.ino() == host.ino() && t.dev() == host.dev(),
         Err(_) => true,
     }
@@ -227,9 +236,10 @@ pub struct Plan {
 
 /// Opens what joining each cgroup takes: for a v1 hierarchy its `tasks`
 /// file, for the v2 hierarchy the directory itself (the session is born in
-/// it with `clone3(CLONE_INTO_CGROUP)`). A required one (memory, pids, v2)
-/// that cannot be opened is an error: the session's memory must be charged
-/// to the instance.
+/// it with `clone3(CLONE_INTO_CGROUP)`). A required one (memory, pids,
+/// devices, v2) that cannot be opened is an error: the session's memory
+/// must be charged to the instance, and on v1 the devices cgroup is the
+/// instance's device allow-list.
 ///
 /// Why not `cgroup.procs`: moving a whole thread group takes the kernel's
 /// global threadgroup lock for writing, which waits for an RCU grace period
@@ -869,8 +879,9 @@ fn inner_child(
     // SAFETY: all calls below are plain syscalls on valid arguments in a
     // single-threaded child; pointers reference live locals.
     let outer = unsafe {
-        // The outer child as we see it: 0 when it is outside the instance's
-        // pid namespace, its pid when the instance shares the host's.
+        // The outer child as we see it: 0, as it is outside the instance's
+        // pid namespace (pin refuses an instance sharing ours); compared
+        // below rather than assumed.
         let outer = libc::getppid();
         check(
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0),

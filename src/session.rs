@@ -10,7 +10,7 @@
 
 use crate::api::{shell_policy, ShellPolicy};
 use crate::config::Config;
-use crate::container::{self, IdMap};
+use crate::container::{self, FileError, FileKind, IdMap};
 use crate::enter::{self, EnterError, Plan, WinSize};
 use crate::log::{elapsed_ms, Event, Logger, Severity};
 use crate::names::Target;
@@ -19,11 +19,14 @@ use crate::runtime::{self, Instance};
 use crate::supervise::{self, Controls, DrainNotice, EndReason, ExitStatus};
 use std::ffi::CString;
 use std::io::Read;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 use std::time::Instant;
 
 const MAX_AUTH_INFO: u64 = 64 * 1024;
+/// Refusal reason: a file of the instance porthole reads as root is not a
+/// regular file.
+const CONTAINER_FILE: &str = "container_file";
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// What sshd handed us, captured before the environment was wiped.
@@ -146,15 +149,17 @@ pub fn read_user_auth(path: &str, uid: u32) -> Result<String, Refusal> {
             "SSH_USER_AUTH is not an absolute path (is ExposeAuthInfo on?)",
         ));
     }
-    let f = std::fs::File::options()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
-        .open(path)
-        .map_err(|e| bad(&format!("{path}: {e}")))?;
+    // The variable is the caller's: a local user with the session uid can
+    // name a device node or FIFO, which must not even be opened as root.
+    let f = container::open_host_regular(std::path::Path::new(path)).map_err(|e| match e {
+        FileError::NotRegular(n) if n.kind == FileKind::Symlink => {
+            bad(&format!("{path}: symbolic links are not followed"))
+        }
+        FileError::NotRegular(_) => bad("the auth info is not a regular file"),
+        FileError::TooLarge => bad("the auth info is too large"),
+        FileError::Unavailable(e) => bad(&format!("{path}: {e}")),
+    })?;
     let meta = f.metadata().map_err(|e| bad(&e.to_string()))?;
-    if !meta.is_file() {
-        return Err(bad("the auth info is not a regular file"));
-    }
     if meta.uid() != uid {
         return Err(bad("the auth info belongs to another user"));
     }
@@ -339,28 +344,54 @@ pub fn run(cfg: &Config, log: &Logger, h: &Handover) -> i32 {
         Ok(v) => v,
         Err(r) => return reject(&user, &r, None),
     };
-    let all = match runtime::running_instances(
+    let scan = runtime::running_instances(
         &cfg.runtime.roots,
         &cfg.runtime.service_annotation,
         &cfg.runtime.instance_annotation,
-    ) {
-        Ok(a) => a,
-        Err(e) => return reject(&user, &refuse("no_runtime", e.to_string()), Some(&identity)),
+    );
+    let all = match scan {
+        Ok(scan) => {
+            report_scan(log, &scan, &target.service);
+            scan.instances
+        }
+        Err(e) => {
+            let reason = match &e {
+                runtime::ResolveError::UntrustedRuntime { untrusted } => {
+                    report_untrusted(log, untrusted);
+                    "untrusted_runtime"
+                }
+                _ => "no_runtime",
+            };
+            return reject(&user, &refuse(reason, e.to_string()), Some(&identity));
+        }
     };
     let instance = match runtime::choose(all, &target.service, target.slug.as_deref()) {
         Ok(i) => i,
         Err(e) => {
-            return reject(
-                &user,
-                &refuse("no_instance", e.to_string()),
-                Some(&identity),
-            )
+            let reason = match e {
+                runtime::ResolveError::Conflicted { .. } => "instance_conflict",
+                _ => "no_instance",
+            };
+            return reject(&user, &refuse(reason, e.to_string()), Some(&identity));
         }
     };
     let tty = h.stdin_is_tty;
     let prepared = match prepare(cfg, h, &instance, &request, tty) {
         Ok(p) => p,
-        Err(r) => return reject(&user, &r, Some(&identity)),
+        Err(r) => {
+            if r.reason == CONTAINER_FILE {
+                // Planted device nodes and FIFOs are an attack on the host
+                // more often than a broken image: tell the admin which.
+                log.emit(
+                    &Event::new("instance.untrusted_file", Severity::Warning)
+                        .field("service", target.service.as_str())
+                        .field("instance", instance.name())
+                        .field("container", instance.container_id.as_str())
+                        .field("message", r.message.as_str()),
+                );
+            }
+            return reject(&user, &r, Some(&identity));
+        }
     };
     let (pinned, plan, notices) = prepared;
     for n in notices {
@@ -557,6 +588,62 @@ pub fn run(cfg: &Config, log: &Logger, h: &Handover) -> i32 {
     }
 }
 
+/// Tells the admin what the scan of the runtime roots distrusted, and
+/// every instance of `service` that more than one container claims (also
+/// when the login went to another instance: the impostor is still there).
+fn report_scan(log: &Logger, scan: &runtime::Scan, service: &crate::names::ServiceId) {
+    report_untrusted(log, &scan.untrusted);
+    for c in runtime::conflicts(&scan.instances)
+        .into_iter()
+        .filter(|c| &c.service == service)
+    {
+        let claimants: Vec<serde_json::Value> = c
+            .claimants
+            .iter()
+            .map(|(id, root, claim)| {
+                serde_json::json!({
+                    "container": id,
+                    "runtime_root": root.display().to_string(),
+                    "claim": claim.as_str(),
+                })
+            })
+            .collect();
+        log.emit(
+            &Event::new("instance.conflict", Severity::Error)
+                .field("service", c.service.as_str())
+                .field("instance", c.name())
+                .field("containers", claimants)
+                .field(
+                    "message",
+                    format!(
+                        "{}; sessions to it are refused until only one container claims it",
+                        c
+                    ),
+                ),
+        );
+    }
+}
+
+/// One `runtime.untrusted` event per runtime root, container directory or
+/// state file whose containers were ignored.
+fn report_untrusted(log: &Logger, untrusted: &[runtime::Untrusted]) {
+    for u in untrusted {
+        log.emit(
+            &Event::new("runtime.untrusted", Severity::Error)
+                .field("path", u.path.display().to_string())
+                .field("why", u.why.as_str())
+                .field(
+                    "message",
+                    format!(
+                        "{} {}: its containers are ignored (runtime state must be root-owned and not group/other-writable)",
+                        u.path.display(),
+                        u.why
+                    ),
+                ),
+        );
+    }
+}
+
 /// The slots a session holds; dropping them frees them.
 pub struct Admitted {
     _instance: Option<crate::limits::Slot>,
@@ -700,7 +787,10 @@ fn prepare(
         .collect();
 
     let mut notices = Vec::new();
-    let pw = container::container_user(&pinned.root, uid);
+    // A device, FIFO or socket at /etc/passwd was never opened (only looked
+    // at through O_PATH); a session into such an image is refused.
+    let pw = container::container_user(&pinned.root, uid)
+        .map_err(|n| refuse(CONTAINER_FILE, n.to_string()))?;
     let (name, home, login_shell) = match &pw {
         Some(p) => (p.name.clone(), p.home.clone(), p.shell.clone()),
         None => {
@@ -788,7 +878,12 @@ fn prepare(
     let proc_cgroup = pinned.read_proc("cgroup").map_err(|_| vanished())?;
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
         .map_err(|e| refuse("enter_failed", format!("cannot read the mount table: {e}")))?;
-    let dirs = container::cgroup_dirs(&proc_cgroup, &mountinfo);
+    let dirs = container::cgroup_dirs_checked(&proc_cgroup, &mountinfo).map_err(|c| {
+        refuse(
+            "enter_failed",
+            format!("cannot enter the instance: its {c} cgroup is not mounted on this host"),
+        )
+    })?;
     let cgroups = enter::open_cgroups(dirs).map_err(|e| refuse("enter_failed", e.to_string()))?;
 
     let confinement = confinement(inst, &pinned, &status)?;

@@ -156,3 +156,53 @@ fn plain_http_control_plane_with_a_token_is_refused_unless_allowed() {
         e.raw
     );
 }
+
+#[test]
+fn doctor_reports_conflicting_claims_and_untrusted_runtime_state() {
+    let host = TestHost::start(TestHostOpts::default());
+    let _a = Instance::start(&host, "srv-web1", "aaaaa", InstanceOpts::default());
+    let _b = Instance::start(&host, "srv-web1", "bbbbb", InstanceOpts::default());
+    let _impostor = Instance::start(
+        &host,
+        "srv-web1",
+        "aaaaa",
+        InstanceOpts::default().id("zz-impostor"),
+    );
+    let (ok, text) = doctor(&host);
+    assert!(!ok, "{text}");
+    let roots = line(&text, "runtime roots");
+    assert!(roots.starts_with("[FAIL]"), "{text}");
+    assert!(
+        roots.contains(
+            "instance srv-web1-aaaaa is claimed by two containers (srv-web1-aaaaa, zz-impostor)"
+        ),
+        "{text}"
+    );
+    let out = host.in_ns(&[
+        env!("CARGO_BIN_EXE_porthole"),
+        "doctor",
+        "--instance",
+        "srv-web1-aaaaa",
+    ]);
+    let text = format!("{}{}", util::lossy(&out.stdout), util::lossy(&out.stderr));
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        line(&text, "instance").contains("refusing to choose"),
+        "{text}"
+    );
+    // A state file that is not root's: reported, and its container ignored.
+    let state = host.runc_root().join("srv-web1-bbbbb/state.json");
+    let mode = std::fs::metadata(&state).unwrap().permissions().mode() & 0o7777;
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let (_, text) = doctor(&host);
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(mode)).unwrap();
+    let roots = line(&text, "runtime roots");
+    assert!(
+        roots.contains(&format!(
+            "{} is writable by group or others (mode 0666)",
+            state.display()
+        )),
+        "{text}"
+    );
+    assert!(roots.contains("2 running instance(s)"), "{text}");
+}
