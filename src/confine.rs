@@ -548,6 +548,36 @@ pub fn read_trusted_config(bundle: &Path) -> Result<Option<Vec<u8>>, ConfineErro
     Ok(Some(bytes))
 }
 
+/// Reads the confinement config of a bundle whose rootfs the runtime
+/// recorded: trusted as [`read_trusted_config`], and its `root.path`
+/// (relative to the bundle or absolute) must be that rootfs — so a label
+/// cannot make us read another container's (or any) config.json.
+pub fn read_bound_config(bundle: &Path, rootfs: &Path) -> Result<Option<Vec<u8>>, ConfineError> {
+    let Some(bytes) = read_trusted_config(bundle)? else {
+        return Ok(None);
+    };
+    #[derive(Deserialize)]
+    struct Root {
+        path: String,
+    }
+    #[derive(Deserialize)]
+    struct WithRoot {
+        root: Option<Root>,
+    }
+    let named = serde_json::from_slice::<WithRoot>(&bytes)
+        .ok()
+        .and_then(|c| c.root)
+        .map(|r| bundle.join(r.path));
+    if named.as_deref() != Some(rootfs) {
+        return Err(ConfineError::UntrustedBundle(format!(
+            "{}/config.json describes another root filesystem than the container's ({})",
+            bundle.display(),
+            rootfs.display()
+        )));
+    }
+    Ok(Some(bytes))
+}
+
 /// The seccomp program a session of this instance gets: the bundle's
 /// profile, cross-checked with the init's mode (a filtered init whose
 /// profile we cannot find is refused).

@@ -43,6 +43,11 @@ pub struct Instance {
     pub init_start: u64,
     /// The OCI bundle directory, when the runtime recorded it.
     pub bundle: Option<PathBuf>,
+    /// Where the bundle's confinement (seccomp profile) is read from: the
+    /// runtime's own bundle and the rootfs its config.json must name. For
+    /// runc and containerd the rootfs is inside the bundle; for Docker it
+    /// is elsewhere, so the binding is checked against the config itself.
+    pub confinement_source: Option<(PathBuf, PathBuf)>,
     /// The runtime root the state was found in.
     pub runtime_root: PathBuf,
     /// How the container claims the instance.
@@ -196,14 +201,8 @@ impl ContainerState {
     /// config.json the tenant could point at (another container's, a host
     /// file).
     pub fn bundle(&self) -> Option<PathBuf> {
-        let bundle = self
-            .labels
-            .iter()
-            .rev()
-            .find(|(k, _)| k == "bundle")
-            .map(|(_, v)| PathBuf::from(v))
-            .filter(|p| p.is_absolute())?;
-        let rootfs = self.rootfs.as_ref()?;
+        let (bundle, rootfs) = self.runtime_bundle()?;
+        let rootfs = &rootfs;
         let inside = rootfs.starts_with(&bundle)
             && rootfs != &bundle
             && !rootfs
@@ -211,6 +210,20 @@ impl ContainerState {
                 .chain(bundle.components())
                 .any(|c| matches!(c, std::path::Component::ParentDir));
         inside.then_some(bundle)
+    }
+
+    /// The runtime's own bundle label (the last `bundle=`, absolute) and
+    /// the rootfs of the state, without requiring one inside the other.
+    pub fn runtime_bundle(&self) -> Option<(PathBuf, PathBuf)> {
+        let bundle = self
+            .labels
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "bundle")
+            .map(|(_, v)| PathBuf::from(v))
+            .filter(|p| p.is_absolute())?;
+        let rootfs = self.rootfs.clone()?;
+        Some((bundle, rootfs))
     }
 }
 
@@ -567,6 +580,7 @@ pub fn running_instances(
                 Claim::ContainerId
             };
             let bundle = state.bundle();
+            let confinement_source = state.runtime_bundle();
             scan.instances.push(Instance {
                 container_id: state.id,
                 service,
@@ -574,6 +588,7 @@ pub fn running_instances(
                 init_pid: state.init_pid,
                 init_start: state.init_start,
                 bundle,
+                confinement_source,
                 runtime_root: root.clone(),
                 claim,
             });
@@ -786,6 +801,7 @@ mod tests {
             init_pid: 2,
             init_start: 1,
             bundle: None,
+            confinement_source: None,
             runtime_root: "/run/runc".into(),
             claim: Claim::ContainerId,
         }

@@ -939,9 +939,11 @@ fn confinement(
             ),
         )
     };
-    let config = match inst.bundle.as_deref() {
-        Some(b) => confine::read_trusted_config(b).map_err(refused)?,
-        None => None,
+    let config = match (&inst.bundle, &inst.confinement_source) {
+        (Some(b), _) => confine::read_trusted_config(b).map_err(refused)?,
+        // Docker keeps the rootfs outside the bundle: the config must name it.
+        (None, Some((b, rootfs))) => confine::read_bound_config(b, rootfs).map_err(refused)?,
+        (None, None) => None,
     };
     let seccomp =
         confine::seccomp_for(config.as_deref(), confine::seccomp_mode(status)).map_err(refused)?;

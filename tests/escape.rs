@@ -1382,6 +1382,33 @@ fn session_gets_the_instances_seccomp_filter_exactly_as_runc_exec() {
     drop(plain);
 }
 
+#[test]
+fn dockers_layout_rootfs_outside_the_bundle_still_gets_the_filter() {
+    let (host, key) = bastion();
+    let inst = Instance::start(
+        &host,
+        SVC,
+        "aaaaa",
+        InstanceOpts::default()
+            .root_user()
+            .rootfs_outside_bundle()
+            .linux("seccomp", deny_unshare_and_keyctl()),
+    );
+    assert!(!inst.rootfs().starts_with(inst.bundle()));
+    let r = host.ssh(LOGIN, &key, &[SECCOMP_PROBE]);
+    assert!(r.success(), "{}", r.describe());
+    assert!(r.stdout_str().contains("Seccomp:\t2"), "{}", r.describe());
+    assert!(r.stdout_str().contains("unshare=1"), "{}", r.describe());
+    // A config.json naming another root filesystem is not this container's.
+    let config = inst.bundle().join("config.json");
+    let original = fs::read(&config).unwrap();
+    let mut spec: serde_json::Value = serde_json::from_slice(&original).unwrap();
+    spec["root"]["path"] = "/somewhere/else".into();
+    fs::write(&config, serde_json::to_vec(&spec).unwrap()).unwrap();
+    assert_confinement_refusal(&host, &key, LOGIN, "another root filesystem");
+    fs::write(&config, &original).unwrap();
+}
+
 /// Asserts a login to `login` is refused with `needle` in the sentence and
 /// a `session.rejected` event with reason `confinement`.
 fn assert_confinement_refusal(host: &TestHost, key: &ClientKey, login: &str, needle: &str) {
