@@ -20,7 +20,12 @@ struct Args {
     /// Configuration file.
     #[arg(long, default_value = DEFAULT_PATH)]
     config: PathBuf,
-    /// Login name (%u).
+    /// Refresh the cached answer for the service named by USER if it is no
+    /// longer fresh, print nothing (run by session supervisors to close the
+    /// sessions of revoked keys). Exit 0 when a fresh answer is cached.
+    #[arg(long, conflicts_with_all = ["fingerprint", "key_type", "key"])]
+    refresh: bool,
+    /// Login name (%u), or the service with --refresh.
     user: String,
     /// Fingerprint of the offered key (%f).
     fingerprint: Option<String>,
@@ -33,14 +38,17 @@ struct Args {
 fn main() {
     let started = Instant::now();
     let args = Args::parse();
-    // The name is checked before anything is built from it; the config is
-    // read only to learn where the admin's log is (a configured socket
-    // other than /dev/log would otherwise never see hostile names).
+    // The name is checked before anything is built from it. Events before
+    // the configuration is in hand (a hostile name, an invalid file) go to
+    // the log socket the file names, even when the rest of it is invalid: a
+    // configured socket other than /dev/log would otherwise never see them.
+    let early_log = || {
+        let socket = porthole::config::log_socket_hint(&args.config)
+            .unwrap_or_else(|| PathBuf::from("/dev/log"));
+        Logger::new("porthole-keys", &socket)
+    };
     if porthole::names::Target::parse(&args.user).is_none() {
-        let socket = Config::load(&args.config)
-            .map(|c| c.log.socket)
-            .unwrap_or_else(|_| std::path::PathBuf::from("/dev/log"));
-        Logger::new("porthole-keys", &socket).emit(
+        early_log().emit(
             &Event::new("keys.decision", Severity::Notice)
                 .field("user", args.user.as_str())
                 .field("outcome", "refused")
@@ -51,7 +59,7 @@ fn main() {
     let cfg = match Config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
-            Logger::new("porthole-keys", std::path::Path::new("/dev/log")).emit(
+            early_log().emit(
                 &Event::new("keys.decision", Severity::Error)
                     .field("user", args.user.as_str())
                     .field("outcome", "refused")
@@ -74,6 +82,11 @@ fn main() {
         libc::alarm(u32::try_from(secs).unwrap_or(61));
     }
     let log = Logger::new("porthole-keys", &cfg.log.socket);
+    if args.refresh {
+        let fresh = porthole::names::Target::parse(&args.user)
+            .is_some_and(|t| hook::refresh(&cfg, &log, &t, started));
+        std::process::exit(if fresh { 0 } else { 1 });
+    }
     let call = Call {
         user: args.user,
         fingerprint: args.fingerprint,

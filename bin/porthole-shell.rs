@@ -1,10 +1,12 @@
 //! porthole-shell: sshd's ForceCommand and the session account's login
 //! shell. Installed setuid root (4750 root:porthole-session); hardened the
 //! way sudo-rs is: no core dumps, environment captured then wiped, every
-//! inherited fd above stderr closed, config only from a root-owned file.
+//! inherited fd above stderr closed, config only from a root-owned file;
+//! and, like runc, it runs from a sealed memfd copy of itself (`sealed`).
 
 use porthole::config::{Config, DEFAULT_PATH};
 use porthole::log::Logger;
+use porthole::sealed;
 use porthole::session::{self, Handover};
 use std::path::Path;
 
@@ -17,6 +19,9 @@ fn harden() {
         libc::setrlimit(libc::RLIMIT_CORE, &zero);
         libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
         libc::umask(0o077);
+        // After the sealed re-exec the kernel names us after the fd
+        // (`3`); admins look for porthole-shell in ps and top.
+        libc::prctl(libc::PR_SET_NAME, c"porthole-shell".as_ptr(), 0, 0, 0);
     }
 }
 
@@ -36,9 +41,15 @@ fn capture() -> Handover {
         term: var("TERM"),
         connection: var("SSH_CONNECTION"),
         dash_c,
-        self_path: std::env::current_exe()
-            .ok()
-            .map(|p| p.to_string_lossy().into_owned()),
+        // After the sealed re-exec, current_exe is the memfd; the path we
+        // were started from travels in ORIGIN_ENV (set by us, see sealed).
+        self_path: if sealed::is_sealed_self() {
+            var(sealed::ORIGIN_ENV)
+        } else {
+            std::env::current_exe()
+                .ok()
+                .map(|p| p.to_string_lossy().into_owned())
+        },
         real_uid: nix::unistd::getuid().as_raw(),
         // SAFETY: isatty on fd 0 has no memory effects.
         stdin_is_tty: unsafe { libc::isatty(0) } == 1,
@@ -50,6 +61,20 @@ fn capture() -> Handover {
 
 fn main() {
     harden();
+    // Before anything else: from here on /proc/self/exe is a sealed memfd,
+    // never the host file a process in a container could reopen.
+    if let Err(e) = sealed::ensure_sealed() {
+        let socket = Config::load(Path::new(DEFAULT_PATH))
+            .map(|c| c.log.socket)
+            .unwrap_or_else(|_| "/dev/log".into());
+        Logger::syslog_only("porthole-shell", &socket).emit(
+            &porthole::log::Event::new("session.rejected", porthole::log::Severity::Error)
+                .field("reason", "sealed_exec")
+                .field("message", e.to_string()),
+        );
+        eprintln!("porthole: SSH is not available on this host right now ({e}); the platform team has been notified");
+        std::process::exit(1);
+    }
     let handover = capture();
     let euid = nix::unistd::geteuid().as_raw();
     if let Err(msg) = session::self_check(handover.real_uid, euid) {

@@ -1,8 +1,14 @@
 //! porthole: the admin CLI (root). Thin: every command is a library call.
+//!
+//! Much of what it prints comes from tenants and developers (client
+//! commands, key owners, messages, container ids, control-plane errors):
+//! every line goes through `porthole::display` so that nothing in it acts
+//! on the admin's terminal.
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use porthole::config::{Config, DEFAULT_PATH};
+use porthole::display::{json_printable, printable};
 use porthole::registry::{self, Drain, Scope};
 use std::path::PathBuf;
 
@@ -143,13 +149,39 @@ fn parse_duration(s: &str) -> Result<u64> {
     Ok(total)
 }
 
-fn main() -> Result<()> {
+/// Prints one line of stdout with every terminal-active character escaped.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        println!("{}", printable(&format!($($arg)*)))
+    };
+}
+
+/// The same on stderr.
+macro_rules! warn {
+    ($($arg:tt)*) => {
+        eprintln!("{}", printable(&format!($($arg)*)))
+    };
+}
+
+fn main() {
+    if let Err(e) = run() {
+        // `{:#}`: the whole chain on one line, escaped like everything else
+        // (errors quote paths, records and control-plane answers).
+        warn!("Error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig => {
             let cfg = Config::load(&cli.config)?;
-            println!("{}: OK", cli.config.display());
-            println!("{cfg:#?}");
+            say!("{}: OK", cli.config.display());
+            // Line by line: the escaping keeps each on its own line.
+            for l in format!("{cfg:#?}").lines() {
+                say!("{l}");
+            }
         }
         Command::HostKeys { host, port, dir } => {
             let keys = porthole::hostkeys::read_host_keys(&dir)
@@ -161,15 +193,15 @@ fn main() -> Result<()> {
             for k in keys {
                 match k {
                     Ok(k) => {
-                        println!("{:<22} {}", k.algorithm, k.fingerprint);
+                        say!("{:<22} {}", k.algorithm, k.fingerprint);
                         lines.push(porthole::hostkeys::known_hosts_line(&host, port, &k));
                     }
-                    Err(e) => eprintln!("warning: {e}"),
+                    Err(e) => warn!("warning: {e}"),
                 }
             }
             println!();
             for l in lines {
-                println!("{l}");
+                say!("{l}");
             }
         }
         Command::Doctor {
@@ -189,7 +221,7 @@ fn main() -> Result<()> {
             };
             let failed = checks.iter().filter(|c| !c.ok).count();
             for c in &checks {
-                println!(
+                say!(
                     "[{}] {:<16} {}",
                     if c.ok { " ok " } else { "FAIL" },
                     c.name,
@@ -204,7 +236,8 @@ fn main() -> Result<()> {
             let cfg = Config::load(&cli.config)?;
             let sessions = registry::list(&cfg.session.state_dir);
             if json {
-                println!("{}", serde_json::to_string_pretty(&sessions)?);
+                let text = serde_json::to_string_pretty(&sessions)?;
+                println!("{}", json_printable(&text));
             } else if sessions.is_empty() {
                 println!("no live sessions");
             } else {
@@ -213,20 +246,22 @@ fn main() -> Result<()> {
                     "ID", "INSTANCE", "OWNER", "CLIENT", "TTY", "PID"
                 );
                 for r in sessions {
+                    // Each cell escaped before padding, so the columns
+                    // line up with what is shown.
                     println!(
                         "{:<16} {:<24} {:<24} {:<8} {:<6} {:>7}  {}",
-                        r.id,
-                        r.instance,
-                        r.owner,
-                        r.client.as_deref().unwrap_or("-"),
+                        printable(&r.id),
+                        printable(&r.instance),
+                        printable(&r.owner),
+                        printable(r.client.as_deref().unwrap_or("-")),
                         if r.tty { "yes" } else { "no" },
                         r.pid,
-                        r.command
+                        printable(&r.command)
                     );
                 }
             }
             for (scope, d) in registry::drains(&cfg.session.state_dir) {
-                eprintln!("drain {scope}: closes at {} ({})", d.deadline, d.message);
+                warn!("drain {scope}: closes at {} ({})", d.deadline, d.message);
             }
         }
         Command::Kill {
@@ -235,7 +270,7 @@ fn main() -> Result<()> {
         } => {
             let cfg = Config::load(&cli.config)?;
             let r = registry::request_close(&cfg.session.state_dir, &session_id, &message)?;
-            println!("closing session {} of {} ({})", r.id, r.instance, r.owner);
+            say!("closing session {} of {} ({})", r.id, r.instance, r.owner);
         }
         Command::Drain {
             scope,
@@ -252,7 +287,7 @@ fn main() -> Result<()> {
                 created: now,
             };
             registry::set_drain(&cfg.session.state_dir, &scope, &drain)?;
-            println!(
+            say!(
                 "draining {}: new sessions refused, live sessions close in {grace}s",
                 scope.describe()
             );
@@ -261,9 +296,9 @@ fn main() -> Result<()> {
             let cfg = Config::load(&cli.config)?;
             let scope = scope.scope()?;
             if registry::remove_drain(&cfg.session.state_dir, &scope)? {
-                println!("{} is open again", scope.describe());
+                say!("{} is open again", scope.describe());
             } else {
-                println!("{} was not drained", scope.describe());
+                say!("{} was not drained", scope.describe());
             }
         }
         Command::Close { instance, message } => {
@@ -280,20 +315,31 @@ fn main() -> Result<()> {
                     n += 1;
                 }
             }
-            println!("closing {n} session(s) of {name}");
+            say!("closing {n} session(s) of {name}");
         }
         Command::Instances => {
             let cfg = Config::load(&cli.config)?;
-            let all = porthole::runtime::running_instances(
+            let scan = porthole::runtime::running_instances(
                 &cfg.runtime.roots,
                 &cfg.runtime.service_annotation,
                 &cfg.runtime.instance_annotation,
             )?;
+            for u in &scan.untrusted {
+                eprintln!(
+                    "warning: {} {}: its containers are ignored",
+                    u.path.display(),
+                    u.why
+                );
+            }
+            for c in porthole::runtime::conflicts(&scan.instances) {
+                eprintln!("warning: {c}; sessions to it are refused");
+            }
+            let all = scan.instances;
             if all.is_empty() {
                 println!("no running instances");
             }
             for i in all {
-                println!(
+                say!(
                     "{:<30} container={} pid={} root={}",
                     i.name(),
                     i.container_id,

@@ -74,6 +74,10 @@ pub struct ControlPlane {
     /// long: logins are served from the stale cache or refused at once
     /// instead of each waiting out the budget again. 0 turns this off.
     pub failure_backoff_secs: u64,
+    /// Lets a token travel over plain `http://` to a host that is not
+    /// loopback. Off: such a configuration is refused (anyone on the path
+    /// could read the bastion's token).
+    pub allow_insecure_http: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -87,6 +91,14 @@ pub struct Cache {
     pub stale_secs: u64,
     /// How long a 404 ("no such service") is remembered.
     pub negative_secs: u64,
+    /// Most entries (answers, 404s, failure records) kept; beyond, the
+    /// oldest are removed, 404s and failure records first.
+    pub max_entries: u64,
+    /// Most bytes those entries may take together.
+    pub max_bytes: u64,
+    /// Most 404s and failure records kept (anyone who can reach sshd can
+    /// make the hook write one per name it tries).
+    pub max_negative_entries: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -105,6 +117,11 @@ pub struct Runtime {
 pub struct Session {
     /// The user sshd runs the keys hook as; owns the cache the shell trusts.
     pub keys_user: String,
+    /// The keys hook (sshd's AuthorizedKeysCommand program). Session
+    /// supervisors run it as `keys_user` with `--refresh <service>` when
+    /// the cached answer is no longer fresh, to close the sessions of
+    /// revoked keys (src/revoke.rs).
+    pub keys_command: PathBuf,
     /// The shared account every service name maps to (the NSS module reads
     /// its uid/gid/home/shell from /etc/passwd).
     pub account: String,
@@ -153,8 +170,67 @@ impl Default for ControlPlane {
             timeout_ms: 3000,
             max_body_bytes: 4 * 1024 * 1024,
             failure_backoff_secs: 5,
+            allow_insecure_http: false,
         }
     }
+}
+
+impl ControlPlane {
+    /// Why this control plane must not be asked, when the bearer token
+    /// would cross a network in clear: a plain `http://` URL, a token file,
+    /// a host that is not loopback, and no `allow_insecure_http`. Checked
+    /// when the configuration is read (every program refuses it) and again
+    /// before a request, whatever built the value.
+    pub fn insecure_http_refusal(&self) -> Option<String> {
+        let rest = self.url.strip_prefix("http://")?;
+        if self.token_file.is_none() || self.allow_insecure_http || http_host_is_loopback(rest) {
+            return None;
+        }
+        Some(format!(
+            "control_plane.url {:?} is plain http:// to a host that is not loopback: \
+             the bearer token would cross the network in clear. Use https://, or set \
+             control_plane.allow_insecure_http = true if that network path is trusted",
+            self.url
+        ))
+    }
+}
+
+/// True when the authority of an `http://` URL (the text after the scheme)
+/// names a loopback host: 127.0.0.0/8, `[::1]` (or `[::ffff:127.x.y.z]`),
+/// `localhost`. Strict on purpose: anything unusual (user info, odd IPv4
+/// spellings like `127.1`, whitespace, percent-escapes) is "not loopback",
+/// so a URL another parser reads differently can only be refused, never
+/// let through.
+fn http_host_is_loopback(rest: &str) -> bool {
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = rest.get(..end).unwrap_or("");
+    if authority.is_empty()
+        || authority.contains(['@', '%', '\\'])
+        || authority
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+    {
+        return false;
+    }
+    if let Some(v6) = authority.strip_prefix('[') {
+        let Some((addr, port)) = v6.split_once(']') else {
+            return false;
+        };
+        return (port.is_empty() || port.starts_with(':'))
+            && addr.parse::<std::net::Ipv6Addr>().is_ok_and(|a| {
+                a.is_loopback() || a.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+            });
+    }
+    // host[:port]; a second colon is an IPv6 address without brackets.
+    let mut parts = authority.split(':');
+    let host = parts.next().unwrap_or("");
+    if parts.count() > 1 {
+        return false;
+    }
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|a| a.is_loopback())
 }
 
 impl Default for Cache {
@@ -164,6 +240,9 @@ impl Default for Cache {
             fresh_secs: 60,
             stale_secs: 24 * 3600,
             negative_secs: 30,
+            max_entries: 10_000,
+            max_bytes: 64 * 1024 * 1024,
+            max_negative_entries: 1_000,
         }
     }
 }
@@ -187,6 +266,7 @@ impl Default for Session {
     fn default() -> Self {
         Session {
             keys_user: "porthole".into(),
+            keys_command: "/usr/lib/porthole/porthole-keys".into(),
             account: "porthole-session".into(),
             fallback_shell: "/bin/sh".into(),
             sftp_server_paths: vec![
@@ -244,6 +324,9 @@ impl Config {
                 cp.url
             )));
         }
+        if let Some(why) = cp.insecure_http_refusal() {
+            return Err(ConfigError::Invalid(why));
+        }
         if cp.timeout_ms == 0 || cp.timeout_ms > 60_000 {
             return Err(ConfigError::Invalid(
                 "control_plane.timeout_ms must be between 1 and 60000".into(),
@@ -259,10 +342,35 @@ impl Config {
                 "control_plane.max_body_bytes must be at least 1024".into(),
             ));
         }
+        let c = &self.cache;
+        if c.max_entries < 10 || c.max_entries > 10_000_000 {
+            return Err(ConfigError::Invalid(
+                "cache.max_entries must be between 10 and 10000000".into(),
+            ));
+        }
+        if c.max_negative_entries < 10 || c.max_negative_entries > c.max_entries {
+            return Err(ConfigError::Invalid(
+                "cache.max_negative_entries must be at least 10 and at most cache.max_entries"
+                    .into(),
+            ));
+        }
+        // Room for two answers of the largest size: a fresh answer is never
+        // evicted to make room for itself.
+        if c.max_bytes
+            < cp.max_body_bytes
+                .saturating_mul(2)
+                .saturating_add(64 * 1024)
+        {
+            return Err(ConfigError::Invalid(
+                "cache.max_bytes must be at least twice control_plane.max_body_bytes plus 64 KiB"
+                    .into(),
+            ));
+        }
         let mut paths: Vec<(&str, &Path)> = vec![
             ("cache.dir", &self.cache.dir),
             ("log.socket", &self.log.socket),
             ("session.state_dir", &self.session.state_dir),
+            ("session.keys_command", &self.session.keys_command),
         ];
         if let Some(t) = &cp.token_file {
             paths.push(("control_plane.token_file", t));
@@ -311,6 +419,17 @@ impl Config {
         })?;
         Config::from_toml(&text, path)
     }
+}
+
+/// The `[log] socket` of the file at `path` even when the rest of it is
+/// invalid, so that a hook refusing a broken configuration still reaches
+/// the admin's log. Only a safe file (see [`read_root_owned`]) is read, and
+/// only an absolute path is taken; `None` otherwise.
+pub fn log_socket_hint(path: &Path) -> Option<PathBuf> {
+    let text = String::from_utf8(read_root_owned(path, MAX_CONFIG_BYTES).ok()?).ok()?;
+    let table = text.parse::<toml::Table>().ok()?;
+    let socket = PathBuf::from(table.get("log")?.get("socket")?.as_str()?);
+    socket.is_absolute().then_some(socket)
 }
 
 /// Why a root-owned file could not be trusted.
@@ -417,6 +536,82 @@ mod tests {
         assert!(matches!(e, ConfigError::Invalid(_)));
         let e = Config::from_toml("[cache]\ndir = \"rel\"\n", Path::new("x")).unwrap_err();
         assert!(matches!(e, ConfigError::Invalid(_)));
+    }
+
+    #[test]
+    fn cache_caps_have_sane_defaults_and_bounds() {
+        let c = Cache::default();
+        assert_eq!(
+            (c.max_entries, c.max_negative_entries, c.max_bytes),
+            (10_000, 1_000, 64 * 1024 * 1024)
+        );
+        for bad in [
+            "[cache]\nmax_entries = 0\n",
+            "[cache]\nmax_negative_entries = 0\n",
+            "[cache]\nmax_entries = 100\nmax_negative_entries = 101\n",
+            // Not even two answers of the largest accepted size.
+            "[cache]\nmax_bytes = 1048576\n",
+        ] {
+            let e = Config::from_toml(bad, Path::new("x")).unwrap_err();
+            assert!(matches!(e, ConfigError::Invalid(_)), "{bad}: {e}");
+        }
+        let ok = "[control_plane]\nmax_body_bytes = 1024\n[cache]\nmax_entries = 10\n\
+                  max_negative_entries = 10\nmax_bytes = 67584\n";
+        assert!(Config::from_toml(ok, Path::new("x")).is_ok());
+    }
+
+    #[test]
+    fn plain_http_with_a_token_is_refused_unless_loopback_or_allowed() {
+        let cfg = |url: &str, token: bool, allow: bool| {
+            let mut t = format!("[control_plane]\nurl = \"{url}\"\n");
+            if token {
+                t.push_str("token_file = \"/etc/porthole/token\"\n");
+            }
+            if allow {
+                t.push_str("allow_insecure_http = true\n");
+            }
+            Config::from_toml(&t, Path::new("x"))
+        };
+        for url in [
+            "http://api.example.com",
+            "http://10.0.0.5:8080/base",
+            "http://127.0.0.1.nip.io",
+            "http://127.1",
+            "http://127.0.0.1@api.example.com",
+            "http://api.example.com#@127.0.0.1",
+            "http://api.example.com/@127.0.0.1",
+            "http://[::2]:80",
+            "http://localhost.example.com",
+            "http://%31%32%37.0.0.1",
+            "http://",
+        ] {
+            let e = cfg(url, true, false).unwrap_err();
+            assert!(matches!(e, ConfigError::Invalid(_)), "{url}: {e}");
+            let text = e.to_string();
+            assert!(
+                text.contains("plain http:// to a host that is not loopback")
+                    && text.contains("bearer token would cross the network in clear")
+                    && text.contains("allow_insecure_http = true"),
+                "{url}: {text}"
+            );
+            let ok = cfg(url, true, true);
+            assert!(ok.is_ok() || url == "http://", "{url}: {ok:?}");
+            assert!(
+                cfg(url, false, false).is_ok(),
+                "{url}: no token, nothing to leak"
+            );
+        }
+        for url in [
+            "http://127.0.0.1:8080",
+            "http://127.9.8.7/base/",
+            "http://localhost:1234",
+            "http://LOCALHOST",
+            "http://[::1]:8080/x",
+            "http://[::ffff:127.0.0.1]",
+            "https://api.example.com",
+        ] {
+            assert!(cfg(url, true, false).is_ok(), "{url}");
+        }
     }
 
     #[test]

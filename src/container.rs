@@ -6,12 +6,16 @@
 //! its root filesystem. Files inside the container belong to the tenant, so
 //! they are opened with `openat2(RESOLVE_IN_ROOT)` relative to the pinned
 //! root: a symlink `/etc/passwd -> /host/etc/shadow` resolves inside the
-//! container, never on the host. Parsers here are pure and size-capped.
+//! container, never on the host. And they are opened `O_PATH` first and
+//! reopened for reading only once fstat says they are regular files: host
+//! root never runs a device's open routine (a watchdog, a tape) planted in
+//! an image, nor blocks on or wakes a FIFO. Parsers here are pure and
+//! size-capped.
 
 use std::ffi::CString;
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 const MAX_PASSWD_BYTES: u64 = 4 * 1024 * 1024;
@@ -165,58 +169,90 @@ pub struct CgroupDir {
 }
 
 impl CgroupDir {
-    /// Charging the session's memory to the instance is the point of joining;
-    /// these must succeed, the others are best effort.
+    /// Charging the session's memory to the instance is the point of
+    /// joining, and on cgroup v1 the `devices` controller is what keeps the
+    /// session from opening device nodes the instance may not (v2 does that
+    /// with a BPF program attached to the unified cgroup): these must
+    /// succeed, the others are best effort.
     pub fn is_required(&self) -> bool {
-        self.controllers.is_empty()
-            || self
-                .controllers
-                .split(',')
-                .any(|c| c == "memory" || c == "pids")
+        self.controllers.is_empty() || v1_required(&self.controllers)
     }
+}
+
+/// Whether a v1 hierarchy with these controllers must be joined.
+fn v1_required(controllers: &str) -> bool {
+    controllers
+        .split(',')
+        .any(|c| c == "memory" || c == "pids" || c == "devices")
 }
 
 /// Maps `/proc/PID/cgroup` lines to directories using the mount table of
 /// the reader (`/proc/self/mountinfo`): v1 hierarchies by controller list,
-/// v2 (`0::/path`) by the cgroup2 mount.
+/// v2 (`0::/path`) by the cgroup2 mount. Lines that cannot be mapped are
+/// left out (see [`cgroup_dirs_checked`] for when that is not allowed).
 pub fn cgroup_dirs(proc_cgroup: &str, mountinfo: &str) -> Vec<CgroupDir> {
+    map_cgroups(proc_cgroup, mountinfo).0
+}
+
+/// Like [`cgroup_dirs`], but a v1 hierarchy the session must join
+/// ([`CgroupDir::is_required`]: memory, pids, devices) that cannot be
+/// mapped to a directory is an error naming its controllers: leaving it
+/// out would start the session outside the instance's limits. (The v2
+/// line is printed even where no cgroup2 is mounted, as on v1-only hosts;
+/// there, nothing is lost by leaving it out.)
+pub fn cgroup_dirs_checked(proc_cgroup: &str, mountinfo: &str) -> Result<Vec<CgroupDir>, String> {
+    let (dirs, unmapped) = map_cgroups(proc_cgroup, mountinfo);
+    match unmapped.into_iter().find(|c| v1_required(c)) {
+        Some(c) => Err(c),
+        None => Ok(dirs),
+    }
+}
+
+/// The mapped directories, and the controller lists of lines that could
+/// not be mapped.
+fn map_cgroups(proc_cgroup: &str, mountinfo: &str) -> (Vec<CgroupDir>, Vec<String>) {
     let mounts = parse_cgroup_mounts(mountinfo);
     let mut out = Vec::new();
+    let mut unmapped = Vec::new();
     for line in proc_cgroup.lines() {
         let mut parts = line.splitn(3, ':');
         let (Some(id), Some(ctrls), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
             continue;
         };
-        if path.contains("/../") || path.ends_with("/..") || !path.starts_with('/') {
-            continue;
+        match map_cgroup_line(&mounts, id, ctrls, path) {
+            Some(dir) => out.push(CgroupDir {
+                controllers: ctrls.to_owned(),
+                dir,
+            }),
+            None => unmapped.push(ctrls.to_owned()),
         }
-        let mount = if id == "0" && ctrls.is_empty() {
-            mounts.iter().find(|m| m.v2)
-        } else {
-            let want: Vec<&str> = ctrls.split(',').collect();
-            mounts.iter().find(|m| {
-                !m.v2 && {
-                    let have: Vec<&str> = m.options.split(',').collect();
-                    want.iter().all(|w| have.contains(w))
-                }
-            })
-        };
-        let Some(m) = mount else { continue };
-        // The mount may expose only a subtree (its root field).
-        let rel = if m.root == "/" {
-            Some(path)
-        } else {
-            path.strip_prefix(m.root.as_str())
-                .filter(|r| r.is_empty() || r.starts_with('/'))
-        };
-        let Some(rel) = rel else { continue };
-        let dir = Path::new(&m.mount_point).join(rel.trim_start_matches('/'));
-        out.push(CgroupDir {
-            controllers: ctrls.to_owned(),
-            dir,
-        });
     }
-    out
+    (out, unmapped)
+}
+
+fn map_cgroup_line(mounts: &[CgroupMount], id: &str, ctrls: &str, path: &str) -> Option<PathBuf> {
+    if path.contains("/../") || path.ends_with("/..") || !path.starts_with('/') {
+        return None;
+    }
+    let mount = if id == "0" && ctrls.is_empty() {
+        mounts.iter().find(|m| m.v2)
+    } else {
+        let want: Vec<&str> = ctrls.split(',').collect();
+        mounts.iter().find(|m| {
+            !m.v2 && {
+                let have: Vec<&str> = m.options.split(',').collect();
+                want.iter().all(|w| have.contains(w))
+            }
+        })
+    }?;
+    // The mount may expose only a subtree (its root field).
+    let rel = if mount.root == "/" {
+        Some(path)
+    } else {
+        path.strip_prefix(mount.root.as_str())
+            .filter(|r| r.is_empty() || r.starts_with('/'))
+    }?;
+    Some(Path::new(&mount.mount_point).join(rel.trim_start_matches('/')))
 }
 
 struct CgroupMount {
@@ -258,36 +294,130 @@ fn unescape_mount(s: &str) -> String {
         .replace("\\134", "\\")
 }
 
-/// Opens `path` inside the tree of `root` (a directory fd) with
-/// `RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS`, so absolute symlinks and `..`
-/// stay inside the container. O_NONBLOCK keeps a FIFO from hanging us.
-pub fn open_in_root(root: &OwnedFd, path: &str, flags: i32) -> std::io::Result<File> {
-    let cpath = CString::new(path).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+/// `RESOLVE_*` flags of openat2(2).
+const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+const RESOLVE_IN_ROOT: u64 = 0x10;
+
+/// What a container file turned out to be when it is not a regular file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    Directory,
+    CharDevice,
+    BlockDevice,
+    Fifo,
+    Socket,
+    Symlink,
+    Unknown,
+}
+
+impl FileKind {
+    fn of(mode: libc::mode_t) -> FileKind {
+        match mode & libc::S_IFMT {
+            libc::S_IFDIR => FileKind::Directory,
+            libc::S_IFCHR => FileKind::CharDevice,
+            libc::S_IFBLK => FileKind::BlockDevice,
+            libc::S_IFIFO => FileKind::Fifo,
+            libc::S_IFSOCK => FileKind::Socket,
+            libc::S_IFLNK => FileKind::Symlink,
+            _ => FileKind::Unknown,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileKind::Directory => "a directory",
+            FileKind::CharDevice => "a character device",
+            FileKind::BlockDevice => "a block device",
+            FileKind::Fifo => "a FIFO",
+            FileKind::Socket => "a socket",
+            FileKind::Symlink => "a symbolic link",
+            FileKind::Unknown => "not a file",
+        }
+    }
+}
+
+/// A path that exists but is not a regular file. It was never opened for
+/// reading (only as an `O_PATH` handle, which cannot act on a device or
+/// wake a FIFO's writer). Where the file is one the session needs, the
+/// caller refuses the session and tells the admin: the image is hostile or
+/// broken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotRegular {
+    pub path: String,
+    pub kind: FileKind,
+    /// A path inside the instance (else a host path).
+    pub in_instance: bool,
+}
+
+impl std::fmt::Display for NotRegular {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let place = if self.in_instance {
+            " in the instance"
+        } else {
+            ""
+        };
+        write!(
+            f,
+            "{}{place} is not a regular file (it is {}); porthole does not open it",
+            self.path,
+            self.kind.as_str()
+        )
+    }
+}
+
+impl std::error::Error for NotRegular {}
+
+/// Why a file could not be read. Says how the caller reacts.
+#[derive(Debug)]
+pub enum FileError {
+    /// Missing, or unreadable (a symlink loop, a lease held on it…): the
+    /// caller goes on as if the file did not exist.
+    Unavailable(std::io::Error),
+    /// Larger than the caller's cap: treated like unavailable.
+    TooLarge,
+    /// Not a regular file, and never opened: refuse (see [`NotRegular`]).
+    NotRegular(NotRegular),
+}
+
+impl std::fmt::Display for FileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FileError::Unavailable(e) => e.fmt(f),
+            FileError::TooLarge => f.write_str("file too large"),
+            FileError::NotRegular(n) => n.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for FileError {}
+
+/// openat2(2) of `path` relative to `dirfd` with `how.flags = flags`.
+fn openat2(
+    dirfd: RawFd,
+    path: impl AsRef<std::ffi::OsStr>,
+    flags: i32,
+    resolve: u64,
+) -> std::io::Result<OwnedFd> {
+    use std::os::unix::ffi::OsStrExt;
+    let cpath = CString::new(path.as_ref().as_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
     #[repr(C)]
     struct OpenHow {
         flags: u64,
         mode: u64,
         resolve: u64,
     }
-    const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
-    const RESOLVE_IN_ROOT: u64 = 0x10;
-    // openat2, unlike open, refuses flags that mean nothing with O_PATH.
-    let extra = if flags & libc::O_PATH != 0 {
-        libc::O_CLOEXEC
-    } else {
-        libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK
-    };
     let how = OpenHow {
-        flags: (flags | extra) as u64,
+        flags: (flags | libc::O_CLOEXEC) as u64,
         mode: 0,
-        resolve: RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+        resolve,
     };
     // SAFETY: openat2 reads `how` (size given) and the NUL-terminated path;
-    // both outlive the call. The returned fd is owned by the File below.
+    // both outlive the call. The returned fd is owned by the OwnedFd below.
     let fd = unsafe {
         libc::syscall(
             libc::SYS_openat2,
-            root.as_raw_fd(),
+            dirfd,
             cpath.as_ptr(),
             &how as *const OpenHow,
             std::mem::size_of::<OpenHow>(),
@@ -297,38 +427,121 @@ pub fn open_in_root(root: &OwnedFd, path: &str, flags: i32) -> std::io::Result<F
         return Err(std::io::Error::last_os_error());
     }
     // SAFETY: fd was just returned by openat2 and is owned by nobody else.
-    Ok(unsafe { File::from_raw_fd(fd as i32) })
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-/// Reads a regular file inside the container, at most `max` bytes.
-pub fn read_in_root(root: &OwnedFd, path: &str, max: u64) -> std::io::Result<Vec<u8>> {
-    let f = open_in_root(root, path, libc::O_RDONLY)?;
-    if !f.metadata()?.is_file() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "not a regular file",
-        ));
+/// Opens `path` inside the tree of `root` (a directory fd) as an `O_PATH`
+/// handle with `RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS`, so absolute
+/// symlinks and `..` stay inside the container. `flags` may add
+/// `O_DIRECTORY` or `O_NOFOLLOW`; the handle is always `O_PATH`, which
+/// cannot read, write or act on what it names (a device's open routine
+/// never runs, a FIFO's writer is not woken): fstat it, or read a regular
+/// file through [`read_in_root`].
+pub fn open_in_root(root: &OwnedFd, path: &str, flags: i32) -> std::io::Result<File> {
+    let flags = (flags & (libc::O_DIRECTORY | libc::O_NOFOLLOW)) | libc::O_PATH;
+    let fd = openat2(
+        root.as_raw_fd(),
+        path,
+        flags,
+        RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+    )?;
+    Ok(File::from(fd))
+}
+
+/// Opens a regular file for reading without ever opening anything else:
+/// `O_PATH` first, fstat, and only a regular file is reopened (through
+/// `/proc/self/fd`, which reopens exactly the inode already checked, so a
+/// rename in between cannot swap in a device). `O_NONBLOCK` on the reopen
+/// keeps a write lease a tenant holds on the file from stalling us.
+fn open_regular(handle: OwnedFd, shown: &str, in_instance: bool) -> Result<File, FileError> {
+    use std::os::unix::fs::MetadataExt;
+    let handle = File::from(handle);
+    let meta = handle.metadata().map_err(FileError::Unavailable)?;
+    let mode = meta.mode() as libc::mode_t;
+    if mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(FileError::NotRegular(NotRegular {
+            path: shown.to_owned(),
+            kind: FileKind::of(mode),
+            in_instance,
+        }));
     }
+    let reopened = openat2(
+        libc::AT_FDCWD,
+        format!("/proc/self/fd/{}", handle.as_raw_fd()),
+        libc::O_RDONLY | libc::O_NOCTTY | libc::O_NONBLOCK,
+        0,
+    )
+    .map(File::from)
+    .map_err(FileError::Unavailable)?;
+    let again = reopened.metadata().map_err(FileError::Unavailable)?;
+    if again.dev() != meta.dev() || again.ino() != meta.ino() || !again.is_file() {
+        // Cannot happen through the magic link; refuse rather than trust it.
+        return Err(FileError::Unavailable(std::io::Error::from_raw_os_error(
+            libc::ESTALE,
+        )));
+    }
+    Ok(reopened)
+}
+
+/// Reads a regular file inside the container, at most `max` bytes. Any
+/// other kind of file is never opened ([`FileError::NotRegular`]).
+pub fn read_in_root(root: &OwnedFd, path: &str, max: u64) -> Result<Vec<u8>, FileError> {
+    let handle = open_in_root(root, path, 0).map_err(FileError::Unavailable)?;
+    let f = open_regular(handle.into(), path, true)?;
     read_capped(f, max)
 }
 
+/// Opens a regular host file for reading with the same never-open-anything-
+/// else rule. A symlink as the last component is not followed: it comes
+/// back as [`FileError::NotRegular`] of kind [`FileKind::Symlink`].
+pub fn open_host_regular(path: &Path) -> Result<File, FileError> {
+    let handle = openat2(libc::AT_FDCWD, path, libc::O_PATH | libc::O_NOFOLLOW, 0)
+        .map_err(FileError::Unavailable)?;
+    open_regular(handle, &path.display().to_string(), false)
+}
+
+/// Reads a regular host file (see [`open_host_regular`]), at most `max`
+/// bytes.
+pub fn read_host_file(path: &Path, max: u64) -> Result<Vec<u8>, FileError> {
+    read_capped(open_host_regular(path)?, max)
+}
+
+/// Opens the regular file `name` in the directory `dir` (no symlinks at
+/// all) for reading; its metadata comes with it for ownership checks.
+pub fn open_regular_at(dir: &OwnedFd, name: &str) -> Result<File, FileError> {
+    const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+    let handle = openat2(
+        dir.as_raw_fd(),
+        name,
+        libc::O_PATH | libc::O_NOFOLLOW,
+        RESOLVE_NO_SYMLINKS,
+    )
+    .map_err(FileError::Unavailable)?;
+    open_regular(handle, name, false)
+}
+
 /// Reads at most `max` bytes; more is an error, not a silent truncation.
-fn read_capped(f: File, max: u64) -> std::io::Result<Vec<u8>> {
+fn read_capped(f: File, max: u64) -> Result<Vec<u8>, FileError> {
     let mut buf = Vec::new();
-    f.take(max + 1).read_to_end(&mut buf)?;
+    f.take(max.saturating_add(1))
+        .read_to_end(&mut buf)
+        .map_err(FileError::Unavailable)?;
     if buf.len() as u64 > max {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "file too large",
-        ));
+        return Err(FileError::TooLarge);
     }
     Ok(buf)
 }
 
 /// The container user's passwd entry, read through the pinned root.
-pub fn container_user(root: &OwnedFd, uid: u32) -> Option<PasswdEntry> {
-    let text = read_in_root(root, "/etc/passwd", MAX_PASSWD_BYTES).ok()?;
-    passwd_lookup(&text, uid)
+/// `Ok(None)` when there is no usable passwd file or no entry for `uid`
+/// (the session goes on without one); `Err` when `/etc/passwd` is a
+/// device, FIFO or socket, which is refused.
+pub fn container_user(root: &OwnedFd, uid: u32) -> Result<Option<PasswdEntry>, NotRegular> {
+    match read_in_root(root, "/etc/passwd", MAX_PASSWD_BYTES) {
+        Ok(text) => Ok(passwd_lookup(&text, uid)),
+        Err(FileError::NotRegular(n)) => Err(n),
+        Err(FileError::Unavailable(_) | FileError::TooLarge) => Ok(None),
+    }
 }
 
 /// Whether `shell` names an executable regular file inside the container
@@ -399,15 +612,6 @@ pub fn container_env(bundle: Option<&Path>, pid: i32) -> Vec<String> {
     read_host_file(Path::new(&format!("/proc/{pid}/environ")), MAX_ENV_BYTES)
         .map(|b| env_from_environ(&b))
         .unwrap_or_default()
-}
-
-fn read_host_file(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = File::options()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-        .open(path)?;
-    read_capped(f, max)
 }
 
 /// TERM from the client, only when it is a plausible terminfo name.
@@ -520,7 +724,7 @@ evil:x:1000:1000::/home/ev\x1bil:/bin/sh\napp:x:1000:1000:App:/home/app:/bin/sh\
         std::os::unix::fs::symlink("../../../../../../etc/hostname", dir.path().join("etc/up"))
             .unwrap();
         let root: OwnedFd = File::open(dir.path()).unwrap().into();
-        assert_eq!(container_user(&root, 5).unwrap().name, "app");
+        assert_eq!(container_user(&root, 5).unwrap().unwrap().name, "app");
         // Both symlinks resolve inside the temp root, where no /etc/hostname exists.
         assert!(read_in_root(&root, "/etc/link", 100).is_err());
         assert!(read_in_root(&root, "/etc/up", 100).is_err());
@@ -547,6 +751,121 @@ evil:x:1000:1000::/home/ev\x1bil:/bin/sh\napp:x:1000:1000:App:/home/app:/bin/sh\
         );
         assert!(!usable_shell(&root, "/bin/data"), "not executable");
         assert!(!usable_shell(&root, "bin/sh"), "relative path");
+    }
+
+    #[test]
+    fn special_files_are_never_opened() {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("etc")).unwrap();
+        let passwd = dir.path().join("etc/passwd");
+        nix::unistd::mkfifo(&passwd, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        let root: OwnedFd = File::open(dir.path()).unwrap().into();
+        // A FIFO: refused without blocking (and without opening it: an
+        // open for reading would complete this non-blocking writer's open).
+        let expected = NotRegular {
+            path: "/etc/passwd".into(),
+            kind: FileKind::Fifo,
+            in_instance: true,
+        };
+        assert_eq!(container_user(&root, 5), Err(expected.clone()));
+        let writer = std::fs::File::options()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&passwd);
+        assert_eq!(
+            writer.unwrap_err().raw_os_error(),
+            Some(libc::ENXIO),
+            "no reader may hold the FIFO open"
+        );
+        assert_eq!(
+            expected.to_string(),
+            "/etc/passwd in the instance is not a regular file (it is a FIFO); porthole does not open it"
+        );
+        // A directory, and a symlink to the FIFO (resolved in the root).
+        assert!(matches!(
+            read_in_root(&root, "/etc", 10),
+            Err(FileError::NotRegular(NotRegular {
+                kind: FileKind::Directory,
+                ..
+            }))
+        ));
+        std::os::unix::fs::symlink("/etc/passwd", dir.path().join("etc/link")).unwrap();
+        assert!(matches!(
+            read_in_root(&root, "/etc/link", 10),
+            Err(FileError::NotRegular(NotRegular {
+                kind: FileKind::Fifo,
+                ..
+            }))
+        ));
+        // A character device (needs CAP_MKNOD): /dev/null's numbers.
+        let dev = dir.path().join("etc/dev");
+        if nix::sys::stat::mknod(
+            &dev,
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+            nix::sys::stat::makedev(1, 3),
+        )
+        .is_ok()
+        {
+            assert!(matches!(
+                read_in_root(&root, "/etc/dev", 10),
+                Err(FileError::NotRegular(NotRegular {
+                    kind: FileKind::CharDevice,
+                    ..
+                }))
+            ));
+        }
+        // Host files read as root follow the same rule.
+        assert!(matches!(
+            read_host_file(&passwd, 10),
+            Err(FileError::NotRegular(NotRegular {
+                kind: FileKind::Fifo,
+                ..
+            }))
+        ));
+        // Missing and oversized are "unavailable", not refusals.
+        assert!(container_user(&root, 5).is_err());
+        std::fs::remove_file(&passwd).unwrap();
+        assert_eq!(container_user(&root, 5), Ok(None));
+        std::fs::write(&passwd, "app:x:5:5::/h:/bin/sh\n").unwrap();
+        assert!(matches!(
+            read_in_root(&root, "/etc/passwd", 3),
+            Err(FileError::TooLarge)
+        ));
+        assert_eq!(read_in_root(&root, "/etc/passwd", 100).unwrap().len(), 22);
+        // open_in_root hands out O_PATH handles only, whatever is asked.
+        let f = open_in_root(&root, "/etc/passwd", libc::O_RDWR).unwrap();
+        let mut buf = [0u8; 4];
+        assert_eq!(
+            (&f).read(&mut buf).unwrap_err().raw_os_error(),
+            Some(libc::EBADF)
+        );
+    }
+
+    #[test]
+    fn required_v1_cgroups_must_be_mounted() {
+        let mountinfo = "\
+31 30 0:27 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n\
+32 30 0:28 / /sys/fs/cgroup/devices rw - cgroup cgroup rw,devices\n";
+        let proc_cg = "5:devices:/t1\n4:memory:/t1\n3:cpu:/t1\n0::/t1\n";
+        // cpu (best effort) and v2 (not mounted on this v1 host) may be left out.
+        let dirs = cgroup_dirs_checked(proc_cg, mountinfo).unwrap();
+        assert_eq!(dirs.len(), 2);
+        assert!(dirs[0].is_required(), "devices is required on v1");
+        assert_eq!(dirs[0].dir, Path::new("/sys/fs/cgroup/devices/t1"));
+        // The devices hierarchy not mounted: an error naming it.
+        let no_devices = "31 30 0:27 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
+        assert_eq!(
+            cgroup_dirs_checked(proc_cg, no_devices),
+            Err("devices".to_string())
+        );
+        assert_eq!(cgroup_dirs(proc_cg, no_devices).len(), 1);
+        // A path that cannot be mapped (escaping the mount) is refused too.
+        assert_eq!(
+            cgroup_dirs_checked("4:memory:/../x\n", mountinfo),
+            Err("memory".to_string())
+        );
     }
 
     /// Fuzzing finding (fuzz/regressions/container): a uid_map line whose

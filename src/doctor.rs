@@ -196,6 +196,32 @@ pub fn run(paths: &Paths) -> Vec<Check> {
                     )
                 },
             ));
+            // Session supervisors run the same hook to close the sessions
+            // of revoked keys (src/revoke.rs).
+            let kc = &cfg.session.keys_command;
+            let kc_ok = crate::revoke::check_command(kc);
+            let akc_prog = akc
+                .split_whitespace()
+                .next()
+                .and_then(|p| std::fs::canonicalize(p).ok());
+            let same = matches!((&akc_prog, &kc_ok), (Some(a), Ok(k)) if a == k);
+            out.push(check(
+                "keys command",
+                same,
+                match (&kc_ok, same) {
+                    (Err(e), _) => {
+                        format!("{e}: live sessions of revoked keys are not closed")
+                    }
+                    (Ok(_), false) => format!(
+                        "session.keys_command {} is not sshd's AuthorizedKeysCommand {akc:?}",
+                        kc.display()
+                    ),
+                    (Ok(k), true) => format!(
+                        "{} refreshes answers for live sessions (revoked keys are closed within cache.fresh_secs)",
+                        k.display()
+                    ),
+                },
+            ));
         }
         Ok(o) => out.push(check(
             "sshd drop-in",
@@ -248,23 +274,47 @@ pub fn run(paths: &Paths) -> Vec<Check> {
         .iter()
         .filter(|r| std::fs::read_dir(r).is_ok())
         .collect();
+    let scan = crate::runtime::running_instances(
+        &cfg.runtime.roots,
+        &cfg.runtime.service_annotation,
+        &cfg.runtime.instance_annotation,
+    );
+    // What the session shell ignores as not root's (it logs runtime.untrusted).
+    let untrusted: Vec<String> = match &scan {
+        Ok(s) => s.untrusted.iter(),
+        Err(crate::runtime::ResolveError::UntrustedRuntime { untrusted }) => untrusted.iter(),
+        Err(_) => [].iter(),
+    }
+    .map(|u| format!("{} {}", u.path.display(), u.why))
+    .collect();
+    let conflicts: Vec<String> = match &scan {
+        Ok(s) => crate::runtime::conflicts(&s.instances)
+            .iter()
+            .map(|c| c.to_string())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
     out.push(check(
         "runtime roots",
-        !readable.is_empty(),
+        !readable.is_empty() && untrusted.is_empty() && conflicts.is_empty(),
         if readable.is_empty() {
             "none of runtime.roots exists yet (no container has run on this host, or the roots are wrong)".to_string()
         } else {
-            let n = crate::runtime::running_instances(
-                &cfg.runtime.roots,
-                &cfg.runtime.service_annotation,
-                &cfg.runtime.instance_annotation,
-            )
-            .map(|v| v.len())
-            .unwrap_or(0);
-            format!(
+            let n = scan.as_ref().map(|v| v.instances.len()).unwrap_or(0);
+            let mut text = format!(
                 "{} readable, {n} running instance(s)",
                 readable.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
-            )
+            );
+            if !untrusted.is_empty() {
+                text.push_str(&format!(
+                    "; ignored as not root's (runtime state must be root-owned and not group/other-writable): {}",
+                    untrusted.join("; ")
+                ));
+            }
+            if !conflicts.is_empty() {
+                text.push_str(&format!("; {}", conflicts.join("; ")));
+            }
+            text
         },
     ));
 
@@ -299,9 +349,22 @@ pub fn run(paths: &Paths) -> Vec<Check> {
         "cache",
         cache_ok,
         if cache_ok {
+            let c = &cfg.cache;
+            let fill = match crate::cache::counts(&c.dir) {
+                Some(n) => format!(
+                    "{} entries (max {}), {} of them 404s or failures (max {}), {} KiB (max {} KiB)",
+                    n.entries,
+                    c.max_entries,
+                    n.negatives,
+                    c.max_negative_entries,
+                    n.bytes.div_ceil(1024),
+                    c.max_bytes / 1024
+                ),
+                None => "nothing written yet".to_string(),
+            };
             format!(
-                "{} is owned by {}",
-                cfg.cache.dir.display(),
+                "{} is owned by {}; {fill}",
+                c.dir.display(),
                 cfg.session.keys_user
             )
         } else {
@@ -347,7 +410,16 @@ pub fn instance(cfg: &Config, name: &str) -> Vec<Check> {
         &cfg.runtime.service_annotation,
         &cfg.runtime.instance_annotation,
     ) {
-        Ok(a) => a,
+        Ok(scan) => {
+            for u in &scan.untrusted {
+                out.push(check(
+                    "runtime state",
+                    false,
+                    format!("{} {}: its containers are ignored", u.path.display(), u.why),
+                ));
+            }
+            scan.instances
+        }
         Err(e) => {
             out.push(check("instance", false, e.to_string()));
             return out;
@@ -398,7 +470,8 @@ pub fn instance(cfg: &Config, name: &str) -> Vec<Check> {
         return out;
     };
     match crate::container::container_user(&pinned.root, uid) {
-        Some(pw) => {
+        Err(n) => out.push(check("user", false, format!("{n}; sessions are refused"))),
+        Ok(Some(pw)) => {
             out.push(check(
                 "user",
                 true,
@@ -437,7 +510,7 @@ pub fn instance(cfg: &Config, name: &str) -> Vec<Check> {
                 },
             ));
         }
-        None => out.push(check(
+        Ok(None) => out.push(check(
             "user",
             false,
             format!(

@@ -16,6 +16,7 @@
 //! outer exits at once. The supervisor (our caller) never leaves the host
 //! namespaces.
 
+use crate::confine::Confinement;
 use crate::container::{CgroupDir, ProcessCreds};
 use std::ffi::CString;
 use std::fs::File;
@@ -154,10 +155,18 @@ pub fn pin(pid: i32, start: u64) -> Result<Pinned, EnterError> {
     }
     // A recycled init pid (or a forged runtime state) can name a process of
     // the host: never "enter" something that shares our mount namespace or
-    // the host init's, whatever its start time says.
-    if ns_flags & libc::CLONE_NEWNS == 0 || shares_host_mount_ns(pid) {
+    // the host init's, whatever its start time says. The same for the pid
+    // namespace: a process in the host's (or ours) could see and signal
+    // every host process, so an "instance" that runs there is not one a
+    // session may join.
+    if ns_flags & libc::CLONE_NEWNS == 0 || shares_host_ns(pid, "mnt") {
         return Err(EnterError::Host(format!(
             "process {pid} is not in a container (it shares the host's mount namespace)"
+        )));
+    }
+    if ns_flags & libc::CLONE_NEWPID == 0 || shares_host_ns(pid, "pid") {
+        return Err(EnterError::Host(format!(
+            "process {pid} is not in a container (it shares the host's pid namespace)"
         )));
     }
     if !pidfd_alive(&pidfd) {
@@ -172,16 +181,17 @@ pub fn pin(pid: i32, start: u64) -> Result<Pinned, EnterError> {
     })
 }
 
-/// True when `pid` is in the mount namespace of the host's init (pid 1).
-/// An unreadable pid 1 (sandboxes deny it even to root) cannot be compared
-/// with: then only the check against our own namespace applies. A target
-/// whose namespace cannot be read counts as shared (fail closed).
-fn shares_host_mount_ns(pid: i32) -> bool {
+/// True when `pid` is in the namespace `kind` (`mnt`, `pid`) of the host's
+/// init (pid 1). An unreadable pid 1 (sandboxes deny it even to root)
+/// cannot be compared with: then only the check against our own namespace
+/// (`ns_flags` in [`pin`], which fails closed) applies. A target whose
+/// namespace cannot be read counts as shared (fail closed).
+fn shares_host_ns(pid: i32, kind: &str) -> bool {
     use std::os::unix::fs::MetadataExt;
-    let Ok(host) = std::fs::metadata("/proc/1/ns/mnt") else {
+    let Ok(host) = std::fs::metadata(format!("/proc/1/ns/{kind}")) else {
         return false;
     };
-    match std::fs::metadata(format!("/proc/{pid}/ns/mnt")) {
+    match std::fs::metadata(format!("/proc/{pid}/ns/{kind}")) {
         Ok(t) => t.ino() == host.ino() && t.dev() == host.dev(),
         Err(_) => true,
     }
@@ -217,13 +227,19 @@ pub struct Plan {
     pub pty: Option<WinSize>,
     /// `cgroup.procs` files to join, opened before forking.
     pub cgroups: Vec<(CgroupDir, File)>,
+    /// Seccomp, LSM label, rlimits and oom_score_adj of the instance.
+    pub confinement: Confinement,
+    /// The host's procfs, opened before forking, for writing the LSM exec
+    /// label (only when there is one to write).
+    pub host_proc: Option<OwnedFd>,
 }
 
 /// Opens what joining each cgroup takes: for a v1 hierarchy its `tasks`
 /// file, for the v2 hierarchy the directory itself (the session is born in
-/// it with `clone3(CLONE_INTO_CGROUP)`). A required one (memory, pids, v2)
-/// that cannot be opened is an error: the session's memory must be charged
-/// to the instance.
+/// it with `clone3(CLONE_INTO_CGROUP)`). A required one (memory, pids,
+/// devices, v2) that cannot be opened is an error: the session's memory
+/// must be charged to the instance, and on v1 the devices cgroup is the
+/// instance's device allow-list.
 ///
 /// Why not `cgroup.procs`: moving a whole thread group takes the kernel's
 /// global threadgroup lock for writing, which waits for an RCU grace period
@@ -312,6 +328,14 @@ fn socketpair() -> Result<(OwnedFd, OwnedFd), EnterError> {
 /// Forks the session into the pinned instance. Returns once the inner
 /// process has exec'd (or failed, with its message).
 pub fn spawn(pinned: &Pinned, plan: &Plan) -> Result<Spawned, EnterError> {
+    // The processes forked below exec inside the instance: their
+    // /proc/self/exe must be the sealed copy, never the host file (see
+    // `sealed`). porthole-shell re-executed itself at start; refuse if not.
+    if !crate::sealed::is_sealed_self() {
+        return Err(EnterError::Host(
+            "porthole-shell is not running from its sealed copy".into(),
+        ));
+    }
     let (status_r, status_w) = pipe()?;
     let (pty_sock_parent, pty_sock_child) = socketpair()?;
     let (child_io, parent_io) = if plan.pty.is_some() {
@@ -653,6 +677,21 @@ fn outer_child(
             }
         }
     }
+    if let Some(adj) = plan.confinement.oom_score_adj {
+        // Written on the host side (the host's /proc), inherited by the
+        // session and everything it starts, as runc does for exec. Lowering
+        // it needs CAP_SYS_RESOURCE: without it the session keeps a higher
+        // score (killed sooner under memory pressure, never later).
+        let current: Option<i32> = std::fs::read_to_string("/proc/self/oom_score_adj")
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        let written = std::fs::write("/proc/self/oom_score_adj", adj.to_string());
+        if let Err(e) = written {
+            if current.map_or(true, |c| c < adj) {
+                return Err(format!("setting oom_score_adj: {e}"));
+            }
+        }
+    }
     if pinned.ns_flags != 0 {
         // SAFETY: setns with a valid pidfd and namespace flags.
         let r = unsafe { libc::setns(pinned.pidfd.as_raw_fd(), pinned.ns_flags) };
@@ -693,7 +732,8 @@ fn outer_child(
         return Err(os_err("fork into the instance"));
     }
     if inner == 0 {
-        let err = inner_child(plan, child_io, &pty_sock).unwrap_or_else(|e| e);
+        let keep_status = status.as_ref().map(|s| s.as_raw_fd());
+        let err = inner_child(plan, child_io, &pty_sock, keep_status).unwrap_or_else(|e| e);
         if let Some(s) = status.as_mut() {
             let _ = s.write_all(format!("E{err}\n").as_bytes());
         }
@@ -762,24 +802,107 @@ fn capset(eff: u64, prm: u64, inh: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// Sets the process non-dumpable. Every credential change resets the flag
+/// to `fs.suid_dumpable`, so it is cleared again after each one: while this
+/// process still runs our code, nothing in the container may ptrace it or
+/// open its `/proc/PID` files.
+fn clear_dumpable() -> Result<(), String> {
+    // SAFETY: prctl with integer arguments.
+    check(
+        unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) },
+        "clearing dumpable",
+    )
+}
+
+/// Closes every fd but stdio and `keep`: the pidfd, the `/proc/PID` and
+/// root directories, the cgroup files and the host's procfs are host
+/// objects the session must never hold, even before its exec.
+fn close_all_except(keep: &mut [RawFd]) -> Result<(), String> {
+    keep.sort_unstable();
+    let mut from: u32 = 3;
+    for &fd in keep.iter() {
+        let Ok(fd) = u32::try_from(fd) else { continue };
+        if fd < from {
+            continue;
+        }
+        if fd > from {
+            // SAFETY: closes a range of our own fds; nothing refers to them.
+            check(
+                unsafe { libc::syscall(libc::SYS_close_range, from, fd - 1, 0u32) } as libc::c_int,
+                "close_range",
+            )?;
+        }
+        from = fd.saturating_add(1);
+    }
+    // SAFETY: as above.
+    check(
+        unsafe { libc::syscall(libc::SYS_close_range, from, u32::MAX, 0u32) } as libc::c_int,
+        "close_range",
+    )
+}
+
+/// Writes the instance's LSM label as our exec label, through the host's
+/// procfs (opened before entering; see `confine::host_proc`).
+fn set_lsm_exec_label(plan: &Plan) -> Result<(), String> {
+    let (Some(label), Some(proc_fd)) = (&plan.confinement.lsm, &plan.host_proc) else {
+        if plan.confinement.lsm.is_some() {
+            return Err("no host procfs to set the LSM label through".into());
+        }
+        return Ok(());
+    };
+    let (attr, value) = label.attr_write();
+    let path = |a: &str| CString::new(format!("thread-self/{a}")).map_err(|e| e.to_string());
+    let (primary, fallback) = (path(attr)?, path(label.attr_fallback())?);
+    let fd = crate::confine::open_at_write(proc_fd, &primary)
+        .or_else(|_| crate::confine::open_at_write(proc_fd, &fallback))
+        .map_err(|e| format!("opening the LSM exec attribute: {e}"))?;
+    let mut f = File::from(fd);
+    f.write_all(value.as_bytes())
+        .map_err(|e| format!("setting the LSM exec label {value:?}: {e}"))
+}
+
 /// Runs in the inner child: inside every namespace, still privileged.
-/// Becomes the container user and execs. Returns only on failure.
+/// Applies, in order, what `runc exec` applies, becomes the container user
+/// and execs. Returns only on failure.
+///
+/// The order matters: the LSM label is written while the host's procfs fd
+/// is still open, then every host fd is closed before any privilege is
+/// given up; limits are set while root may still raise them; without
+/// no_new_privs the seccomp filter needs CAP_SYS_ADMIN, so it goes in
+/// before the uid change (runc's order), with it as late as possible.
 fn inner_child(
     plan: &Plan,
     child_io: Option<[OwnedFd; 3]>,
     pty_sock: &OwnedFd,
+    status_fd: Option<RawFd>,
 ) -> Result<String, String> {
     // SAFETY: all calls below are plain syscalls on valid arguments in a
     // single-threaded child; pointers reference live locals.
-    unsafe {
-        // The outer child as we see it: 0 when it is outside the instance's
-        // pid namespace, its pid when the instance shares the host's.
+    let outer = unsafe {
+        // The outer child as we see it: 0, as it is outside the instance's
+        // pid namespace (pin refuses an instance sharing ours); compared
+        // below rather than assumed.
         let outer = libc::getppid();
         check(
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0),
             "prctl",
         )?;
         check(libc::setsid(), "setsid")?;
+        outer
+    };
+    set_lsm_exec_label(plan)?;
+    let mut keep: Vec<RawFd> = vec![pty_sock.as_raw_fd()];
+    keep.extend(status_fd);
+    if let Some(io) = &child_io {
+        keep.extend(io.iter().map(|f| f.as_raw_fd()));
+    }
+    close_all_except(&mut keep)?;
+    for (res, lim) in &plan.confinement.rlimits {
+        crate::confine::apply_limit(*res, lim)
+            .map_err(|e| format!("setting resource limit {res}: {e}"))?;
+    }
+    // SAFETY: see the first block.
+    unsafe {
         // Drop from the bounding set what the container's init does not have.
         for cap in 0..64u32 {
             if plan.creds.cap_bnd & (1u64 << cap) == 0 {
@@ -799,10 +922,24 @@ fn inner_child(
             ),
             "clearing ambient capabilities",
         )?;
+    }
+    if let (Some(prog), false) = (&plan.confinement.seccomp, plan.creds.no_new_privs) {
+        crate::confine::install(prog).map_err(|e| format!("installing the seccomp filter: {e}"))?;
+    }
+    // SAFETY: see the first block.
+    unsafe {
         let groups: Vec<libc::gid_t> = plan.groups.clone();
         check(libc::setgroups(groups.len(), groups.as_ptr()), "setgroups")?;
         check(libc::setresgid(plan.gid, plan.gid, plan.gid), "setgid")?;
+    }
+    clear_dumpable()?;
+    // SAFETY: see the first block.
+    unsafe {
         check(libc::setresuid(plan.uid, plan.uid, plan.uid), "setuid")?;
+    }
+    clear_dumpable()?;
+    // SAFETY: see the first block.
+    unsafe {
         // Changing the effective ids cleared the parent-death signal set
         // above: arm it again, or the session outlives a supervisor that
         // was killed (SIGKILL, a crash). If the outer child died before
@@ -822,6 +959,7 @@ fn inner_child(
     } else {
         capset(0, 0, 0)?;
     }
+    clear_dumpable()?;
     // SAFETY: integer-argument syscalls.
     unsafe {
         // The shell runs with umask 077; the session gets the instance's.
@@ -832,7 +970,8 @@ fn inner_child(
                 "no_new_privs",
             )?;
         }
-        // Still non-dumpable: setuid keeps it off, exec turns it back on.
+        // Still non-dumpable (cleared after every change above); exec turns
+        // it back on for the container's program.
         if libc::geteuid() != plan.uid || libc::getegid() != plan.gid {
             return Err("credentials did not change".into());
         }
@@ -903,6 +1042,11 @@ fn inner_child(
         .map(|a| a.as_ptr())
         .chain(std::iter::once(std::ptr::null()))
         .collect();
+    if let (Some(prog), true) = (&plan.confinement.seccomp, plan.creds.no_new_privs) {
+        // With no_new_privs the filter needs no privilege: install it last,
+        // so as few of our own calls as possible run under it.
+        crate::confine::install(prog).map_err(|e| format!("installing the seccomp filter: {e}"))?;
+    }
     // SAFETY: argv/envp are NULL-terminated arrays of live C strings.
     unsafe { libc::execve(plan.program.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
     Err(format!(

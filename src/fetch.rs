@@ -85,6 +85,11 @@ pub fn fetch(
     if left < Duration::from_millis(10) {
         return Err(FetchError::Unavailable("no time left in the budget".into()));
     }
+    // Config::load refuses this already; checked again here because the
+    // token must never leave in clear whatever built `cfg`.
+    if let Some(why) = cfg.insecure_http_refusal() {
+        return Err(FetchError::Config(why));
+    }
     let token = read_token(cfg)?;
     let url = format!(
         "{}/v1/services/{}/ssh",
@@ -320,5 +325,26 @@ mod tests {
             fetch(&cfg(url), &sid(), soon()),
             Err(FetchError::Unavailable(_))
         ));
+    }
+
+    #[test]
+    fn plain_http_to_a_remote_host_with_a_token_is_never_asked() {
+        // 192.0.2.1 (TEST-NET-1) is never routed: were a request attempted,
+        // the error would be Unavailable, not this Config refusal.
+        let mut c = cfg("http://192.0.2.1:9/".into());
+        c.token_file = Some("/nonexistent/token".into());
+        c.timeout_ms = 200;
+        let e = fetch(&c, &sid(), soon()).unwrap_err();
+        assert!(
+            matches!(&e, FetchError::Config(m) if m.contains("bearer token would cross the network in clear")),
+            "{e}"
+        );
+        // Allowed explicitly, it goes on to read the token (which is absent).
+        c.allow_insecure_http = true;
+        let e = fetch(&c, &sid(), soon()).unwrap_err();
+        assert!(
+            matches!(&e, FetchError::Config(m) if m.contains("token file")),
+            "{e}"
+        );
     }
 }

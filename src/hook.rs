@@ -154,6 +154,38 @@ pub fn run(cfg: &Config, log: &Logger, call: &Call, started: Instant) -> Vec<Str
     lines
 }
 
+/// `porthole-keys --refresh <service>`: brings the cached answer up to date
+/// the way a login would (fresh cache first, else the control plane under
+/// the single-flight lock, with the failure backoff) and prints nothing.
+/// Session supervisors run it to notice revoked keys (src/revoke.rs).
+/// True when a fresh answer is cached now.
+pub fn refresh(cfg: &Config, log: &Logger, target: &Target, started: Instant) -> bool {
+    let deadline = started + Duration::from_millis(cfg.control_plane.timeout_ms);
+    let base = Event::new("keys.refresh", Severity::Info).field("service", target.service.as_str());
+    let (outcome, source) = match decide(cfg, log, target, deadline) {
+        Answer::Doc(_, source) => ("found", source),
+        Answer::NoService(source) => ("no-service", source),
+        Answer::Refused(reason, severity) => {
+            let mut e = base
+                .field("source", Source::None.as_str())
+                .field("outcome", "unavailable")
+                .field("reason", reason)
+                .field("ms", elapsed_ms(started));
+            e.severity = severity;
+            log.emit(&e);
+            return false;
+        }
+    };
+    log.emit(
+        &base
+            .field("source", source.as_str())
+            .field("outcome", outcome)
+            .field("ms", elapsed_ms(started)),
+    );
+    // A stale answer served means the control plane did not answer.
+    source != Source::StaleCache
+}
+
 /// A cache problem never decides a login: it is logged and treated as a miss.
 fn cache_error(log: &Logger, target: &Target, e: &cache::CacheError) {
     log.emit(
@@ -258,10 +290,9 @@ fn decide(cfg: &Config, log: &Logger, target: &Target, deadline: Instant) -> Ans
         Err(FetchError::Unavailable(m)) => format!("control plane unavailable: {m}"),
     };
     if cfg.control_plane.failure_backoff_secs > 0 {
-        if let Err(e) =
-            cache::note_failure(&cfg.cache.dir, &target.service, crate::time::now_unix())
-        {
-            cache_error(log, target, &e);
+        match cache::note_failure(&cfg.cache, &target.service, crate::time::now_unix()) {
+            Ok(swept) => log_sweep(log, cfg, swept),
+            Err(e) => cache_error(log, target, &e),
         }
     }
     unavailable(log, target, stale, failure)
@@ -300,12 +331,35 @@ fn unavailable(
 }
 
 fn write_cache(cfg: &Config, log: &Logger, target: &Target, body: Option<&serde_json::Value>) {
-    if let Err(e) = cache::write(
-        &cfg.cache.dir,
-        &target.service,
-        crate::time::now_unix(),
-        body,
-    ) {
-        cache_error(log, target, &e);
+    match cache::write(&cfg.cache, &target.service, crate::time::now_unix(), body) {
+        Ok(swept) => log_sweep(log, cfg, swept),
+        Err(e) => cache_error(log, target, &e),
     }
+}
+
+/// A sweep that removed usable entries is worth the admin's attention (a
+/// cap reached: many names tried, or caps too small); one that only
+/// expired old ones is routine.
+fn log_sweep(log: &Logger, cfg: &Config, swept: Option<cache::Sweep>) {
+    let Some(s) = swept else { return };
+    if s.expired == 0 && s.evicted == 0 && s.leftovers == 0 {
+        return;
+    }
+    let severity = if s.evicted > 0 {
+        Severity::Notice
+    } else {
+        Severity::Info
+    };
+    log.emit(
+        &Event::new("keys.cache_swept", severity)
+            .field("expired", s.expired)
+            .field("evicted", s.evicted)
+            .field("leftovers", s.leftovers)
+            .field("entries", s.counts.entries)
+            .field("negatives", s.counts.negatives)
+            .field("bytes", s.counts.bytes)
+            .field("max_entries", cfg.cache.max_entries)
+            .field("max_negative_entries", cfg.cache.max_negative_entries)
+            .field("max_bytes", cfg.cache.max_bytes),
+    );
 }

@@ -9,6 +9,7 @@
 pub mod api;
 pub mod cache;
 pub mod config;
+pub mod display;
 pub mod hostkeys;
 pub mod keys;
 pub mod limits;
@@ -23,9 +24,12 @@ pub mod fetch;
 #[cfg(feature = "http")]
 pub mod hook;
 
+pub mod confine;
 pub mod container;
 pub mod enter;
 pub mod registry;
+pub mod revoke;
 pub mod runtime;
+pub mod sealed;
 pub mod session;
 pub mod supervise;

@@ -163,15 +163,21 @@ pub fn acquire(dir: &Path, max: u32) -> Result<Option<Slot>, SlotError> {
     Err(SlotError::Full(max))
 }
 
-/// A file-name-safe, collision-resistant name for an owner (emails can
-/// hold anything): FNV-1a 64 of the bytes in hex.
+/// A file-name-safe name for an owner (emails can hold anything): the
+/// first 128 bits of SHA-256 of its bytes, in hex. It must be
+/// collision-resistant, not just well spread: owner strings come from the
+/// control plane, where a tenant may choose its own, and two owners with
+/// the same key would share (and could exhaust) each other's slots.
 pub fn owner_key(owner: &str) -> String {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in owner.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x100000001b3);
+    use sha2::{Digest, Sha256};
+    use std::fmt::Write;
+    let digest = Sha256::digest(owner.as_bytes());
+    let mut hex = String::with_capacity(32);
+    for b in digest.iter().take(16) {
+        // Writing to a String cannot fail.
+        let _ = write!(hex, "{b:02x}");
     }
-    format!("{h:016x}")
+    hex
 }
 
 #[cfg(test)]
@@ -237,6 +243,18 @@ mod tests {
             owner_key("alice@example.com")
         );
         assert_ne!(owner_key("alice@example.com"), owner_key("bob@example.com"));
-        assert_eq!(owner_key("../../etc").len(), 16);
+        assert_eq!(owner_key("../../etc").len(), 32);
+        assert!(owner_key("../../etc")
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+    }
+
+    #[test]
+    fn owner_key_is_truncated_sha256() {
+        // SHA-256("abc") = ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad
+        // (FIPS 180-2, appendix B.1); the key is its first 128 bits.
+        assert_eq!(owner_key("abc"), "ba7816bf8f01cfea414140de5dae2223");
+        // SHA-256("") = e3b0c44298fc1c149afbf4c8996fb924…
+        assert_eq!(owner_key(""), "e3b0c44298fc1c149afbf4c8996fb924");
     }
 }

@@ -7,11 +7,24 @@
 //! hostile (tenants' deploys choose annotations and ids), so a container
 //! counts only when its init process is alive and is the same process the
 //! state describes (start time), and names are checked against our grammar.
+//!
+//! Two more rules keep one tenant from receiving another's sessions. The
+//! state is believed only where root alone could have written it: the
+//! configured root, each container directory and each `state.json` must be
+//! root-owned and not group/other-writable (opened without following
+//! symlinks, checked with fstat); anything else is reported as untrusted
+//! and skipped. And an instance claimed by more than one container (by
+//! annotation, by the `<service>-<slug>` id, or both) is never entered:
+//! which one is genuine cannot be told from here, so it is refused and
+//! reported, never settled by sort order.
 
+use crate::container::{open_regular_at, FileError};
 use crate::names::{is_slug, ServiceId};
 use serde::Deserialize;
+use std::ffi::CString;
 use std::io::Read;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 const MAX_STATE_BYTES: u64 = 8 * 1024 * 1024;
@@ -30,8 +43,33 @@ pub struct Instance {
     pub init_start: u64,
     /// The OCI bundle directory, when the runtime recorded it.
     pub bundle: Option<PathBuf>,
+    /// Where the bundle's confinement (seccomp profile) is read from: the
+    /// runtime's own bundle and the rootfs its config.json must name. For
+    /// runc and containerd the rootfs is inside the bundle; for Docker it
+    /// is elsewhere, so the binding is checked against the config itself.
+    pub confinement_source: Option<(PathBuf, PathBuf)>,
     /// The runtime root the state was found in.
     pub runtime_root: PathBuf,
+    /// How the container claims the instance.
+    pub claim: Claim,
+}
+
+/// How a container says which instance it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// The service annotation (slug from the instance annotation or id).
+    Annotation,
+    /// Only the `<service-id>-<slug>` container-id convention.
+    ContainerId,
+}
+
+impl Claim {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Claim::Annotation => "annotation",
+            Claim::ContainerId => "container id",
+        }
+    }
 }
 
 impl Instance {
@@ -56,6 +94,12 @@ pub enum ResolveError {
     OtherService { service: String, slug: String },
     /// No configured runtime root could be read (admin problem).
     NoRuntime { roots: Vec<PathBuf> },
+    /// Runtime roots exist but none passed the ownership checks (admin
+    /// problem; the details went to the admin as `runtime.untrusted`).
+    UntrustedRuntime { untrusted: Vec<Untrusted> },
+    /// More than one container claims the instance(s): refuse, the admin
+    /// must settle it (reported as `instance.conflict`).
+    Conflicted { conflicts: Vec<Conflict> },
     /// The random source failed (should not happen; fail closed).
     Random(String),
 }
@@ -88,6 +132,22 @@ impl std::fmt::Display for ResolveError {
                     "no container runtime state found (looked in {})",
                     list.join(", ")
                 )
+            }
+            ResolveError::UntrustedRuntime { untrusted } => {
+                let list: Vec<String> = untrusted
+                    .iter()
+                    .map(|u| u.path.display().to_string())
+                    .collect();
+                write!(
+                    f,
+                    "the container runtime state on this host ({}) failed its ownership checks; the platform admins have been notified",
+                    list.join(", ")
+                )
+            }
+            ResolveError::Conflicted { conflicts } => {
+                let all: Vec<String> = conflicts.iter().map(Conflict::to_string).collect();
+                f.write_str(&all.join("; "))?;
+                f.write_str(" — ask the platform admins")
             }
             ResolveError::Random(e) => write!(f, "cannot pick an instance: {e}"),
         }
@@ -141,14 +201,8 @@ impl ContainerState {
     /// config.json the tenant could point at (another container's, a host
     /// file).
     pub fn bundle(&self) -> Option<PathBuf> {
-        let bundle = self
-            .labels
-            .iter()
-            .rev()
-            .find(|(k, _)| k == "bundle")
-            .map(|(_, v)| PathBuf::from(v))
-            .filter(|p| p.is_absolute())?;
-        let rootfs = self.rootfs.as_ref()?;
+        let (bundle, rootfs) = self.runtime_bundle()?;
+        let rootfs = &rootfs;
         let inside = rootfs.starts_with(&bundle)
             && rootfs != &bundle
             && !rootfs
@@ -156,6 +210,20 @@ impl ContainerState {
                 .chain(bundle.components())
                 .any(|c| matches!(c, std::path::Component::ParentDir));
         inside.then_some(bundle)
+    }
+
+    /// The runtime's own bundle label (the last `bundle=`, absolute) and
+    /// the rootfs of the state, without requiring one inside the other.
+    pub fn runtime_bundle(&self) -> Option<(PathBuf, PathBuf)> {
+        let bundle = self
+            .labels
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "bundle")
+            .map(|(_, v)| PathBuf::from(v))
+            .filter(|p| p.is_absolute())?;
+        let rootfs = self.rootfs.clone()?;
+        Some((bundle, rootfs))
     }
 }
 
@@ -241,44 +309,258 @@ pub fn parse_stat_start(stat: &str) -> Option<u64> {
     fields.nth(18)?.parse().ok()
 }
 
-fn read_state_file(path: &Path) -> Option<Vec<u8>> {
-    let f = std::fs::File::options()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-        .open(path)
-        .ok()?;
-    let meta = f.metadata().ok()?;
-    if !meta.is_file() || meta.len() > MAX_STATE_BYTES {
-        return None;
+/// Why a runtime directory or state file with this owner and mode cannot
+/// be believed, or None when only root could have written it.
+pub fn untrusted_reason(uid: u32, mode: u32, want_dir: bool) -> Option<String> {
+    let fmt = mode & libc::S_IFMT;
+    if want_dir && fmt != libc::S_IFDIR {
+        return Some("is not a directory".into());
     }
-    let mut buf = Vec::with_capacity(meta.len() as usize);
-    f.take(MAX_STATE_BYTES).read_to_end(&mut buf).ok()?;
-    Some(buf)
+    if !want_dir && fmt != libc::S_IFREG {
+        return Some("is not a regular file".into());
+    }
+    if uid != 0 {
+        return Some(format!("is owned by uid {uid}, not root"));
+    }
+    if mode & 0o022 != 0 {
+        return Some(format!(
+            "is writable by group or others (mode {:04o})",
+            mode & 0o7777
+        ));
+    }
+    None
 }
 
-/// Every running container of our grammar under the roots. Unreadable or
-/// corrupt entries are skipped (one broken container must not lock every
-/// service out); an error only when no root at all could be listed.
+/// A runtime root, container directory or state file that failed the
+/// ownership checks; its containers were ignored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Untrusted {
+    pub path: PathBuf,
+    pub why: String,
+}
+
+/// Two or more containers claiming one instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    pub service: ServiceId,
+    pub slug: String,
+    /// The claimants (container id, runtime root, how it claims), in the
+    /// order they were found.
+    pub claimants: Vec<(String, PathBuf, Claim)>,
+}
+
+impl Conflict {
+    pub fn name(&self) -> String {
+        self.service.instance_name(&self.slug)
+    }
+}
+
+impl std::fmt::Display for Conflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ids: Vec<&str> = self.claimants.iter().map(|c| c.0.as_str()).collect();
+        let count = match ids.len() {
+            2 => "two".to_owned(),
+            3 => "three".to_owned(),
+            n => n.to_string(),
+        };
+        write!(
+            f,
+            "instance {} is claimed by {count} containers ({}); refusing to choose",
+            self.name(),
+            ids.join(", ")
+        )
+    }
+}
+
+/// Every (service, slug) claimed by more than one container. Pure.
+pub fn conflicts(all: &[Instance]) -> Vec<Conflict> {
+    let mut out: Vec<Conflict> = Vec::new();
+    for (n, i) in all.iter().enumerate() {
+        let key = (&i.service, i.slug.as_str());
+        if all[..n]
+            .iter()
+            .any(|e| (&e.service, e.slug.as_str()) == key)
+        {
+            continue; // already counted with its first claimant
+        }
+        let claimants: Vec<(String, PathBuf, Claim)> = all[n..]
+            .iter()
+            .filter(|e| (&e.service, e.slug.as_str()) == key)
+            .map(|e| (e.container_id.clone(), e.runtime_root.clone(), e.claim))
+            .collect();
+        if claimants.len() > 1 {
+            out.push(Conflict {
+                service: i.service.clone(),
+                slug: i.slug.clone(),
+                claimants,
+            });
+        }
+    }
+    out
+}
+
+/// What a scan of the runtime roots found.
+#[derive(Debug, Clone, Default)]
+pub struct Scan {
+    /// Running containers of our grammar, sorted by slug then id. Two may
+    /// claim the same instance: see [`conflicts`]; [`choose`] never picks
+    /// one of those.
+    pub instances: Vec<Instance>,
+    /// What was skipped because root alone could not have written it.
+    pub untrusted: Vec<Untrusted>,
+}
+
+/// openat(2) of a directory without following a symlink in its last
+/// component (O_DIRECTORY: a device or FIFO is refused before any open).
+fn open_dir_nofollow(at: RawFd, path: &Path) -> std::io::Result<OwnedFd> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: c is NUL-terminated and outlives the call.
+    let fd = unsafe {
+        libc::openat(
+            at,
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fresh fd from openat, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A directory of the runtime state, opened and checked. `Ok(None)` when
+/// it does not exist (or is a plain file in a root: not a container).
+fn trusted_dir(at: RawFd, path: &Path, shown: &Path) -> Result<Option<OwnedFd>, Untrusted> {
+    let untrusted = |why: String| Untrusted {
+        path: shown.to_owned(),
+        why,
+    };
+    let fd = match open_dir_nofollow(at, path) {
+        Ok(fd) => fd,
+        Err(e) => {
+            return match e.raw_os_error() {
+                Some(libc::ENOENT) => Ok(None),
+                // O_DIRECTORY|O_NOFOLLOW on a symlink says ENOTDIR (or ELOOP).
+                Some(libc::ENOTDIR) | Some(libc::ELOOP) if is_symlink_at(at, path) => {
+                    Err(untrusted("is a symbolic link".into()))
+                }
+                Some(libc::ENOTDIR) => Ok(None),
+                _ => Err(untrusted(format!("cannot be opened: {e}"))),
+            };
+        }
+    };
+    let meta = std::fs::File::from(
+        fd.try_clone()
+            .map_err(|e| untrusted(format!("cannot be opened: {e}")))?,
+    )
+    .metadata()
+    .map_err(|e| untrusted(format!("cannot be examined: {e}")))?;
+    match untrusted_reason(meta.uid(), meta.mode(), true) {
+        Some(why) => Err(untrusted(why)),
+        None => Ok(Some(fd)),
+    }
+}
+
+/// Whether `path` (relative to `at`) is itself a symbolic link.
+fn is_symlink_at(at: RawFd, path: &Path) -> bool {
+    nix::sys::stat::fstatat(Some(at), path, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+        .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFLNK)
+        .unwrap_or(false)
+}
+
+/// One container's `state.json` read from its checked directory.
+/// `Ok(None)` for a missing, unreadable or oversized file (a container
+/// being created or deleted); `Err` when it is not root's.
+fn read_state_file(dir: &OwnedFd, shown: &Path) -> Result<Option<Vec<u8>>, Untrusted> {
+    let untrusted = |why: String| Untrusted {
+        path: shown.to_owned(),
+        why,
+    };
+    let f = match open_regular_at(dir, "state.json") {
+        Ok(f) => f,
+        Err(FileError::NotRegular(n)) => return Err(untrusted(format!("is {}", n.kind.as_str()))),
+        Err(FileError::Unavailable(e)) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(untrusted("is a symbolic link".into()))
+        }
+        Err(_) => return Ok(None),
+    };
+    let meta = f
+        .metadata()
+        .map_err(|e| untrusted(format!("cannot be examined: {e}")))?;
+    if let Some(why) = untrusted_reason(meta.uid(), meta.mode(), false) {
+        return Err(untrusted(why));
+    }
+    if meta.len() > MAX_STATE_BYTES {
+        return Ok(None);
+    }
+    let mut buf = Vec::with_capacity(meta.len() as usize);
+    if f.take(MAX_STATE_BYTES).read_to_end(&mut buf).is_err() {
+        return Ok(None);
+    }
+    Ok(Some(buf))
+}
+
+/// Every running container of our grammar under the roots, and what was
+/// skipped as untrusted. Unreadable or corrupt entries are skipped (one
+/// broken container must not lock every service out); an error only when
+/// no root at all could be listed.
 pub fn running_instances(
     roots: &[PathBuf],
     service_key: &str,
     instance_key: &str,
-) -> Result<Vec<Instance>, ResolveError> {
-    let mut found = Vec::new();
+) -> Result<Scan, ResolveError> {
+    let mut scan = Scan::default();
     let mut any_root = false;
     for root in roots {
-        let Ok(entries) = std::fs::read_dir(root) else {
+        let root_fd = match trusted_dir(libc::AT_FDCWD, root, root) {
+            Ok(Some(fd)) => fd,
+            Ok(None) if root.symlink_metadata().is_ok() => {
+                scan.untrusted.push(Untrusted {
+                    path: root.clone(),
+                    why: "is not a directory".into(),
+                });
+                continue;
+            }
+            Ok(None) => continue,
+            Err(u) => {
+                scan.untrusted.push(u);
+                continue;
+            }
+        };
+        let Ok(listing) = root_fd.try_clone() else {
+            continue;
+        };
+        let Ok(mut dir) = nix::dir::Dir::from(listing) else {
             continue;
         };
         any_root = true;
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if !valid_container_id(name) {
-                continue;
-            }
-            let Some(bytes) = read_state_file(&root.join(name).join("state.json")) else {
-                continue;
+        let mut names: Vec<String> = dir
+            .iter()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().ok().map(str::to_owned))
+            .filter(|n| valid_container_id(n))
+            .collect();
+        names.sort();
+        for name in names {
+            let shown = root.join(&name);
+            let cdir = match trusted_dir(root_fd.as_raw_fd(), Path::new(&name), &shown) {
+                Ok(Some(fd)) => fd,
+                Ok(None) => continue,
+                Err(u) => {
+                    scan.untrusted.push(u);
+                    continue;
+                }
+            };
+            let bytes = match read_state_file(&cdir, &shown.join("state.json")) {
+                Ok(Some(b)) => b,
+                Ok(None) => continue,
+                Err(u) => {
+                    scan.untrusted.push(u);
+                    continue;
+                }
             };
             let Some(state) = parse_state(&bytes) else {
                 continue;
@@ -292,33 +574,51 @@ pub fn running_instances(
             if process_start_time(state.init_pid) != Some(state.init_start) {
                 continue;
             }
+            let claim = if state.label(service_key).is_some() {
+                Claim::Annotation
+            } else {
+                Claim::ContainerId
+            };
             let bundle = state.bundle();
-            found.push(Instance {
+            let confinement_source = state.runtime_bundle();
+            scan.instances.push(Instance {
                 container_id: state.id,
                 service,
                 slug,
                 init_pid: state.init_pid,
                 init_start: state.init_start,
                 bundle,
+                confinement_source,
                 runtime_root: root.clone(),
+                claim,
             });
         }
     }
     if !any_root {
-        return Err(ResolveError::NoRuntime {
-            roots: roots.to_vec(),
+        // Only roots can have been found untrusted when none was listed.
+        return Err(if !scan.untrusted.is_empty() {
+            ResolveError::UntrustedRuntime {
+                untrusted: scan.untrusted,
+            }
+        } else {
+            ResolveError::NoRuntime {
+                roots: roots.to_vec(),
+            }
         });
     }
-    found.sort_by(|a, b| {
+    scan.instances.sort_by(|a, b| {
         a.slug
             .cmp(&b.slug)
             .then(a.container_id.cmp(&b.container_id))
     });
-    Ok(found)
+    Ok(scan)
 }
 
 /// Picks the instance for a login: the given slug, or a uniformly random
-/// running instance of the service.
+/// running instance of the service. An instance claimed by more than one
+/// container is never picked: asked for by slug, it is refused
+/// ([`ResolveError::Conflicted`]); at random, it is left out, and when
+/// nothing else is left the login is refused the same way.
 pub fn choose(
     all: Vec<Instance>,
     service: &ServiceId,
@@ -326,8 +626,15 @@ pub fn choose(
 ) -> Result<Instance, ResolveError> {
     let (mine, others): (Vec<Instance>, Vec<Instance>) =
         all.into_iter().partition(|i| &i.service == service);
+    let conflicted = conflicts(&mine);
+    let is_conflicted = |i: &Instance| conflicted.iter().any(|c| c.slug == i.slug);
     match slug {
         Some(slug) => {
+            if let Some(c) = conflicted.iter().find(|c| c.slug == slug) {
+                return Err(ResolveError::Conflicted {
+                    conflicts: vec![c.clone()],
+                });
+            }
             if let Some(i) = mine.iter().find(|i| i.slug == slug) {
                 return Ok(i.clone());
             }
@@ -337,20 +644,30 @@ pub fn choose(
                     slug: slug.to_owned(),
                 });
             }
+            let mut running: Vec<String> = mine.iter().map(Instance::name).collect();
+            running.dedup();
             Err(ResolveError::SlugNotRunning {
                 service: service.to_string(),
                 slug: slug.to_owned(),
-                running: mine.iter().map(Instance::name).collect(),
+                running,
             })
         }
         None => {
-            if mine.is_empty() {
+            let candidates: Vec<Instance> =
+                mine.iter().filter(|i| !is_conflicted(i)).cloned().collect();
+            if candidates.is_empty() {
+                if !conflicted.is_empty() {
+                    return Err(ResolveError::Conflicted {
+                        conflicts: conflicted,
+                    });
+                }
                 return Err(ResolveError::NoneRunning {
                     service: service.to_string(),
                 });
             }
-            let idx = random_below(mine.len()).map_err(ResolveError::Random)?;
-            mine.into_iter()
+            let idx = random_below(candidates.len()).map_err(ResolveError::Random)?;
+            candidates
+                .into_iter()
                 .nth(idx)
                 .ok_or_else(|| ResolveError::Random("index".into()))
         }
@@ -484,7 +801,9 @@ mod tests {
             init_pid: 2,
             init_start: 1,
             bundle: None,
+            confinement_source: None,
             runtime_root: "/run/runc".into(),
+            claim: Claim::ContainerId,
         }
     }
 
@@ -512,6 +831,236 @@ mod tests {
             choose(all, &c3, None).unwrap_err().to_string(),
             "srv-c3 has no running instance on this host"
         );
+    }
+
+    fn impostor(svc: &str, slug: &str, id: &str) -> Instance {
+        Instance {
+            container_id: id.into(),
+            claim: Claim::Annotation,
+            ..inst(svc, slug)
+        }
+    }
+
+    #[test]
+    fn conflicts_are_every_instance_claimed_twice() {
+        let all = vec![
+            inst("srv-a1", "aaaaa"),
+            impostor("srv-a1", "aaaaa", "0-first-by-sort"),
+            inst("srv-a1", "bbbbb"),
+            inst("srv-b2", "aaaaa"),
+            impostor("srv-a1", "aaaaa", "zz-third"),
+        ];
+        let c = conflicts(&all);
+        assert_eq!(c.len(), 1, "{c:?}");
+        assert_eq!(c[0].name(), "srv-a1-aaaaa");
+        let ids: Vec<&str> = c[0].claimants.iter().map(|x| x.0.as_str()).collect();
+        assert_eq!(ids, ["srv-a1-aaaaa", "0-first-by-sort", "zz-third"]);
+        assert_eq!(
+            c[0].to_string(),
+            "instance srv-a1-aaaaa is claimed by three containers (srv-a1-aaaaa, 0-first-by-sort, zz-third); refusing to choose"
+        );
+        // The same slug in two services is two instances, not a conflict.
+        assert!(conflicts(&[inst("srv-a1", "aaaaa"), inst("srv-b2", "aaaaa")]).is_empty());
+        assert!(conflicts(&[]).is_empty());
+    }
+
+    #[test]
+    fn a_conflicted_instance_is_never_chosen() {
+        let a1 = ServiceId::parse("srv-a1").unwrap();
+        let all = vec![
+            impostor("srv-a1", "aaaaa", "0-impostor"),
+            inst("srv-a1", "aaaaa"),
+            inst("srv-a1", "bbbbb"),
+        ];
+        // By slug: refused with the sentence, whatever the sort order.
+        let e = choose(all.clone(), &a1, Some("aaaaa")).unwrap_err();
+        assert!(matches!(e, ResolveError::Conflicted { .. }), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "instance srv-a1-aaaaa is claimed by two containers (0-impostor, srv-a1-aaaaa); refusing to choose — ask the platform admins"
+        );
+        // Other instances are unaffected.
+        assert_eq!(
+            choose(all.clone(), &a1, Some("bbbbb")).unwrap().slug,
+            "bbbbb"
+        );
+        // At random: only the unconflicted instance is ever picked.
+        for _ in 0..100 {
+            assert_eq!(choose(all.clone(), &a1, None).unwrap().slug, "bbbbb");
+        }
+        // All conflicted: refused, naming each conflict.
+        let all = vec![
+            inst("srv-a1", "aaaaa"),
+            impostor("srv-a1", "aaaaa", "x1"),
+            inst("srv-a1", "ccccc"),
+            impostor("srv-a1", "ccccc", "x2"),
+        ];
+        let e = choose(all, &a1, None).unwrap_err();
+        match &e {
+            ResolveError::Conflicted { conflicts } => assert_eq!(conflicts.len(), 2),
+            other => panic!("{other:?}"),
+        }
+        let text = e.to_string();
+        assert!(
+            text.contains("instance srv-a1-aaaaa is claimed by two containers (srv-a1-aaaaa, x1)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("instance srv-a1-ccccc is claimed by two containers (srv-a1-ccccc, x2)"),
+            "{text}"
+        );
+        // A conflict elsewhere does not refuse another service.
+        let b2 = ServiceId::parse("srv-b2").unwrap();
+        let all = vec![
+            inst("srv-a1", "aaaaa"),
+            impostor("srv-a1", "aaaaa", "x1"),
+            inst("srv-b2", "aaaaa"),
+        ];
+        assert_eq!(choose(all, &b2, None).unwrap().container_id, "srv-b2-aaaaa");
+    }
+
+    #[test]
+    fn ownership_and_mode_checks() {
+        let dir = libc::S_IFDIR;
+        let file = libc::S_IFREG;
+        assert_eq!(untrusted_reason(0, dir | 0o700, true), None);
+        assert_eq!(untrusted_reason(0, dir | 0o755, true), None);
+        assert_eq!(untrusted_reason(0, dir | 0o711, true), None);
+        assert_eq!(untrusted_reason(0, file | 0o600, false), None);
+        assert_eq!(untrusted_reason(0, file | 0o644, false), None);
+        assert_eq!(
+            untrusted_reason(1000, dir | 0o700, true).as_deref(),
+            Some("is owned by uid 1000, not root")
+        );
+        assert_eq!(
+            untrusted_reason(0, dir | 0o1777, true).as_deref(),
+            Some("is writable by group or others (mode 1777)")
+        );
+        assert_eq!(
+            untrusted_reason(0, dir | 0o770, true).as_deref(),
+            Some("is writable by group or others (mode 0770)")
+        );
+        assert_eq!(
+            untrusted_reason(0, file | 0o602, false).as_deref(),
+            Some("is writable by group or others (mode 0602)")
+        );
+        assert_eq!(
+            untrusted_reason(0, file | 0o600, true).as_deref(),
+            Some("is not a directory")
+        );
+        assert_eq!(
+            untrusted_reason(0, libc::S_IFIFO | 0o600, false).as_deref(),
+            Some("is not a regular file")
+        );
+    }
+
+    /// The scan on a real directory tree: what root alone wrote counts,
+    /// the rest is reported. Needs root (chown); skipped otherwise.
+    #[test]
+    fn scan_skips_and_reports_untrusted_state() {
+        if nix::unistd::geteuid().as_raw() != 0 {
+            eprintln!("skipped: needs root to chown");
+            return;
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("runc");
+        std::fs::create_dir(&root).unwrap();
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let me = std::process::id() as i32;
+        let start = process_start_time(me).unwrap();
+        let put = |id: &str, dir_mode: u32, file_mode: u32, owner: u32| {
+            let d = root.join(id);
+            std::fs::create_dir(&d).unwrap();
+            let json = serde_json::json!({"id": id, "init_process_pid": me,
+                "init_process_start": start, "config": {"labels": []}});
+            std::fs::write(d.join("state.json"), json.to_string()).unwrap();
+            std::fs::set_permissions(
+                d.join("state.json"),
+                std::fs::Permissions::from_mode(file_mode),
+            )
+            .unwrap();
+            std::os::unix::fs::chown(d.join("state.json"), Some(owner), Some(owner)).unwrap();
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(dir_mode)).unwrap();
+        };
+        put("srv-a1-aaaaa", 0o711, 0o600, 0);
+        put("srv-a1-bbbbb", 0o777, 0o600, 0);
+        put("srv-a1-ccccc", 0o711, 0o666, 0);
+        put("srv-a1-ddddd", 0o711, 0o600, 1000);
+        std::os::unix::fs::symlink(root.join("srv-a1-aaaaa"), root.join("srv-a1-eeeee")).unwrap();
+        let roots = vec![root.clone()];
+        let scan =
+            running_instances(&roots, "io.porthole.service", "io.porthole.instance").unwrap();
+        let names: Vec<String> = scan.instances.iter().map(Instance::name).collect();
+        assert_eq!(names, ["srv-a1-aaaaa"]);
+        let why: Vec<(String, &str)> = scan
+            .untrusted
+            .iter()
+            .map(|u| {
+                (
+                    u.path.strip_prefix(&root).unwrap().display().to_string(),
+                    u.why.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            why,
+            [
+                (
+                    "srv-a1-bbbbb".to_string(),
+                    "is writable by group or others (mode 0777)"
+                ),
+                (
+                    "srv-a1-ccccc/state.json".to_string(),
+                    "is writable by group or others (mode 0666)"
+                ),
+                (
+                    "srv-a1-ddddd/state.json".to_string(),
+                    "is owned by uid 1000, not root"
+                ),
+                ("srv-a1-eeeee".to_string(), "is a symbolic link"),
+            ]
+        );
+        // The root itself: writable by others, or not root's → nothing in it counts.
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o757)).unwrap();
+        match running_instances(&roots, "io.porthole.service", "io.porthole.instance") {
+            Err(ResolveError::UntrustedRuntime { untrusted }) => {
+                assert_eq!(untrusted.len(), 1);
+                assert_eq!(untrusted[0].path, root);
+                assert_eq!(
+                    untrusted[0].why,
+                    "is writable by group or others (mode 0757)"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::chown(&root, Some(1000), None).unwrap();
+        let e =
+            running_instances(&roots, "io.porthole.service", "io.porthole.instance").unwrap_err();
+        assert!(e.to_string().contains("failed its ownership checks"), "{e}");
+        // A trusted root next to an untrusted one still counts.
+        let good = tmp.path().join("good");
+        std::fs::create_dir(&good).unwrap();
+        let scan = running_instances(
+            &[root.clone(), good],
+            "io.porthole.service",
+            "io.porthole.instance",
+        )
+        .unwrap();
+        assert!(scan.instances.is_empty());
+        assert_eq!(scan.untrusted[0].why, "is owned by uid 1000, not root");
+        // A symlinked root is not followed.
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&root, &link).unwrap();
+        let e =
+            running_instances(&[link], "io.porthole.service", "io.porthole.instance").unwrap_err();
+        match e {
+            ResolveError::UntrustedRuntime { untrusted } => {
+                assert_eq!(untrusted[0].why, "is a symbolic link")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@
 
 use crate::api::{shell_policy, ShellPolicy};
 use crate::config::Config;
-use crate::container::{self, IdMap};
+use crate::container::{self, FileError, FileKind, IdMap};
 use crate::enter::{self, EnterError, Plan, WinSize};
 use crate::log::{elapsed_ms, Event, Logger, Severity};
 use crate::names::Target;
@@ -19,11 +19,14 @@ use crate::runtime::{self, Instance};
 use crate::supervise::{self, Controls, DrainNotice, EndReason, ExitStatus};
 use std::ffi::CString;
 use std::io::Read;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 use std::time::Instant;
 
 const MAX_AUTH_INFO: u64 = 64 * 1024;
+/// Refusal reason: a file of the instance porthole reads as root is not a
+/// regular file.
+const CONTAINER_FILE: &str = "container_file";
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// What sshd handed us, captured before the environment was wiped.
@@ -146,15 +149,17 @@ pub fn read_user_auth(path: &str, uid: u32) -> Result<String, Refusal> {
             "SSH_USER_AUTH is not an absolute path (is ExposeAuthInfo on?)",
         ));
     }
-    let f = std::fs::File::options()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
-        .open(path)
-        .map_err(|e| bad(&format!("{path}: {e}")))?;
+    // The variable is the caller's: a local user with the session uid can
+    // name a device node or FIFO, which must not even be opened as root.
+    let f = container::open_host_regular(std::path::Path::new(path)).map_err(|e| match e {
+        FileError::NotRegular(n) if n.kind == FileKind::Symlink => {
+            bad(&format!("{path}: symbolic links are not followed"))
+        }
+        FileError::NotRegular(_) => bad("the auth info is not a regular file"),
+        FileError::TooLarge => bad("the auth info is too large"),
+        FileError::Unavailable(e) => bad(&format!("{path}: {e}")),
+    })?;
     let meta = f.metadata().map_err(|e| bad(&e.to_string()))?;
-    if !meta.is_file() {
-        return Err(bad("the auth info is not a regular file"));
-    }
     if meta.uid() != uid {
         return Err(bad("the auth info belongs to another user"));
     }
@@ -174,6 +179,9 @@ pub struct Identity {
     pub owner: String,
     pub fingerprint: String,
     pub key_type: String,
+    /// The key blob as the control plane lists it (re-encoded after
+    /// parsing): what the revocation watch looks for in later answers.
+    pub key_base64: String,
 }
 
 fn lookup_uid(name: &str) -> Option<u32> {
@@ -282,6 +290,7 @@ pub fn authorize(cfg: &Config, h: &Handover) -> Result<Authorized, Refusal> {
         owner: entry.owner.clone(),
         fingerprint: key.fingerprint,
         key_type: key.algorithm,
+        key_base64: key.base64,
     };
     if let ShellPolicy::Refused(msg) = shell_policy(&doc.service) {
         return Err(refuse("service_type", msg));
@@ -306,8 +315,14 @@ pub fn run(cfg: &Config, log: &Logger, h: &Handover) -> i32 {
         .map(str::to_owned);
     let reject = |user: &str, r: &Refusal, extra: Option<&Identity>| {
         eprintln!("porthole: {}", r.message);
+        // An instance porthole cannot confine as it is confined is the
+        // admin's problem to fix: say so louder than an ordinary refusal.
+        let severity = match r.reason {
+            "confinement" => Severity::Warning,
+            _ => Severity::Notice,
+        };
         log.emit(
-            &Event::new("session.rejected", Severity::Notice)
+            &Event::new("session.rejected", severity)
                 .field("user", user)
                 .field("reason", r.reason)
                 .field("message", r.message.as_str())
@@ -329,28 +344,54 @@ pub fn run(cfg: &Config, log: &Logger, h: &Handover) -> i32 {
         Ok(v) => v,
         Err(r) => return reject(&user, &r, None),
     };
-    let all = match runtime::running_instances(
+    let scan = runtime::running_instances(
         &cfg.runtime.roots,
         &cfg.runtime.service_annotation,
         &cfg.runtime.instance_annotation,
-    ) {
-        Ok(a) => a,
-        Err(e) => return reject(&user, &refuse("no_runtime", e.to_string()), Some(&identity)),
+    );
+    let all = match scan {
+        Ok(scan) => {
+            report_scan(log, &scan, &target.service);
+            scan.instances
+        }
+        Err(e) => {
+            let reason = match &e {
+                runtime::ResolveError::UntrustedRuntime { untrusted } => {
+                    report_untrusted(log, untrusted);
+                    "untrusted_runtime"
+                }
+                _ => "no_runtime",
+            };
+            return reject(&user, &refuse(reason, e.to_string()), Some(&identity));
+        }
     };
     let instance = match runtime::choose(all, &target.service, target.slug.as_deref()) {
         Ok(i) => i,
         Err(e) => {
-            return reject(
-                &user,
-                &refuse("no_instance", e.to_string()),
-                Some(&identity),
-            )
+            let reason = match e {
+                runtime::ResolveError::Conflicted { .. } => "instance_conflict",
+                _ => "no_instance",
+            };
+            return reject(&user, &refuse(reason, e.to_string()), Some(&identity));
         }
     };
     let tty = h.stdin_is_tty;
     let prepared = match prepare(cfg, h, &instance, &request, tty) {
         Ok(p) => p,
-        Err(r) => return reject(&user, &r, Some(&identity)),
+        Err(r) => {
+            if r.reason == CONTAINER_FILE {
+                // Planted device nodes and FIFOs are an attack on the host
+                // more often than a broken image: tell the admin which.
+                log.emit(
+                    &Event::new("instance.untrusted_file", Severity::Warning)
+                        .field("service", target.service.as_str())
+                        .field("instance", instance.name())
+                        .field("container", instance.container_id.as_str())
+                        .field("message", r.message.as_str()),
+                );
+            }
+            return reject(&user, &r, Some(&identity));
+        }
     };
     let (pinned, plan, notices) = prepared;
     for n in notices {
@@ -456,6 +497,19 @@ pub fn run(cfg: &Config, log: &Logger, h: &Handover) -> i32 {
     );
     let state = cfg.session.state_dir.clone();
     let (svc, iname, sid) = (target.service.clone(), instance.name(), session_id.clone());
+    let mut key_watch = crate::revoke::KeyWatch::new(
+        cfg,
+        log,
+        target.service.clone(),
+        &identity.key_type,
+        &identity.key_base64,
+        vec![
+            ("instance", instance.name()),
+            ("session_id", session_id.clone()),
+            ("owner", identity.owner.clone()),
+            ("fingerprint", identity.fingerprint.clone()),
+        ],
+    );
     let controls = Controls {
         max_duration: (limits.max_duration_secs > 0)
             .then(|| Duration::from_secs(limits.max_duration_secs)),
@@ -478,6 +532,7 @@ pub fn run(cfg: &Config, log: &Logger, h: &Handover) -> i32 {
             })
         }),
         close_message: Box::new(|| registry::close_message(&cfg.session.state_dir, &sid)),
+        key_revoked: Box::new(move || key_watch.poll()),
         on_notice: Box::new(|kind, text| {
             log.emit(
                 &Event::new("session.notice", Severity::Info)
@@ -528,7 +583,64 @@ pub fn run(cfg: &Config, log: &Logger, h: &Handover) -> i32 {
         | EndReason::Closed
         | EndReason::Drained
         | EndReason::MaxDuration
-        | EndReason::Idle => 1,
+        | EndReason::Idle
+        | EndReason::KeyRevoked => 1,
+    }
+}
+
+/// Tells the admin what the scan of the runtime roots distrusted, and
+/// every instance of `service` that more than one container claims (also
+/// when the login went to another instance: the impostor is still there).
+fn report_scan(log: &Logger, scan: &runtime::Scan, service: &crate::names::ServiceId) {
+    report_untrusted(log, &scan.untrusted);
+    for c in runtime::conflicts(&scan.instances)
+        .into_iter()
+        .filter(|c| &c.service == service)
+    {
+        let claimants: Vec<serde_json::Value> = c
+            .claimants
+            .iter()
+            .map(|(id, root, claim)| {
+                serde_json::json!({
+                    "container": id,
+                    "runtime_root": root.display().to_string(),
+                    "claim": claim.as_str(),
+                })
+            })
+            .collect();
+        log.emit(
+            &Event::new("instance.conflict", Severity::Error)
+                .field("service", c.service.as_str())
+                .field("instance", c.name())
+                .field("containers", claimants)
+                .field(
+                    "message",
+                    format!(
+                        "{}; sessions to it are refused until only one container claims it",
+                        c
+                    ),
+                ),
+        );
+    }
+}
+
+/// One `runtime.untrusted` event per runtime root, container directory or
+/// state file whose containers were ignored.
+fn report_untrusted(log: &Logger, untrusted: &[runtime::Untrusted]) {
+    for u in untrusted {
+        log.emit(
+            &Event::new("runtime.untrusted", Severity::Error)
+                .field("path", u.path.display().to_string())
+                .field("why", u.why.as_str())
+                .field(
+                    "message",
+                    format!(
+                        "{} {}: its containers are ignored (runtime state must be root-owned and not group/other-writable)",
+                        u.path.display(),
+                        u.why
+                    ),
+                ),
+        );
     }
 }
 
@@ -675,7 +787,10 @@ fn prepare(
         .collect();
 
     let mut notices = Vec::new();
-    let pw = container::container_user(&pinned.root, uid);
+    // A device, FIFO or socket at /etc/passwd was never opened (only looked
+    // at through O_PATH); a session into such an image is refused.
+    let pw = container::container_user(&pinned.root, uid)
+        .map_err(|n| refuse(CONTAINER_FILE, n.to_string()))?;
     let (name, home, login_shell) = match &pw {
         Some(p) => (p.name.clone(), p.home.clone(), p.shell.clone()),
         None => {
@@ -763,8 +878,22 @@ fn prepare(
     let proc_cgroup = pinned.read_proc("cgroup").map_err(|_| vanished())?;
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
         .map_err(|e| refuse("enter_failed", format!("cannot read the mount table: {e}")))?;
-    let dirs = container::cgroup_dirs(&proc_cgroup, &mountinfo);
+    let dirs = container::cgroup_dirs_checked(&proc_cgroup, &mountinfo).map_err(|c| {
+        refuse(
+            "enter_failed",
+            format!("cannot enter the instance: its {c} cgroup is not mounted on this host"),
+        )
+    })?;
     let cgroups = enter::open_cgroups(dirs).map_err(|e| refuse("enter_failed", e.to_string()))?;
+
+    let confinement = confinement(inst, &pinned, &status)?;
+    let host_proc = match confinement.lsm {
+        Some(_) => Some(
+            crate::confine::host_proc()
+                .map_err(|e| refuse("confinement", format!("cannot open the host's /proc: {e}")))?,
+        ),
+        None => None,
+    };
 
     let cs = |s: String| {
         CString::new(s).map_err(|_| refuse("bad_command", "the command contains a NUL byte"))
@@ -785,8 +914,60 @@ fn prepare(
         home: cs(home)?,
         pty,
         cgroups,
+        confinement,
+        host_proc,
     };
     Ok((pinned, plan, notices))
+}
+
+/// What `runc exec` would apply besides ids, capabilities and cgroups:
+/// the instance's seccomp filter (from its trusted bundle, cross-checked
+/// with the init's mode), LSM label, rlimits and oom_score_adj. Anything
+/// that cannot be reproduced refuses the session (see `confine`).
+fn confinement(
+    inst: &Instance,
+    pinned: &enter::Pinned,
+    status: &str,
+) -> Result<crate::confine::Confinement, Refusal> {
+    use crate::confine;
+    let refused = |e: confine::ConfineError| {
+        refuse(
+            "confinement",
+            format!(
+                "instance {} cannot be entered safely: {e}; the platform team has been notified",
+                inst.name()
+            ),
+        )
+    };
+    let config = match (&inst.bundle, &inst.confinement_source) {
+        (Some(b), _) => confine::read_trusted_config(b).map_err(refused)?,
+        // Docker keeps the rootfs outside the bundle: the config must name it.
+        (None, Some((b, rootfs))) => confine::read_bound_config(b, rootfs).map_err(refused)?,
+        (None, None) => None,
+    };
+    let seccomp =
+        confine::seccomp_for(config.as_deref(), confine::seccomp_mode(status)).map_err(refused)?;
+    let lsm = confine::lsm_for(|p| pinned.read_proc(p).ok()).map_err(refused)?;
+    let limits = pinned.read_proc("limits").map_err(|_| {
+        refuse(
+            "instance_stopped",
+            format!(
+                "instance {} stopped while connecting; try again",
+                inst.name()
+            ),
+        )
+    })?;
+    let rlimits = confine::parse_limits(&limits).map_err(refused)?;
+    let oom_score_adj = pinned
+        .read_proc("oom_score_adj")
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
+    Ok(confine::Confinement {
+        seccomp,
+        lsm,
+        rlimits,
+        oom_score_adj,
+    })
 }
 
 /// Checks that the running binary is installed as intended before doing

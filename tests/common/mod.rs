@@ -275,6 +275,11 @@ impl TestHost {
             "runtime.roots",
             Value::Array(vec![d("runc").display().to_string().into()]),
         );
+        // Session supervisors run the installed hook to notice revoked keys.
+        put(
+            "session.keys_command",
+            d("bin/porthole-keys").display().to_string().into(),
+        );
         for (k, v) in &opts.config {
             put(k, v.clone());
         }

@@ -179,3 +179,60 @@ fn maintainer_scripts_parse() {
         assert!(st.success(), "{shell} -n {f}");
     }
 }
+
+/// The cache's tmpfiles.d rule is in the package and is one that
+/// systemd-tmpfiles accepts: it creates the cache directory as postinst
+/// does (0700 porthole) and excludes the ledger from ageing.
+#[test]
+fn tmpfiles_rule_is_shipped_and_creates_the_cache_dir() {
+    use std::os::unix::fs::MetadataExt;
+    let cargo = std::fs::read_to_string(repo().join("Cargo.toml")).unwrap();
+    assert!(
+        cargo.contains(r#"["packaging/tmpfiles.d/porthole.conf", "usr/lib/tmpfiles.d/", "644"]"#),
+        "the tmpfiles.d rule is not among the .deb assets"
+    );
+    let rule = std::fs::read_to_string(repo().join("packaging/tmpfiles.d/porthole.conf")).unwrap();
+    let lines: Vec<&str> = rule
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "d /var/cache/porthole 0700 porthole porthole 2d",
+            "x /var/cache/porthole/.ledger"
+        ]
+    );
+    let Some(tmpfiles) = ["/usr/bin/systemd-tmpfiles", "/bin/systemd-tmpfiles"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+    else {
+        eprintln!("skipped: systemd-tmpfiles is not installed");
+        return;
+    };
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: creating a directory owned by porthole needs root");
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    std::fs::create_dir_all(r.join("etc")).unwrap();
+    std::fs::create_dir_all(r.join("usr/lib/tmpfiles.d")).unwrap();
+    std::fs::write(
+        r.join("etc/passwd"),
+        "porthole:x:987:986::/nonexistent:/usr/sbin/nologin\n",
+    )
+    .unwrap();
+    std::fs::write(r.join("etc/group"), "porthole:x:986:\n").unwrap();
+    std::fs::write(r.join("usr/lib/tmpfiles.d/porthole.conf"), &rule).unwrap();
+    let out = Command::new(tmpfiles)
+        .arg(format!("--root={}", r.display()))
+        .args(["--create", "--clean", "porthole.conf"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let meta = std::fs::metadata(r.join("var/cache/porthole")).unwrap();
+    assert!(meta.is_dir());
+    assert_eq!(meta.mode() & 0o7777, 0o700);
+    assert_eq!((meta.uid(), meta.gid()), (987, 986));
+}
