@@ -4,7 +4,7 @@
 
 use clap::Parser;
 use porthole::config::{Config, DEFAULT_PATH};
-use porthole::hook::{self, Call};
+use porthole::keys_hook::{self, Call};
 use porthole::log::{Event, Logger, Severity};
 use std::io::Write;
 use std::path::PathBuf;
@@ -84,7 +84,7 @@ fn main() {
     let log = Logger::new("porthole-keys", &cfg.log.socket);
     if args.refresh {
         let fresh = porthole::names::Target::parse(&args.user)
-            .is_some_and(|t| hook::refresh(&cfg, &log, &t, started));
+            .is_some_and(|t| keys_hook::refresh(&cfg, &log, &t, started));
         std::process::exit(if fresh { 0 } else { 1 });
     }
     let call = Call {
@@ -93,7 +93,7 @@ fn main() {
         key_type: args.key_type,
         key_base64: args.key,
     };
-    let lines = hook::run(&cfg, &log, &call, started);
+    let lines = keys_hook::run(&cfg, &log, &call, started);
     let mut out = std::io::stdout().lock();
     let mut text = String::new();
     for l in &lines {

@@ -6,8 +6,8 @@
 
 use porthole::config::{Config, DEFAULT_PATH};
 use porthole::log::Logger;
-use porthole::sealed;
-use porthole::session::{self, Handover};
+use porthole::session::sealed;
+use porthole::session::shell::{self as session, Handover};
 use std::path::Path;
 
 fn harden() {

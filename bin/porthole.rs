@@ -2,14 +2,14 @@
 //!
 //! Much of what it prints comes from tenants and developers (client
 //! commands, key owners, messages, container ids, control-plane errors):
-//! every line goes through `porthole::display` so that nothing in it acts
+//! every line goes through `porthole::admin::display` so that nothing in it acts
 //! on the admin's terminal.
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use porthole::admin::display::{json_printable, printable};
 use porthole::config::{Config, DEFAULT_PATH};
-use porthole::display::{json_printable, printable};
-use porthole::registry::{self, Drain, Scope};
+use porthole::session::registry::{self, Drain, Scope};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -184,7 +184,7 @@ fn run() -> Result<()> {
             }
         }
         Command::HostKeys { host, port, dir } => {
-            let keys = porthole::hostkeys::read_host_keys(&dir)
+            let keys = porthole::admin::hostkeys::read_host_keys(&dir)
                 .with_context(|| format!("reading host keys in {}", dir.display()))?;
             if keys.is_empty() {
                 bail!("no ssh_host_*_key.pub in {}", dir.display());
@@ -194,7 +194,7 @@ fn run() -> Result<()> {
                 match k {
                     Ok(k) => {
                         say!("{:<22} {}", k.algorithm, k.fingerprint);
-                        lines.push(porthole::hostkeys::known_hosts_line(&host, port, &k));
+                        lines.push(porthole::admin::hostkeys::known_hosts_line(&host, port, &k));
                     }
                     Err(e) => warn!("warning: {e}"),
                 }
@@ -209,15 +209,15 @@ fn run() -> Result<()> {
             sshd,
             sshd_config,
         } => {
-            let paths = porthole::doctor::Paths {
+            let paths = porthole::admin::doctor::Paths {
                 config: cli.config.clone(),
                 sshd,
                 sshd_config,
-                ..porthole::doctor::Paths::default()
+                ..porthole::admin::doctor::Paths::default()
             };
             let checks = match instance {
-                Some(name) => porthole::doctor::instance(&Config::load(&cli.config)?, &name),
-                None => porthole::doctor::run(&paths),
+                Some(name) => porthole::admin::doctor::instance(&Config::load(&cli.config)?, &name),
+                None => porthole::admin::doctor::run(&paths),
             };
             let failed = checks.iter().filter(|c| !c.ok).count();
             for c in &checks {
@@ -319,7 +319,7 @@ fn run() -> Result<()> {
         }
         Command::Instances => {
             let cfg = Config::load(&cli.config)?;
-            let scan = porthole::runtime::running_instances(
+            let scan = porthole::session::runtime::running_instances(
                 &cfg.runtime.roots,
                 &cfg.runtime.service_annotation,
                 &cfg.runtime.instance_annotation,
@@ -331,7 +331,7 @@ fn run() -> Result<()> {
                     u.why
                 );
             }
-            for c in porthole::runtime::conflicts(&scan.instances) {
+            for c in porthole::session::runtime::conflicts(&scan.instances) {
                 eprintln!("warning: {c}; sessions to it are refused");
             }
             let all = scan.instances;

@@ -1,35 +1,27 @@
 //! porthole: SSH into the running instances of a hosting platform through
-//! the stock OpenSSH sshd. The library holds one module per concern; the
-//! binaries in `bin/` are thin wrappers that map errors to exit codes.
+//! the stock OpenSSH sshd. The binaries in `bin/` are thin wrappers that
+//! map errors to exit codes; the library is grouped by the program and the
+//! privilege each part serves (ARCHITECTURE.md has the map):
 //!
-//! Which module runs where matters for security: `fetch` (HTTP) is only
-//! compiled with the `http` feature and only the keys hook and admin CLI
-//! use it; the setuid session shell links none of it.
+//! - the shared basics at the top — `names` (the login grammar), `config`,
+//!   `log`, `time` — have no privilege and no I/O beyond what they say;
+//! - [`control_plane`]: what the platform answers and its on-disk cache,
+//!   written by the keys hook and read by the session shell;
+//! - [`keys_hook`]: sshd's `AuthorizedKeysCommand`, run as the unprivileged
+//!   keys user, the only code that speaks HTTP (`http` feature);
+//! - [`session`]: the setuid-root session shell, the whole privileged path;
+//! - [`admin`]: root's command line (`porthole`).
+//!
+//! The setuid shell links no HTTP code: `keys_hook` and `admin::doctor`
+//! exist only with the `http` feature, which `porthole-shell` does not use.
 
-pub mod api;
-pub mod cache;
 pub mod config;
-pub mod display;
-pub mod hostkeys;
-pub mod keys;
-pub mod limits;
 pub mod log;
 pub mod names;
 pub mod time;
 
+pub mod admin;
+pub mod control_plane;
 #[cfg(feature = "http")]
-pub mod doctor;
-#[cfg(feature = "http")]
-pub mod fetch;
-#[cfg(feature = "http")]
-pub mod hook;
-
-pub mod confine;
-pub mod container;
-pub mod enter;
-pub mod registry;
-pub mod revoke;
-pub mod runtime;
-pub mod sealed;
+pub mod keys_hook;
 pub mod session;
-pub mod supervise;

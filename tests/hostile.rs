@@ -1168,8 +1168,8 @@ fn wrong_json_types_in_one_key() {
 
 #[test]
 fn init_pid_reused_between_resolve_and_entry() {
-    use porthole::enter::{pin, EnterError};
-    use porthole::runtime::process_start_time;
+    use porthole::session::enter::{pin, EnterError};
+    use porthole::session::runtime::process_start_time;
     let (b, i) = shell_world();
     let pid = i.init_pid();
     let start = process_start_time(pid).unwrap();
@@ -1212,7 +1212,7 @@ fn init_pid_reused_by_a_host_process_end_to_end() {
     );
     let hp = host_proc.0.id() as i32;
     let start = util::wait_for(WAIT, || {
-        let s = porthole::runtime::process_start_time(hp)?;
+        let s = porthole::session::runtime::process_start_time(hp)?;
         let comm = fs::read_to_string(format!("/proc/{hp}/comm")).ok()?;
         (comm.trim() == "sleep").then_some(s)
     })
@@ -1241,10 +1241,10 @@ fn init_pid_reused_by_a_host_process_end_to_end() {
 
 #[test]
 fn container_dies_between_resolve_and_setns() {
-    use porthole::enter::{pidfd_alive, pin, EnterError};
+    use porthole::session::enter::{pidfd_alive, pin, EnterError};
     let (b, i) = shell_world();
     let pid = i.init_pid();
-    let start = porthole::runtime::process_start_time(pid).unwrap();
+    let start = porthole::session::runtime::process_start_time(pid).unwrap();
     let pinned = pin(pid, start).expect("pin the live init");
     assert!(pidfd_alive(&pinned.pidfd));
     i.kill();
@@ -2188,7 +2188,7 @@ fn etc_passwd_is_a_character_device() {
 
 #[test]
 fn init_in_the_host_pid_namespace_is_refused() {
-    use porthole::enter::{pin, EnterError};
+    use porthole::session::enter::{pin, EnterError};
     let b = bastion();
     let _real = Instance::start(&b.host, SVC, "aaaaa", InstanceOpts::default().app_user());
     b.assert_session_works(INSTANCE);
@@ -2202,7 +2202,7 @@ fn init_in_the_host_pid_namespace_is_refused() {
     );
     let hp = host_proc.0.id() as i32;
     let start = util::wait_for(WAIT, || {
-        let s = porthole::runtime::process_start_time(hp)?;
+        let s = porthole::session::runtime::process_start_time(hp)?;
         let comm = fs::read_to_string(format!("/proc/{hp}/comm")).ok()?;
         (comm.trim() == "sleep").then_some(s)
     })

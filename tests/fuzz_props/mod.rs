@@ -8,11 +8,12 @@
 //! itself carries no fuzz-only code.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use porthole::api::{KeyEntry, ServiceDoc};
-use porthole::container::{self, IdMap};
-use porthole::keys::{self, ValidKey};
+use porthole::control_plane::api::{KeyEntry, ServiceDoc};
+use porthole::control_plane::keys::{self, ValidKey};
 use porthole::names::{self, ServiceId, Target};
-use porthole::{config, runtime, session};
+use porthole::session::container::{self, IdMap};
+use porthole::session::shell as session;
+use porthole::{config, session::runtime};
 use std::collections::HashSet;
 use std::path::{Component, Path};
 
@@ -117,11 +118,11 @@ pub fn check_api(data: &[u8]) {
     assert!(
         matches!(
             ServiceDoc::parse(data, &other),
-            Err(porthole::api::DocError::WrongService { .. })
+            Err(porthole::control_plane::api::DocError::WrongService { .. })
         ),
         "a document for {ASKED} was accepted for another service"
     );
-    let _ = porthole::api::shell_policy(&doc.service);
+    let _ = porthole::control_plane::api::shell_policy(&doc.service);
     if doc.keys.iter().all(Result::is_ok) {
         let canonical = serde_json::json!({
             "service": {"id": doc.service.id, "name": doc.service.name,

@@ -8,7 +8,7 @@
 //! parsed key (never copied), with `restrict,pty`, sshd's own
 //! `expiry-time` and `from` options, and a sanitized comment.
 
-use crate::api::{KeyEntry, ServiceDoc};
+use crate::control_plane::api::{KeyEntry, ServiceDoc};
 use ssh_key::{Algorithm, EcdsaCurve, HashAlg, PublicKey};
 
 const MIN_RSA_BITS: u32 = 2048;

@@ -1,18 +1,27 @@
-//! The keys hook's decision for one sshd call: which answer to trust
-//! (fresh cache, control plane, stale cache, nothing) and which lines to
-//! print, with one audit event for the admin.
+//! The keys hook `porthole-keys`: sshd's AuthorizedKeysCommand.
 //!
-//! sshd calls this for every key a client offers, at least twice per
-//! login, and waits without a timeout of its own, so the common path is a
-//! cache read and the slow path is bounded by one deadline.
+//! Runs as the unprivileged keys user (`AuthorizedKeysCommandUser`), before
+//! authentication, for any name of the grammar. It trusts `porthole.toml`
+//! and the token file; the name, the offered key and every byte of the
+//! control plane's answer are hostile. The only HTTP client of porthole
+//! lives here ([`fetch`]).
+//!
+//! This module is the decision for one sshd call: which answer to trust
+//! (fresh cache, control plane, stale cache, nothing) and which lines to
+//! print, with one audit event for the admin. sshd calls it for every key a
+//! client offers, at least twice per login, and waits without a timeout of
+//! its own, so the common path is a cache read and the slow path is
+//! bounded by one deadline.
 
-use crate::api::ServiceDoc;
-use crate::cache::{self, CachedAnswer, Freshness};
+pub mod fetch;
+
 use crate::config::Config;
-use crate::fetch::{self, FetchError, FetchOutcome};
-use crate::keys;
+use crate::control_plane::api::ServiceDoc;
+use crate::control_plane::cache::{self, CachedAnswer, Freshness};
+use crate::control_plane::keys;
 use crate::log::{elapsed_ms, Event, Logger, Severity};
 use crate::names::Target;
+use fetch::{FetchError, FetchOutcome};
 use std::time::{Duration, Instant};
 
 /// What sshd passed: `%u %f %t %k`.
@@ -268,7 +277,7 @@ fn decide(cfg: &Config, log: &Logger, target: &Target, deadline: Instant) -> Ans
     }
     let fetched = fetch::fetch(&cfg.control_plane, &target.service, fetch_deadline);
     let failure = match fetched {
-        Ok(FetchOutcome::Found(body)) => match crate::api::parse_json(&body)
+        Ok(FetchOutcome::Found(body)) => match crate::control_plane::api::parse_json(&body)
             .and_then(|v| ServiceDoc::from_value(v.clone(), &target.service).map(|d| (v, d)))
         {
             Ok((value, doc)) => {

@@ -4,7 +4,7 @@
 //! the control plane), not at what the package meant to install.
 
 use crate::config::{Config, ConfigError};
-use crate::fetch::{self, FetchError, FetchOutcome};
+use crate::keys_hook::fetch::{self, FetchError, FetchOutcome};
 use crate::names::ServiceId;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -199,7 +199,7 @@ pub fn run(paths: &Paths) -> Vec<Check> {
             // Session supervisors run the same hook to close the sessions
             // of revoked keys (src/revoke.rs).
             let kc = &cfg.session.keys_command;
-            let kc_ok = crate::revoke::check_command(kc);
+            let kc_ok = crate::session::revoke::check_command(kc);
             let akc_prog = akc
                 .split_whitespace()
                 .next()
@@ -274,7 +274,7 @@ pub fn run(paths: &Paths) -> Vec<Check> {
         .iter()
         .filter(|r| std::fs::read_dir(r).is_ok())
         .collect();
-    let scan = crate::runtime::running_instances(
+    let scan = crate::session::runtime::running_instances(
         &cfg.runtime.roots,
         &cfg.runtime.service_annotation,
         &cfg.runtime.instance_annotation,
@@ -282,13 +282,15 @@ pub fn run(paths: &Paths) -> Vec<Check> {
     // What the session shell ignores as not root's (it logs runtime.untrusted).
     let untrusted: Vec<String> = match &scan {
         Ok(s) => s.untrusted.iter(),
-        Err(crate::runtime::ResolveError::UntrustedRuntime { untrusted }) => untrusted.iter(),
+        Err(crate::session::runtime::ResolveError::UntrustedRuntime { untrusted }) => {
+            untrusted.iter()
+        }
         Err(_) => [].iter(),
     }
     .map(|u| format!("{} {}", u.path.display(), u.why))
     .collect();
     let conflicts: Vec<String> = match &scan {
-        Ok(s) => crate::runtime::conflicts(&s.instances)
+        Ok(s) => crate::session::runtime::conflicts(&s.instances)
             .iter()
             .map(|c| c.to_string())
             .collect(),
@@ -350,7 +352,7 @@ pub fn run(paths: &Paths) -> Vec<Check> {
         cache_ok,
         if cache_ok {
             let c = &cfg.cache;
-            let fill = match crate::cache::counts(&c.dir) {
+            let fill = match crate::control_plane::cache::counts(&c.dir) {
                 Some(n) => format!(
                     "{} entries (max {}), {} of them 404s or failures (max {}), {} KiB (max {} KiB)",
                     n.entries,
@@ -405,7 +407,7 @@ pub fn instance(cfg: &Config, name: &str) -> Vec<Check> {
         ));
         return out;
     };
-    let all = match crate::runtime::running_instances(
+    let all = match crate::session::runtime::running_instances(
         &cfg.runtime.roots,
         &cfg.runtime.service_annotation,
         &cfg.runtime.instance_annotation,
@@ -425,7 +427,7 @@ pub fn instance(cfg: &Config, name: &str) -> Vec<Check> {
             return out;
         }
     };
-    let inst = match crate::runtime::choose(all, &target.service, target.slug.as_deref()) {
+    let inst = match crate::session::runtime::choose(all, &target.service, target.slug.as_deref()) {
         Ok(i) => i,
         Err(e) => {
             out.push(check("instance", false, e.to_string()));
@@ -442,7 +444,7 @@ pub fn instance(cfg: &Config, name: &str) -> Vec<Check> {
             inst.init_pid
         ),
     ));
-    let pinned = match crate::enter::pin(inst.init_pid, inst.init_start) {
+    let pinned = match crate::session::enter::pin(inst.init_pid, inst.init_start) {
         Ok(p) => p,
         Err(e) => {
             out.push(check("pinned", false, e.to_string()));
@@ -452,11 +454,11 @@ pub fn instance(cfg: &Config, name: &str) -> Vec<Check> {
     let creds = pinned
         .read_proc("status")
         .ok()
-        .and_then(|s| crate::container::parse_status(&s));
+        .and_then(|s| crate::session::container::parse_status(&s));
     let uid_map = pinned
         .read_proc("uid_map")
         .ok()
-        .and_then(|m| crate::container::IdMap::parse(&m));
+        .and_then(|m| crate::session::container::IdMap::parse(&m));
     let uid = match (&creds, &uid_map) {
         (Some(c), Some(m)) => m.to_inside(c.uid),
         _ => None,
@@ -469,7 +471,7 @@ pub fn instance(cfg: &Config, name: &str) -> Vec<Check> {
         ));
         return out;
     };
-    match crate::container::container_user(&pinned.root, uid) {
+    match crate::session::container::container_user(&pinned.root, uid) {
         Err(n) => out.push(check("user", false, format!("{n}; sessions are refused"))),
         Ok(Some(pw)) => {
             out.push(check(
@@ -477,10 +479,14 @@ pub fn instance(cfg: &Config, name: &str) -> Vec<Check> {
                 true,
                 format!("uid {uid} is {} (gid {})", pw.name, pw.gid),
             ));
-            let usable = crate::container::usable_shell(&pinned.root, &pw.shell);
+            let usable = crate::session::container::usable_shell(&pinned.root, &pw.shell);
             out.push(check(
                 "login shell",
-                usable || crate::container::usable_shell(&pinned.root, &cfg.session.fallback_shell),
+                usable
+                    || crate::session::container::usable_shell(
+                        &pinned.root,
+                        &cfg.session.fallback_shell,
+                    ),
                 if usable {
                     format!("{} is executable", pw.shell)
                 } else {
@@ -491,7 +497,7 @@ pub fn instance(cfg: &Config, name: &str) -> Vec<Check> {
                 },
             ));
             let home_ok = pw.home.starts_with('/')
-                && crate::container::open_in_root(
+                && crate::session::container::open_in_root(
                     &pinned.root,
                     &pw.home,
                     libc::O_PATH | libc::O_DIRECTORY,
@@ -522,16 +528,16 @@ pub fn instance(cfg: &Config, name: &str) -> Vec<Check> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let dirs = pinned
         .read_proc("cgroup")
-        .map(|c| crate::container::cgroup_dirs(&c, &mountinfo))
+        .map(|c| crate::session::container::cgroup_dirs(&c, &mountinfo))
         .unwrap_or_default();
     let memory = dirs
         .iter()
         .find(|d| d.controllers.split(',').any(|c| c == "memory"))
-        .and_then(|d| crate::limits::read_memory(&d.dir, false))
+        .and_then(|d| crate::session::limits::read_memory(&d.dir, false))
         .or_else(|| {
             dirs.iter()
                 .find(|d| d.controllers.is_empty())
-                .and_then(|d| crate::limits::read_memory(&d.dir, true))
+                .and_then(|d| crate::session::limits::read_memory(&d.dir, true))
         });
     let reserve = cfg.limits.memory_reserve_mib.saturating_mul(1024 * 1024);
     out.push(match memory {
@@ -559,7 +565,7 @@ pub fn instance(cfg: &Config, name: &str) -> Vec<Check> {
             ),
         },
     });
-    let live = crate::registry::list(&cfg.session.state_dir)
+    let live = crate::session::registry::list(&cfg.session.state_dir)
         .into_iter()
         .filter(|r| r.instance == inst.name())
         .count();

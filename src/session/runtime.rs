@@ -18,8 +18,8 @@
 //! which one is genuine cannot be told from here, so it is refused and
 //! reported, never settled by sort order.
 
-use crate::container::{open_regular_at, FileError};
 use crate::names::{is_slug, ServiceId};
+use crate::session::container::{open_regular_at, FileError};
 use serde::Deserialize;
 use std::ffi::CString;
 use std::io::Read;

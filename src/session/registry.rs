@@ -105,7 +105,7 @@ impl Drop for Registration {
 /// Writes and locks the record of a starting session.
 pub fn register(state: &Path, rec: &SessionRecord) -> std::io::Result<Registration> {
     let dir = sessions_dir(state);
-    crate::limits::ensure_dir(&dir)?;
+    crate::session::limits::ensure_dir(&dir)?;
     let path = dir.join(format!("{}.json", rec.id));
     let mut file = File::options()
         .read(true)
@@ -214,10 +214,12 @@ fn scan(state: &Path, want_live: bool) -> (Vec<SessionRecord>, usize) {
         // processes of session `pid` are this session's while any is left;
         // once none is, the number may be reused, and a process that now
         // has it and started later is someone else's.
-        if crate::runtime::process_start_time(leader.pid).is_some_and(|t| t != leader.start) {
+        if crate::session::runtime::process_start_time(leader.pid)
+            .is_some_and(|t| t != leader.start)
+        {
             continue;
         }
-        killed += crate::supervise::kill_session(leader.pid, leader.pid_ns, libc::SIGKILL);
+        killed += crate::session::supervise::kill_session(leader.pid, leader.pid_ns, libc::SIGKILL);
     }
     live.sort_by(|a, b| a.started.cmp(&b.started).then(a.id.cmp(&b.id)));
     (live, killed)
@@ -318,7 +320,7 @@ fn drain_dir(state: &Path) -> PathBuf {
 /// Starts (or replaces) a drain.
 pub fn set_drain(state: &Path, scope: &Scope, drain: &Drain) -> std::io::Result<()> {
     let dir = drain_dir(state);
-    crate::limits::ensure_dir(&dir)?;
+    crate::session::limits::ensure_dir(&dir)?;
     let path = dir.join(scope.file_name());
     let tmp = dir.join(format!(".{}.{}", scope.file_name(), std::process::id()));
     std::fs::write(
@@ -420,7 +422,8 @@ mod tests {
         let leader = |child: &std::process::Child, start_offset: u64| Leader {
             pid: child.id() as i32,
             pid_ns: own_pid_ns(),
-            start: crate::runtime::process_start_time(child.id() as i32).unwrap() + start_offset,
+            start: crate::session::runtime::process_start_time(child.id() as i32).unwrap()
+                + start_offset,
         };
         // Dead records (nobody holds their lock): one whose leader is the
         // process that started then, one whose pid now names a later one.

@@ -22,10 +22,10 @@
 //! any answer young enough to log in with: the control plane stated that
 //! end itself, and a login with the same answer would be refused now.
 
-use crate::api::ServiceDoc;
-use crate::cache::{self, CachedAnswer, Freshness};
 use crate::config::Config;
-use crate::keys::{self, KeyReject};
+use crate::control_plane::api::ServiceDoc;
+use crate::control_plane::cache::{self, CachedAnswer, Freshness};
+use crate::control_plane::keys::{self, KeyReject};
 use crate::log::{Event, Logger, Severity};
 use crate::names::ServiceId;
 use std::ffi::CString;
@@ -91,7 +91,7 @@ fn first_listing<'a>(
     doc: &'a ServiceDoc,
     key_type: &str,
     key_b64: &str,
-) -> Option<&'a crate::api::KeyEntry> {
+) -> Option<&'a crate::control_plane::api::KeyEntry> {
     doc.keys.iter().filter_map(|k| k.as_ref().ok()).find(|e| {
         keys::validate_public_key(&e.public_key)
             .map(|k| k.algorithm == key_type && k.base64 == key_b64)

@@ -11,7 +11,7 @@
 //! instance's init (pidfd: readable when the instance stops) and the
 //! signals that matter (signalfd: SIGWINCH resizes, SIGHUP/SIGTERM end).
 
-use crate::enter::{pidfd_open, SessionIo, Spawned};
+use crate::session::enter::{pidfd_open, SessionIo, Spawned};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
@@ -263,14 +263,16 @@ impl Drop for RawMode {
 }
 
 /// The client's terminal size (sshd's tty), if it has one.
-pub fn window_size(fd: RawFd) -> Option<crate::enter::WinSize> {
+pub fn window_size(fd: RawFd) -> Option<crate::session::enter::WinSize> {
     // SAFETY: winsize is plain data filled by the ioctl.
     unsafe {
         let mut ws: libc::winsize = std::mem::zeroed();
-        (libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) == 0).then_some(crate::enter::WinSize {
-            rows: ws.ws_row,
-            cols: ws.ws_col,
-        })
+        (libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) == 0).then_some(
+            crate::session::enter::WinSize {
+                rows: ws.ws_row,
+                cols: ws.ws_col,
+            },
+        )
     }
 }
 
@@ -935,7 +937,7 @@ fn drain_signals(fd: &OwnedFd) -> Vec<i32> {
 /// signal re-raised (so sshd reports exit-signal to the client).
 pub fn exit_like(status: ExitStatus, fallback: i32) -> ! {
     if let ExitStatus::Signal(sig) = status {
-        crate::enter::reraise(sig);
+        crate::session::enter::reraise(sig);
     }
     let code = match status {
         ExitStatus::Code(c) => c,

@@ -8,15 +8,15 @@
 //! (sshd sets it from the passwd name). Every refusal is a sentence for the
 //! developer on stderr and one `session.rejected` event for the admin.
 
-use crate::api::{shell_policy, ShellPolicy};
 use crate::config::Config;
-use crate::container::{self, FileError, FileKind, IdMap};
-use crate::enter::{self, EnterError, Plan, WinSize};
+use crate::control_plane::api::{shell_policy, ShellPolicy};
 use crate::log::{elapsed_ms, Event, Logger, Severity};
 use crate::names::Target;
-use crate::registry::{self, SessionRecord};
-use crate::runtime::{self, Instance};
-use crate::supervise::{self, Controls, DrainNotice, EndReason, ExitStatus};
+use crate::session::container::{self, FileError, FileKind, IdMap};
+use crate::session::enter::{self, EnterError, Plan, WinSize};
+use crate::session::registry::{self, SessionRecord};
+use crate::session::runtime::{self, Instance};
+use crate::session::supervise::{self, Controls, DrainNotice, EndReason, ExitStatus};
 use std::ffi::CString;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
@@ -246,7 +246,7 @@ pub fn authorize(cfg: &Config, h: &Handover) -> Result<Authorized, Refusal> {
             ),
         )
     })?);
-    let cached = crate::cache::read(&cfg.cache.dir, &target.service, keys_uid)
+    let cached = crate::control_plane::cache::read(&cfg.cache.dir, &target.service, keys_uid)
         .map_err(|e| {
             refuse(
                 "cache",
@@ -276,8 +276,8 @@ pub fn authorize(cfg: &Config, h: &Handover) -> Result<Authorized, Refusal> {
     let doc = cached
         .doc
         .ok_or_else(|| refuse("no_service", format!("{} does not exist", target.service)))?;
-    let (entry, key) =
-        crate::keys::find_listed_key(&doc, &key_type, &b64, now).ok_or_else(|| {
+    let (entry, key) = crate::control_plane::keys::find_listed_key(&doc, &key_type, &b64, now)
+        .ok_or_else(|| {
             refuse(
                 "key_not_listed",
                 format!(
@@ -408,7 +408,7 @@ pub fn run(cfg: &Config, log: &Logger, h: &Handover) -> i32 {
                 ),
         );
     }
-    let limits = crate::limits::effective(&cfg.limits, service_limits.as_ref());
+    let limits = crate::session::limits::effective(&cfg.limits, service_limits.as_ref());
     let admitted = match admit(cfg, &limits, &target, &instance, &identity, &plan) {
         Ok(a) => a,
         Err(r) => return reject(&user, &r, Some(&identity)),
@@ -493,11 +493,11 @@ pub fn run(cfg: &Config, log: &Logger, h: &Handover) -> i32 {
             .field("uid", plan.uid)
             .field("pid", spawned.outer_pid)
             .field("session_id", session_id.as_str())
-            .field("limits", crate::limits::to_json(&limits)),
+            .field("limits", crate::session::limits::to_json(&limits)),
     );
     let state = cfg.session.state_dir.clone();
     let (svc, iname, sid) = (target.service.clone(), instance.name(), session_id.clone());
-    let mut key_watch = crate::revoke::KeyWatch::new(
+    let mut key_watch = crate::session::revoke::KeyWatch::new(
         cfg,
         log,
         target.service.clone(),
@@ -646,8 +646,8 @@ fn report_untrusted(log: &Logger, untrusted: &[runtime::Untrusted]) {
 
 /// The slots a session holds; dropping them frees them.
 pub struct Admitted {
-    _instance: Option<crate::limits::Slot>,
-    _owner: Option<crate::limits::Slot>,
+    _instance: Option<crate::session::limits::Slot>,
+    _owner: Option<crate::session::limits::Slot>,
 }
 
 /// Admission control: maintenance windows, memory headroom and the
@@ -680,8 +680,8 @@ fn admit(
             .map(|(d, _)| d)
             .find(|d| d.controllers.is_empty());
         let mem = match (memory_dir, unified) {
-            (Some(d), _) => crate::limits::read_memory(&d.dir, false),
-            (None, Some(d)) => crate::limits::read_memory(&d.dir, true),
+            (Some(d), _) => crate::session::limits::read_memory(&d.dir, false),
+            (None, Some(d)) => crate::session::limits::read_memory(&d.dir, true),
             (None, None) => None,
         };
         let reserve = limits.memory_reserve_mib.saturating_mul(1024 * 1024);
@@ -701,13 +701,16 @@ fn admit(
         }
     }
     let slots = state.join("slots");
-    let slot_err = |e: crate::limits::SlotError, full: String, reason: &'static str| match e {
-        crate::limits::SlotError::Full(n) => {
-            refuse_limit(reason, full.replace("{n}", &n.to_string()), u64::from(n))
-        }
-        crate::limits::SlotError::Io(..) => refuse("state", format!("cannot count sessions: {e}")),
-    };
-    let inst = crate::limits::acquire(
+    let slot_err =
+        |e: crate::session::limits::SlotError, full: String, reason: &'static str| match e {
+            crate::session::limits::SlotError::Full(n) => {
+                refuse_limit(reason, full.replace("{n}", &n.to_string()), u64::from(n))
+            }
+            crate::session::limits::SlotError::Io(..) => {
+                refuse("state", format!("cannot count sessions: {e}"))
+            }
+        };
+    let inst = crate::session::limits::acquire(
         &slots.join(format!("instance-{name}")),
         limits.max_sessions_per_instance,
     )
@@ -718,10 +721,10 @@ fn admit(
             "limit_instance",
         )
     })?;
-    let owner = crate::limits::acquire(
+    let owner = crate::session::limits::acquire(
         &slots.join(format!(
             "owner-{}",
-            crate::limits::owner_key(&identity.owner)
+            crate::session::limits::owner_key(&identity.owner)
         )),
         limits.max_sessions_per_owner,
     )
@@ -889,7 +892,7 @@ fn prepare(
     let confinement = confinement(inst, &pinned, &status)?;
     let host_proc = match confinement.lsm {
         Some(_) => Some(
-            crate::confine::host_proc()
+            crate::session::confine::host_proc()
                 .map_err(|e| refuse("confinement", format!("cannot open the host's /proc: {e}")))?,
         ),
         None => None,
@@ -928,8 +931,8 @@ fn confinement(
     inst: &Instance,
     pinned: &enter::Pinned,
     status: &str,
-) -> Result<crate::confine::Confinement, Refusal> {
-    use crate::confine;
+) -> Result<crate::session::confine::Confinement, Refusal> {
+    use crate::session::confine;
     let refused = |e: confine::ConfineError| {
         refuse(
             "confinement",

@@ -23,7 +23,7 @@
 //! ledger: the hot path is one open. Single-flight lock files are removed
 //! by their holder; the sweep removes those of killed processes.
 
-use crate::api::ServiceDoc;
+use crate::control_plane::api::ServiceDoc;
 use crate::names::ServiceId;
 use serde_json::{json, Value};
 use std::fs::File;

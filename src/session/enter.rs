@@ -16,8 +16,8 @@
 //! outer exits at once. The supervisor (our caller) never leaves the host
 //! namespaces.
 
-use crate::confine::Confinement;
-use crate::container::{CgroupDir, ProcessCreds};
+use crate::session::confine::Confinement;
+use crate::session::container::{CgroupDir, ProcessCreds};
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{Read, Write};
@@ -135,7 +135,7 @@ pub fn pin(pid: i32, start: u64) -> Result<Pinned, EnterError> {
     // The pidfd and the /proc dir were both opened before this check: if
     // the start time still matches, both refer to the instance's init.
     let stat = read_at(&proc_dir, "stat", 4096).map_err(|_| EnterError::Vanished)?;
-    if crate::runtime::parse_stat_start(&stat) != Some(start) || !pidfd_alive(&pidfd) {
+    if crate::session::runtime::parse_stat_start(&stat) != Some(start) || !pidfd_alive(&pidfd) {
         return Err(EnterError::Vanished);
     }
     let root = open_dir_at(Some(&proc_dir), "root", libc::O_DIRECTORY | libc::O_RDONLY)
@@ -331,7 +331,7 @@ pub fn spawn(pinned: &Pinned, plan: &Plan) -> Result<Spawned, EnterError> {
     // The processes forked below exec inside the instance: their
     // /proc/self/exe must be the sealed copy, never the host file (see
     // `sealed`). porthole-shell re-executed itself at start; refuse if not.
-    if !crate::sealed::is_sealed_self() {
+    if !crate::session::sealed::is_sealed_self() {
         return Err(EnterError::Host(
             "porthole-shell is not running from its sealed copy".into(),
         ));
@@ -853,8 +853,8 @@ fn set_lsm_exec_label(plan: &Plan) -> Result<(), String> {
     let (attr, value) = label.attr_write();
     let path = |a: &str| CString::new(format!("thread-self/{a}")).map_err(|e| e.to_string());
     let (primary, fallback) = (path(attr)?, path(label.attr_fallback())?);
-    let fd = crate::confine::open_at_write(proc_fd, &primary)
-        .or_else(|_| crate::confine::open_at_write(proc_fd, &fallback))
+    let fd = crate::session::confine::open_at_write(proc_fd, &primary)
+        .or_else(|_| crate::session::confine::open_at_write(proc_fd, &fallback))
         .map_err(|e| format!("opening the LSM exec attribute: {e}"))?;
     let mut f = File::from(fd);
     f.write_all(value.as_bytes())
@@ -898,7 +898,7 @@ fn inner_child(
     }
     close_all_except(&mut keep)?;
     for (res, lim) in &plan.confinement.rlimits {
-        crate::confine::apply_limit(*res, lim)
+        crate::session::confine::apply_limit(*res, lim)
             .map_err(|e| format!("setting resource limit {res}: {e}"))?;
     }
     // SAFETY: see the first block.
@@ -924,7 +924,8 @@ fn inner_child(
         )?;
     }
     if let (Some(prog), false) = (&plan.confinement.seccomp, plan.creds.no_new_privs) {
-        crate::confine::install(prog).map_err(|e| format!("installing the seccomp filter: {e}"))?;
+        crate::session::confine::install(prog)
+            .map_err(|e| format!("installing the seccomp filter: {e}"))?;
     }
     // SAFETY: see the first block.
     unsafe {
@@ -1045,7 +1046,8 @@ fn inner_child(
     if let (Some(prog), true) = (&plan.confinement.seccomp, plan.creds.no_new_privs) {
         // With no_new_privs the filter needs no privilege: install it last,
         // so as few of our own calls as possible run under it.
-        crate::confine::install(prog).map_err(|e| format!("installing the seccomp filter: {e}"))?;
+        crate::session::confine::install(prog)
+            .map_err(|e| format!("installing the seccomp filter: {e}"))?;
     }
     // SAFETY: argv/envp are NULL-terminated arrays of live C strings.
     unsafe { libc::execve(plan.program.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
