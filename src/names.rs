@@ -6,6 +6,9 @@
 //! It is dependency-free and allocation-free because the NSS module, which
 //! is loaded into every process on the host, compiles this same file.
 
+// Nothing here needs unsafe code; the compiler keeps it that way.
+#![forbid(unsafe_code)]
+
 /// Longest service suffix after `srv-` (lowercase letters and digits).
 pub const MAX_SERVICE_SUFFIX: usize = 40;
 /// Length of an instance slug.

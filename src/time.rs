@@ -2,6 +2,9 @@
 //! sshd's `expiry-time="YYYYMMDDHHMMSSZ"` out. A few lines of civil-date
 //! arithmetic instead of a date crate in the hooks' dependency tree.
 
+// Nothing here needs unsafe code; the compiler keeps it that way.
+#![forbid(unsafe_code)]
+
 /// Seconds since the Unix epoch (0 if the clock is before it).
 pub fn now_unix() -> i64 {
     std::time::SystemTime::now()

@@ -7,6 +7,9 @@
 //! terminal). `doctor` checks the whole installation, including the
 //! control plane, so it exists only with the `http` feature.
 
+// Nothing here needs unsafe code; the compiler keeps it that way.
+#![forbid(unsafe_code)]
+
 pub mod display;
 #[cfg(feature = "http")]
 pub mod doctor;

@@ -13,6 +13,9 @@
 //! its own, so the common path is a cache read and the slow path is
 //! bounded by one deadline.
 
+// Nothing here needs unsafe code; the compiler keeps it that way.
+#![forbid(unsafe_code)]
+
 pub mod fetch;
 
 use crate::config::Config;
