@@ -4,13 +4,12 @@
 //! Runs in `porthole-shell` after the spawn, as root (the setuid shell's
 //! effective uid), in the host's namespaces and cgroups: the session's
 //! processes live in the instance's pid namespace, where it has no pid, so
-//! they can neither signal nor trace it. It
-//! trusts its own fds (sshd's stdio, the session's pipes or pty master, the
-//! pidfds, its signalfd), the controls `shell` built from root-owned
-//! configuration and registry files, and nothing the session writes: the
-//! session's bytes are relayed, never parsed, and the only processes it
-//! signals are members of the session in the instance's pid namespace
-//! ([`kill_session`]).
+//! they can neither signal nor trace it. It trusts its own fds (sshd's
+//! stdio, the session's pipes or pty master, the pidfds, its signalfd) and
+//! the controls `shell` built from root-owned configuration and registry
+//! files; nothing the session writes: its bytes are relayed, never parsed,
+//! and the only processes signalled are members of the session in the
+//! instance's pid namespace ([`kill_session`]).
 //!
 //! All stdio is relayed, also without a terminal, for three reasons: no fd
 //! of sshd's ever enters the container, a client that goes away is noticed
@@ -763,7 +762,7 @@ impl<'a> Supervisor<'a> {
         };
         // Rounded up: waking a fraction of a millisecond early would only
         // spin until the deadline.
-        let ms = wait.as_micros().div_ceil(1000);
+        let ms = wait.as_nanos().div_ceil(1_000_000);
         libc::c_int::try_from(ms).unwrap_or(libc::c_int::MAX)
     }
 
