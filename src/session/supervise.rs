@@ -17,11 +17,11 @@
 //! and the byte counts are known. With a terminal, sshd's tty is put in raw
 //! mode and the container's own pty does the line discipline.
 //!
-//! One `poll` loop ([`Supervisor`]) watches: the relays, the outer child
+//! One `poll` loop (`Supervisor`) watches: the relays, the outer child
 //! (pidfd), the instance's init (pidfd: readable when the instance stops)
 //! and the signals that matter (signalfd: SIGWINCH resizes, SIGHUP/SIGTERM
 //! end). When to warn and when to close for limits and drains is decided by
-//! a pure clock ([`clock::SessionClock`]), unit-tested with made-up times.
+//! a pure clock (`clock::SessionClock`), unit-tested with made-up times.
 
 mod clock;
 
