@@ -1,17 +1,32 @@
 //! The supervisor: stays in the host namespaces for the whole session,
 //! relays the session's bytes, and ends it when anything ends.
 //!
+//! Runs in `porthole-shell` after the spawn, as root (the setuid shell's
+//! effective uid), in the host's namespaces and cgroups: the session's
+//! processes live in the instance's pid namespace, where it has no pid, so
+//! they can neither signal nor trace it. It trusts its own fds (sshd's
+//! stdio, the session's pipes or pty master, the pidfds, its signalfd) and
+//! the controls `shell` built from root-owned configuration and registry
+//! files; nothing the session writes: its bytes are relayed, never parsed,
+//! and the only processes signalled are members of the session in the
+//! instance's pid namespace ([`kill_session`]).
+//!
 //! All stdio is relayed, also without a terminal, for three reasons: no fd
 //! of sshd's ever enters the container, a client that goes away is noticed
 //! (the write side of sshd's pipe errors) even while the command is silent,
 //! and the byte counts are known. With a terminal, sshd's tty is put in raw
 //! mode and the container's own pty does the line discipline.
 //!
-//! One `poll` loop watches: the relays, the outer child (pidfd), the
-//! instance's init (pidfd: readable when the instance stops) and the
-//! signals that matter (signalfd: SIGWINCH resizes, SIGHUP/SIGTERM end).
+//! One `poll` loop (`Supervisor`) watches: the relays, the outer child
+//! (pidfd), the instance's init (pidfd: readable when the instance stops)
+//! and the signals that matter (signalfd: SIGWINCH resizes, SIGHUP/SIGTERM
+//! end). When to warn and when to close for limits and drains is decided by
+//! a pure clock (`clock::SessionClock`), unit-tested with made-up times.
+
+mod clock;
 
 use crate::session::enter::{pidfd_open, SessionIo, Spawned};
+use clock::{Notice, SessionClock};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
@@ -160,6 +175,34 @@ impl Pump {
             _ => self.src_eof = true,
         }
         true
+    }
+
+    /// Reads what the source has into the buffer and writes it through.
+    /// Returns false when the destination failed (it is then done).
+    fn read_through(&mut self) -> bool {
+        let r = read_fd(self.src, &mut self.buf[self.end..]);
+        if r > 0 {
+            self.end += r as usize;
+            self.count += r as u64;
+            // Write through: pass the bytes on now rather than after
+            // another poll round (a keystroke's echo crosses this relay
+            // twice). What the destination does not take now waits for
+            // POLLOUT.
+            if !self.dst_done && !self.flush() {
+                return false;
+            }
+        } else if r == 0 || (errno() != libc::EAGAIN && errno() != libc::EINTR) {
+            // EOF; EIO on a pty master means the last holder of the
+            // terminal closed it.
+            self.src_eof = true;
+        }
+        true
+    }
+
+    /// Whether this pump writes to the client (sshd's stdout or stderr):
+    /// a failure there means the client is gone.
+    fn to_client(&self) -> bool {
+        self.dst == 1 || self.dst == 2
     }
 
     fn pending(&self) -> bool {
@@ -437,418 +480,498 @@ pub fn human(d: Duration) -> String {
     }
 }
 
-/// Warnings not yet given, as thresholds of time left. Crossing several at
-/// once (a short limit) gives one warning, not a burst.
-struct Warnings {
-    pending: Vec<Duration>,
-}
-
-impl Warnings {
-    fn new(mut at: Vec<Duration>) -> Warnings {
-        at.sort();
-        Warnings { pending: at }
-    }
-
-    /// True when a warning is due now (time left fell to a threshold).
-    fn due(&mut self, left: Duration) -> bool {
-        let before = self.pending.len();
-        self.pending.retain(|t| left > *t);
-        self.pending.len() != before
-    }
-}
-
 /// Relays until the session ends; returns how it ended.
-pub fn run(spawned: Spawned, init_pidfd: &OwnedFd, mut controls: Controls<'_>) -> Outcome {
-    let outer_pidfd = pidfd_open(spawned.outer_pid).ok();
-    let sigfd = signal_fd();
-    let mut raw = None;
-    let mut saved_flags = Vec::new();
-    let mut pumps: Vec<Pump> = Vec::new();
-    // Keep the session's fds alive for the loop; dropping closes them.
-    let mut owned: Vec<OwnedFd> = Vec::new();
-    let master_fd;
-    match spawned.io {
-        SessionIo::Pipes {
-            stdin,
-            stdout,
-            stderr,
-        } => {
-            pumps.push(Pump::spliced(0, stdin.as_raw_fd(), true));
-            pumps.push(Pump::spliced(stdout.as_raw_fd(), 1, false));
-            pumps.push(Pump::spliced(stderr.as_raw_fd(), 2, false));
-            owned.extend([stdin, stdout, stderr]);
-            master_fd = None;
+pub fn run(spawned: Spawned, init_pidfd: &OwnedFd, controls: Controls<'_>) -> Outcome {
+    Supervisor::new(spawned, init_pidfd, controls).run()
+}
+
+/// The relay between sshd's stdio (fds 0, 1, 2) and the session's fds.
+struct Relay {
+    /// Client input first (`pumps[0]`), then the outputs.
+    pumps: Vec<Pump>,
+    /// Keep the session's fds alive for the loop; dropping closes them.
+    owned: Vec<OwnedFd>,
+    /// The container pty's master, when the session has a terminal.
+    master: Option<RawFd>,
+    /// sshd's tty in raw mode while the session runs.
+    raw: Option<RawMode>,
+    /// The flags of fds 0, 1, 2 before they were made non-blocking: they
+    /// are sshd's, shared with whoever else holds them.
+    saved_flags: Vec<(RawFd, i32)>,
+}
+
+impl Relay {
+    fn new(io: SessionIo) -> Relay {
+        let mut relay = match io {
+            SessionIo::Pipes {
+                stdin,
+                stdout,
+                stderr,
+            } => Relay {
+                pumps: vec![
+                    Pump::spliced(0, stdin.as_raw_fd(), true),
+                    Pump::spliced(stdout.as_raw_fd(), 1, false),
+                    Pump::spliced(stderr.as_raw_fd(), 2, false),
+                ],
+                owned: vec![stdin, stdout, stderr],
+                master: None,
+                raw: None,
+                saved_flags: Vec::new(),
+            },
+            SessionIo::Pty { master } => Relay {
+                raw: RawMode::enter(0),
+                pumps: vec![
+                    Pump::new(0, master.as_raw_fd(), false),
+                    Pump::new(master.as_raw_fd(), 1, false),
+                ],
+                master: Some(master.as_raw_fd()),
+                owned: vec![master],
+                saved_flags: Vec::new(),
+            },
+        };
+        for fd in [0, 1, 2] {
+            relay.saved_flags.push((fd, set_nonblocking(fd, true)));
         }
-        SessionIo::Pty { master } => {
-            raw = RawMode::enter(0);
-            pumps.push(Pump::new(0, master.as_raw_fd(), false));
-            pumps.push(Pump::new(master.as_raw_fd(), 1, false));
-            master_fd = Some(master.as_raw_fd());
-            owned.push(master);
+        for o in &relay.owned {
+            set_nonblocking(o.as_raw_fd(), true);
         }
-    }
-    for fd in [0, 1, 2] {
-        saved_flags.push((fd, set_nonblocking(fd, true)));
-    }
-    for o in &owned {
-        set_nonblocking(o.as_raw_fd(), true);
+        relay
     }
 
-    let mut reason = None;
-    let mut status = ExitStatus::Unknown;
-    let mut exited_at: Option<Instant> = None;
-    let mut killed = false;
-    let started = Instant::now();
-    let interactive = master_fd.is_some();
-    let notice_fd = if interactive { 1 } else { 2 };
-    let notice = |kind: &str, text: &str, on: &mut dyn FnMut(&str, &str)| {
-        let line = if interactive {
+    /// Output pumps (to the client) are the ones waited for at the end.
+    fn outputs_done(&self) -> bool {
+        self.pumps
+            .iter()
+            .filter(|p| p.to_client())
+            .all(Pump::finished)
+    }
+
+    /// Passes EOF on to the session's stdin once everything was written.
+    fn pass_eof(&mut self) {
+        for p in self.pumps.iter_mut() {
+            if p.close_dst_on_eof && p.src_eof && !p.pending() && !p.dst_done {
+                p.dst_done = true;
+                if let Some(pos) = self.owned.iter().position(|o| o.as_raw_fd() == p.dst) {
+                    drop(self.owned.remove(pos));
+                }
+            }
+        }
+    }
+
+    /// Bytes from the client into the session, and out of it.
+    fn counts(&self) -> (u64, u64) {
+        let bytes_in = self.pumps.first().map(|p| p.count).unwrap_or(0);
+        let bytes_out = self.pumps.iter().skip(1).map(|p| p.count).sum();
+        (bytes_in, bytes_out)
+    }
+
+    /// Gives sshd its terminal mode and fd flags back.
+    fn restore(&mut self) {
+        drop(self.raw.take());
+        for (fd, flags) in self.saved_flags.drain(..) {
+            if flags >= 0 {
+                // SAFETY: restoring flags we read from this fd.
+                unsafe { libc::fcntl(fd, libc::F_SETFL, flags) };
+            }
+        }
+    }
+}
+
+/// The supervisor's state for one session: the relay, the processes it
+/// watches, the clock, and how the session is ending. One `poll` loop
+/// ([`Supervisor::run`]) hands each ready fd to its handler; after each
+/// round the limits are ticked and an ending session is killed.
+struct Supervisor<'a> {
+    /// Our child; its exit status is the session's.
+    outer_pid: i32,
+    /// The session leader and its pid namespace: what `kill_session` kills.
+    inner_pid: i32,
+    pid_ns: (u64, u64),
+    /// Readable when the outer child exits; None on kernels without pidfd,
+    /// where the child is polled with `waitpid` each round instead.
+    outer_pidfd: Option<OwnedFd>,
+    /// Readable when the instance's init exits (the instance stopped).
+    init_pidfd: &'a OwnedFd,
+    sigfd: Option<OwnedFd>,
+    relay: Relay,
+    controls: Controls<'a>,
+    clock: SessionClock,
+    started: Instant,
+    next_drain_check: Instant,
+    next_key_check: Instant,
+    /// Why the session is ending, once something ended it (the first
+    /// reason wins, except where a handler says otherwise).
+    reason: Option<EndReason>,
+    /// What the user is told at the end.
+    message: Option<String>,
+    status: ExitStatus,
+    /// When the outer child exited (reaped).
+    exited_at: Option<Instant>,
+    /// The session's processes were sent SIGKILL.
+    killed: bool,
+}
+
+impl<'a> Supervisor<'a> {
+    fn new(spawned: Spawned, init_pidfd: &'a OwnedFd, controls: Controls<'a>) -> Supervisor<'a> {
+        let outer_pidfd = pidfd_open(spawned.outer_pid).ok();
+        let sigfd = signal_fd();
+        let relay = Relay::new(spawned.io);
+        let interactive = relay.master.is_some();
+        let clock = SessionClock::new(clock::Limits {
+            max_duration: controls.max_duration,
+            // A command without a terminal gets no input and is not idle.
+            idle_timeout: controls.idle_timeout.filter(|_| interactive),
+            warn_before: controls.warn_before.clone(),
+            drain_notices: controls.drain_notices.clone(),
+        });
+        let now = Instant::now();
+        Supervisor {
+            outer_pid: spawned.outer_pid,
+            inner_pid: spawned.inner_pid,
+            pid_ns: spawned.pid_ns,
+            outer_pidfd,
+            init_pidfd,
+            sigfd,
+            relay,
+            controls,
+            clock,
+            started: now,
+            next_drain_check: now,
+            next_key_check: now,
+            reason: None,
+            message: None,
+            status: ExitStatus::Unknown,
+            exited_at: None,
+            killed: false,
+        }
+    }
+
+    fn run(mut self) -> Outcome {
+        loop {
+            if self.after_exit() {
+                break;
+            }
+            let (mut fds, roles) = self.poll_set();
+            let timeout = self.poll_timeout();
+            // SAFETY: fds is a valid array of pollfd of the given length.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+            if n < 0 && errno() != libc::EINTR {
+                break;
+            }
+            if self.outer_pidfd.is_none() && self.exited_at.is_none() {
+                self.on_child_exit();
+            }
+            for (pfd, role) in fds.iter().zip(roles) {
+                if pfd.revents != 0 {
+                    self.on_ready(role, pfd.revents);
+                }
+            }
+            if self.reason.is_none() && self.exited_at.is_none() {
+                self.on_tick();
+            }
+            self.relay.pass_eof();
+            self.on_pty_hangup();
+            self.kill_if_ending();
+        }
+        self.finish()
+    }
+
+    /// The clock's view of the time now.
+    fn now(&self) -> clock::Now {
+        clock::Now {
+            elapsed: self.started.elapsed(),
+            unix: crate::time::now_unix(),
+        }
+    }
+
+    /// Records why the session ends, unless it is already ending.
+    fn end(&mut self, reason: EndReason) {
+        self.reason.get_or_insert(reason);
+    }
+
+    /// After the command exited: whether the loop is done, because its
+    /// output was all passed on (or the client is gone to take it), or
+    /// stragglers that keep the output open had their grace.
+    fn after_exit(&mut self) -> bool {
+        let Some(t) = self.exited_at else {
+            return false;
+        };
+        if self.relay.outputs_done() || self.reason == Some(EndReason::ClientDisconnect) {
+            return true;
+        }
+        if !self.killed && t.elapsed() >= DRAIN_GRACE {
+            kill_session(self.inner_pid, self.pid_ns, libc::SIGKILL);
+            self.killed = true;
+        }
+        t.elapsed() >= DRAIN_GRACE * 3
+    }
+
+    /// The fds to wait for this round, with what each one is.
+    fn poll_set(&self) -> (Vec<libc::pollfd>, Vec<Role>) {
+        let mut fds: Vec<libc::pollfd> = Vec::new();
+        let mut roles: Vec<Role> = Vec::new();
+        let mut watch = |fd: RawFd, events: libc::c_short, role: Role| {
+            fds.push(libc::pollfd {
+                fd,
+                events,
+                revents: 0,
+            });
+            roles.push(role);
+        };
+        for (i, p) in self.relay.pumps.iter().enumerate() {
+            if p.wants_read() {
+                watch(p.src, libc::POLLIN, Role::Read(i));
+            }
+            if (p.pending() || p.dst_full) && !p.dst_done {
+                watch(p.dst, libc::POLLOUT, Role::Write(i));
+            } else if p.dst == 1 && !p.dst_done {
+                // Watch the client side even while idle: POLLERR means the
+                // reader (sshd) went away.
+                watch(1, 0, Role::ClientOut);
+            }
+        }
+        if self.exited_at.is_none() {
+            if let Some(p) = &self.outer_pidfd {
+                watch(p.as_raw_fd(), libc::POLLIN, Role::Child);
+            }
+        }
+        if self.reason.is_none() {
+            watch(self.init_pidfd.as_raw_fd(), libc::POLLIN, Role::Init);
+        }
+        if let Some(s) = &self.sigfd {
+            watch(s.as_raw_fd(), libc::POLLIN, Role::Signal);
+        }
+        (fds, roles)
+    }
+
+    /// How long to wait in `poll`, in milliseconds.
+    fn poll_timeout(&self) -> libc::c_int {
+        let tick = if self.exited_at.is_some() || self.outer_pidfd.is_none() {
+            Duration::from_millis(100)
+        } else {
+            // Drains and revocation are checked on a 250 ms tick.
+            KEY_CHECK_TICK
+        };
+        let wait = if self.reason.is_none() && self.exited_at.is_none() {
+            // Wake for the clock's next warning or close, if sooner.
+            self.clock
+                .next_deadline(self.now())
+                .map_or(tick, |d| d.min(tick))
+        } else {
+            tick
+        };
+        // Rounded up: waking a fraction of a millisecond early would only
+        // spin until the deadline.
+        let ms = wait.as_nanos().div_ceil(1_000_000);
+        libc::c_int::try_from(ms).unwrap_or(libc::c_int::MAX)
+    }
+
+    fn on_ready(&mut self, role: Role, revents: libc::c_short) {
+        match role {
+            Role::Read(i) => self.on_readable(i),
+            Role::Write(i) => self.on_writable(i, revents),
+            Role::ClientOut => self.on_client_out(revents),
+            Role::Child => self.on_child_exit(),
+            Role::Init => self.on_instance_stopped(),
+            Role::Signal => self.on_signals(),
+        }
+    }
+
+    /// A relay's source has bytes (or EOF): the client's input or the
+    /// session's output.
+    fn on_readable(&mut self, i: usize) {
+        let p = &mut self.relay.pumps[i];
+        let before = p.count;
+        let dst_ok = if p.splice {
+            p.splice_once()
+        } else {
+            p.read_through()
+        };
+        let (to_client, input) = (p.to_client(), p.src == 0 && p.count > before);
+        if !dst_ok && to_client {
+            self.end(EndReason::ClientDisconnect);
+        }
+        if input {
+            let now = self.now();
+            self.clock.input(now);
+        }
+    }
+
+    /// A relay's destination has room again (or failed).
+    fn on_writable(&mut self, i: usize, revents: libc::c_short) {
+        let p = &mut self.relay.pumps[i];
+        let gone = if p.splice {
+            // Room again at the destination: read the source next round.
+            p.dst_full = false;
+            if revents & (libc::POLLERR | libc::POLLHUP) != 0 {
+                p.dst_done = true;
+                true
+            } else {
+                false
+            }
+        } else {
+            p.pending() && !p.dst_done && !p.flush()
+        };
+        if gone && p.to_client() {
+            self.end(EndReason::ClientDisconnect);
+        }
+    }
+
+    /// sshd's end of our stdout went away while nothing was being written.
+    fn on_client_out(&mut self, revents: libc::c_short) {
+        if revents & (libc::POLLERR | libc::POLLHUP) != 0 {
+            self.end(EndReason::ClientDisconnect);
+            for p in self.relay.pumps.iter_mut().filter(|p| p.dst == 1) {
+                p.dst_done = true;
+            }
+        }
+    }
+
+    /// The outer child may have exited: reap it and keep its status.
+    fn on_child_exit(&mut self) {
+        if let Some(st) = try_wait(self.outer_pid) {
+            self.status = st;
+            self.exited_at = Some(Instant::now());
+            if killed_with_instance(st, self.init_pidfd) {
+                self.end(EndReason::InstanceStopped);
+            }
+        }
+    }
+
+    fn on_instance_stopped(&mut self) {
+        self.end(EndReason::InstanceStopped);
+    }
+
+    fn on_signals(&mut self) {
+        let Some(s) = &self.sigfd else {
+            return;
+        };
+        for sig in drain_signals(s) {
+            match sig {
+                libc::SIGWINCH => {
+                    if let Some(m) = self.relay.master {
+                        copy_window_size(0, m);
+                    }
+                }
+                libc::SIGTERM => self.on_close_request(),
+                // The terminal hung up: sshd lost the client.
+                libc::SIGHUP => self.end(EndReason::ClientDisconnect),
+                // A write to a gone client fails with EPIPE instead.
+                libc::SIGPIPE => {}
+                _ => self.end(EndReason::Signal),
+            }
+        }
+    }
+
+    /// SIGTERM: `porthole kill`/`close` leave their message first, and it
+    /// is the one told even when the session was already ending.
+    fn on_close_request(&mut self) {
+        let msg = (self.controls.close_message)();
+        if msg.is_some() || self.reason.is_none() {
+            self.message = Some(msg.unwrap_or_else(|| "closed by the platform".into()));
+            self.end(EndReason::Closed);
+        }
+    }
+
+    /// Limits, drains and revocation, while the session runs.
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        if now >= self.next_drain_check {
+            self.next_drain_check = now + Duration::from_secs(1);
+            self.on_drain_check();
+        }
+        let tick = self.clock.tick(self.now());
+        for n in &tick.notices {
+            self.notify(n);
+        }
+        if let Some(close) = tick.close {
+            self.reason = Some(close.reason());
+            self.message = Some(close.message());
+            return;
+        }
+        // Rate-limited like the drain check: a busy relay wakes far more
+        // often than the tick.
+        if now >= self.next_key_check {
+            self.next_key_check = now + KEY_CHECK_TICK;
+            self.on_key_check();
+        }
+    }
+
+    /// Reads the drain in force; the clock says whether that is news.
+    fn on_drain_check(&mut self) {
+        let current = (self.controls.drain)();
+        let now = self.now();
+        if let Some(n) = self.clock.drain(current, now) {
+            self.notify(&n);
+        }
+    }
+
+    fn on_key_check(&mut self) {
+        if let Some(m) = (self.controls.key_revoked)() {
+            self.message = Some(m);
+            self.reason = Some(EndReason::KeyRevoked);
+        }
+    }
+
+    /// A stdin that reached EOF is no reason to stop reading outputs, but
+    /// a pty whose client side is gone is.
+    fn on_pty_hangup(&mut self) {
+        if self.relay.master.is_some()
+            && self.relay.pumps[0].src_eof
+            && self.reason.is_none()
+            && self.exited_at.is_none()
+        {
+            self.reason = Some(EndReason::ClientDisconnect);
+        }
+    }
+
+    /// Tells the user (on the terminal, or stderr without one) and the
+    /// audit log.
+    fn notify(&mut self, n: &Notice) {
+        let text = n.text();
+        let line = if self.relay.master.is_some() {
             format!("\r\nporthole: {text}\r\n")
         } else {
             format!("porthole: {text}\n")
         };
-        let _ = write_fd(notice_fd, line.as_bytes());
-        on(kind, text);
-    };
-    let mut duration_warnings = Warnings::new(controls.warn_before.clone());
-    let mut idle_warnings = Warnings::new(controls.warn_before.clone());
-    let idle_timeout = controls.idle_timeout.filter(|_| interactive);
-    let mut last_input = Instant::now();
-    let mut drain_seen: Option<DrainNotice> = None;
-    let mut drain_warnings = Warnings::new(controls.drain_notices.clone());
-    let mut next_drain_check = Instant::now();
-    let mut next_key_check = Instant::now();
-    let mut final_message: Option<String> = None;
-    loop {
-        // Output pumps (to the client) are the ones we wait for at the end.
-        let outputs_done = pumps
-            .iter()
-            .filter(|p| p.dst == 1 || p.dst == 2)
-            .all(Pump::finished);
-        if exited_at.is_some() && (outputs_done || reason == Some(EndReason::ClientDisconnect)) {
-            break;
-        }
-        if let Some(t) = exited_at {
-            if !killed && t.elapsed() >= DRAIN_GRACE {
-                kill_session(spawned.inner_pid, spawned.pid_ns, libc::SIGKILL);
-                killed = true;
-            }
-            if t.elapsed() >= DRAIN_GRACE * 3 {
-                break;
-            }
-        }
-        let mut fds: Vec<libc::pollfd> = Vec::new();
-        let mut roles: Vec<Role> = Vec::new();
-        for (i, p) in pumps.iter().enumerate() {
-            if p.wants_read() {
-                fds.push(libc::pollfd {
-                    fd: p.src,
-                    events: libc::POLLIN,
-                    revents: 0,
-                });
-                roles.push(Role::Read(i));
-            }
-            if (p.pending() || p.dst_full) && !p.dst_done {
-                fds.push(libc::pollfd {
-                    fd: p.dst,
-                    events: libc::POLLOUT,
-                    revents: 0,
-                });
-                roles.push(Role::Write(i));
-            } else if p.dst == 1 && !p.dst_done {
-                // Watch the client side even while idle: POLLERR means the
-                // reader (sshd) went away.
-                fds.push(libc::pollfd {
-                    fd: 1,
-                    events: 0,
-                    revents: 0,
-                });
-                roles.push(Role::ClientOut);
-            }
-        }
-        if exited_at.is_none() {
-            if let Some(p) = &outer_pidfd {
-                fds.push(libc::pollfd {
-                    fd: p.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                });
-                roles.push(Role::Child);
-            }
-        }
-        if reason.is_none() {
-            fds.push(libc::pollfd {
-                fd: init_pidfd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            });
-            roles.push(Role::Init);
-        }
-        if let Some(s) = &sigfd {
-            fds.push(libc::pollfd {
-                fd: s.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            });
-            roles.push(Role::Signal);
-        }
-        let timeout_ms = if exited_at.is_some() || outer_pidfd.is_none() {
-            100
-        } else {
-            // Limits, idle and drains are checked on a 250 ms tick.
-            250
+        let fd = if self.relay.master.is_some() { 1 } else { 2 };
+        let _ = write_fd(fd, line.as_bytes());
+        (self.controls.on_notice)(n.kind(), &text);
+    }
+
+    /// Something other than the command's own exit ends the session: kill
+    /// it, once (the loop then waits for its exit and drains the output).
+    fn kill_if_ending(&mut self) {
+        let Some(r) = self.reason else {
+            return;
         };
-        // SAFETY: fds is a valid array of pollfd of the given length.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
-        if n < 0 && errno() != libc::EINTR {
-            break;
-        }
-        if outer_pidfd.is_none() && exited_at.is_none() {
-            if let Some(st) = try_wait(spawned.outer_pid) {
-                status = st;
-                exited_at = Some(Instant::now());
-                if killed_with_instance(st, init_pidfd) {
-                    reason.get_or_insert(EndReason::InstanceStopped);
-                }
-            }
-        }
-        for (pfd, role) in fds.iter().zip(roles.iter()) {
-            if pfd.revents == 0 {
-                continue;
-            }
-            match *role {
-                Role::Read(i) if pumps[i].splice => {
-                    let p = &mut pumps[i];
-                    let before = p.count;
-                    if !p.splice_once() && (p.dst == 1 || p.dst == 2) {
-                        reason.get_or_insert(EndReason::ClientDisconnect);
-                    }
-                    if p.src == 0 && p.count > before {
-                        last_input = Instant::now();
-                        idle_warnings = Warnings::new(controls.warn_before.clone());
-                    }
-                }
-                Role::Read(i) => {
-                    let p = &mut pumps[i];
-                    let r = read_fd(p.src, &mut p.buf[p.end..]);
-                    if r > 0 {
-                        p.end += r as usize;
-                        p.count += r as u64;
-                        if p.src == 0 {
-                            last_input = Instant::now();
-                            idle_warnings = Warnings::new(controls.warn_before.clone());
-                        }
-                        // Write through: pass the bytes on now rather than
-                        // after another poll round (a keystroke's echo
-                        // crosses this relay twice). What the destination
-                        // does not take now waits for POLLOUT as before.
-                        if !p.dst_done && !p.flush() && (p.dst == 1 || p.dst == 2) {
-                            reason.get_or_insert(EndReason::ClientDisconnect);
-                        }
-                    } else if r == 0 || (errno() != libc::EAGAIN && errno() != libc::EINTR) {
-                        // EOF; EIO on a pty master means the last holder of
-                        // the terminal closed it.
-                        p.src_eof = true;
-                    }
-                }
-                Role::Write(i) if pumps[i].splice => {
-                    // Room again at the destination: read the source next round.
-                    pumps[i].dst_full = false;
-                    if pfd.revents & (libc::POLLERR | libc::POLLHUP) != 0 {
-                        pumps[i].dst_done = true;
-                        if pumps[i].dst == 1 || pumps[i].dst == 2 {
-                            reason.get_or_insert(EndReason::ClientDisconnect);
-                        }
-                    }
-                }
-                Role::Write(i) => {
-                    let p = &mut pumps[i];
-                    if p.pending() && !p.dst_done && !p.flush() && (p.dst == 1 || p.dst == 2) {
-                        reason.get_or_insert(EndReason::ClientDisconnect);
-                    }
-                }
-                Role::ClientOut => {
-                    if pfd.revents & (libc::POLLERR | libc::POLLHUP) != 0 {
-                        reason.get_or_insert(EndReason::ClientDisconnect);
-                        for p in pumps.iter_mut().filter(|p| p.dst == 1) {
-                            p.dst_done = true;
-                        }
-                    }
-                }
-                Role::Child => {
-                    if let Some(st) = try_wait(spawned.outer_pid) {
-                        status = st;
-                        exited_at = Some(Instant::now());
-                        if killed_with_instance(st, init_pidfd) {
-                            reason.get_or_insert(EndReason::InstanceStopped);
-                        }
-                    }
-                }
-                Role::Init => {
-                    reason.get_or_insert(EndReason::InstanceStopped);
-                }
-                Role::Signal => {
-                    if let Some(s) = &sigfd {
-                        for sig in drain_signals(s) {
-                            if sig == libc::SIGWINCH {
-                                if let Some(m) = master_fd {
-                                    copy_window_size(0, m);
-                                }
-                            } else if sig == libc::SIGTERM {
-                                // `porthole kill`/`close` leave their message first.
-                                let msg = (controls.close_message)();
-                                if msg.is_some() || reason.is_none() {
-                                    final_message = Some(
-                                        msg.unwrap_or_else(|| "closed by the platform".into()),
-                                    );
-                                    reason.get_or_insert(EndReason::Closed);
-                                }
-                            } else if sig == libc::SIGHUP {
-                                // The terminal hung up: sshd lost the client.
-                                reason.get_or_insert(EndReason::ClientDisconnect);
-                            } else if sig != libc::SIGPIPE {
-                                reason.get_or_insert(EndReason::Signal);
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        if reason.is_none() && exited_at.is_none() {
-            let now = Instant::now();
-            if let Some(max) = controls.max_duration {
-                let left = max.saturating_sub(started.elapsed());
-                if left.is_zero() {
-                    final_message = Some(format!(
-                        "session closed: the maximum session duration is {}",
-                        human(max)
-                    ));
-                    reason = Some(EndReason::MaxDuration);
-                } else if duration_warnings.due(left) {
-                    notice(
-                        "max_duration",
-                        &format!(
-                            "this session will be closed in {} (maximum session duration {})",
-                            human(left),
-                            human(max)
-                        ),
-                        &mut *controls.on_notice,
-                    );
-                }
-            }
-            if let Some(idle) = idle_timeout {
-                let left = idle.saturating_sub(last_input.elapsed());
-                if left.is_zero() {
-                    final_message = Some(format!(
-                        "session closed after {} without input",
-                        human(idle)
-                    ));
-                    reason.get_or_insert(EndReason::Idle);
-                } else if idle_warnings.due(left) {
-                    notice("idle", &format!("no input for a while: this session will be closed in {} unless you type something", human(left)), &mut *controls.on_notice);
-                }
-            }
-            if now >= next_drain_check {
-                next_drain_check = now + Duration::from_secs(1);
-                let current = (controls.drain)();
-                if current != drain_seen {
-                    drain_warnings = Warnings::new(controls.drain_notices.clone());
-                    if let Some(d) = &current {
-                        let left = Duration::from_secs(
-                            u64::try_from(d.deadline_unix - crate::time::now_unix()).unwrap_or(0),
-                        );
-                        drain_warnings.due(left);
-                        notice(
-                            "drain",
-                            &format!(
-                                "{} - this session will be closed in {}",
-                                d.message,
-                                human(left)
-                            ),
-                            &mut *controls.on_notice,
-                        );
-                    } else if drain_seen.is_some() {
-                        notice(
-                            "undrain",
-                            "maintenance cancelled; this session stays open",
-                            &mut *controls.on_notice,
-                        );
-                    }
-                    drain_seen = current;
-                }
-            }
-            // Rate-limited like the drain check: a busy relay wakes far
-            // more often than the tick.
-            if reason.is_none() && now >= next_key_check {
-                next_key_check = now + KEY_CHECK_TICK;
-                if let Some(m) = (controls.key_revoked)() {
-                    final_message = Some(m);
-                    reason = Some(EndReason::KeyRevoked);
-                }
-            }
-            if let Some(d) = &drain_seen {
-                let left = d.deadline_unix - crate::time::now_unix();
-                if left <= 0 {
-                    final_message = Some(format!("session closed for maintenance: {}", d.message));
-                    reason.get_or_insert(EndReason::Drained);
-                } else if drain_warnings.due(Duration::from_secs(left as u64)) {
-                    notice(
-                        "drain",
-                        &format!(
-                            "{} - this session will be closed in {}",
-                            d.message,
-                            human(Duration::from_secs(left as u64))
-                        ),
-                        &mut *controls.on_notice,
-                    );
-                }
-            }
-        }
-        // Pass EOF on to the session's stdin once everything was written.
-        for p in pumps.iter_mut() {
-            if p.close_dst_on_eof && p.src_eof && !p.pending() && !p.dst_done {
-                p.dst_done = true;
-                if let Some(pos) = owned.iter().position(|o| o.as_raw_fd() == p.dst) {
-                    drop(owned.remove(pos));
-                }
-            }
-        }
-        // A stdin that reached EOF is no reason to stop reading outputs,
-        // but a pty whose client side is gone is.
-        if master_fd.is_some() && pumps[0].src_eof && reason.is_none() && exited_at.is_none() {
-            reason = Some(EndReason::ClientDisconnect);
-        }
-        if let Some(r) = reason {
-            if r != EndReason::Exit && exited_at.is_none() && !killed {
-                kill_session(spawned.inner_pid, spawned.pid_ns, libc::SIGHUP);
-                kill_session(spawned.inner_pid, spawned.pid_ns, libc::SIGKILL);
-                // SAFETY: killing our own outer child.
-                unsafe { libc::kill(spawned.outer_pid, libc::SIGKILL) };
-                killed = true;
-            }
+        if r != EndReason::Exit && self.exited_at.is_none() && !self.killed {
+            kill_session(self.inner_pid, self.pid_ns, libc::SIGHUP);
+            kill_session(self.inner_pid, self.pid_ns, libc::SIGKILL);
+            // SAFETY: killing our own outer child.
+            unsafe { libc::kill(self.outer_pid, libc::SIGKILL) };
+            self.killed = true;
         }
     }
-    if exited_at.is_none() {
-        status = wait_blocking(spawned.outer_pid);
-    }
-    if !killed {
-        kill_session(spawned.inner_pid, spawned.pid_ns, libc::SIGKILL);
-    }
-    drop(raw);
-    for (fd, flags) in saved_flags {
-        if flags >= 0 {
-            // SAFETY: restoring flags we read from this fd.
-            unsafe { libc::fcntl(fd, libc::F_SETFL, flags) };
+
+    /// Reaps the session, kills what is left of it, gives sshd its
+    /// terminal back and says how the session ended.
+    fn finish(mut self) -> Outcome {
+        if self.exited_at.is_none() {
+            self.status = wait_blocking(self.outer_pid);
         }
-    }
-    let bytes_in = pumps.first().map(|p| p.count).unwrap_or(0);
-    let bytes_out = pumps.iter().skip(1).map(|p| p.count).sum();
-    Outcome {
-        reason: reason.unwrap_or(EndReason::Exit),
-        status,
-        bytes_in,
-        bytes_out,
-        message: final_message,
+        if !self.killed {
+            kill_session(self.inner_pid, self.pid_ns, libc::SIGKILL);
+        }
+        self.relay.restore();
+        let (bytes_in, bytes_out) = self.relay.counts();
+        Outcome {
+            reason: self.reason.unwrap_or(EndReason::Exit),
+            status: self.status,
+            bytes_in,
+            bytes_out,
+            message: self.message,
+        }
     }
 }
 
@@ -948,6 +1071,7 @@ pub fn exit_like(status: ExitStatus, fallback: i32) -> ! {
 
 #[cfg(test)]
 mod tests {
+    use super::clock::Warnings;
     use super::*;
     use std::os::unix::fs::MetadataExt;
     use std::os::unix::process::CommandExt;
