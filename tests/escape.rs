@@ -1495,6 +1495,16 @@ fn session_gets_the_instances_rlimits_and_oom_score_adj() {
             )
             .process("oomScoreAdj", 345.into()),
     );
+    // `running` is reported once runc start opened the exec fifo, a moment
+    // before `runc init` (a Go program, which raises its soft NOFILE) has
+    // set the limits and exec'd the init: wait for the init itself.
+    let pid = inst.init_pid();
+    common::util::wait_for(Duration::from_secs(10), || {
+        fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|c| c.trim() == "sleep")
+            .then_some(())
+    })
+    .expect("the instance's init never became sleep");
     let probe = "ulimit -n; ulimit -Hn; ulimit -u; cat /proc/self/oom_score_adj";
     let r = host.ssh(LOGIN, &key, &[probe]);
     assert!(r.success(), "{}", r.describe());
