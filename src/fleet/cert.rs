@@ -149,9 +149,10 @@ fn ca_read_error(path: &Path, e: SecureReadError) -> CaKeyError {
     }
 }
 
-/// Reads the front door's user-CA private key: a root-owned file nobody
+/// Reads a CA private key (the front door's user CA, or the host CA
+/// `porthole host-keys sign` is given): a root-owned file nobody
 /// else may read (0600 or stricter), unencrypted OpenSSH format.
-pub fn load_user_ca(path: &Path) -> Result<PrivateKey, CaKeyError> {
+pub fn load_ca_key(path: &Path) -> Result<PrivateKey, CaKeyError> {
     let bytes = read_root_only(path, MAX_CA_FILE_BYTES).map_err(|e| ca_read_error(path, e))?;
     let key = PrivateKey::from_openssh(&bytes).map_err(|e| CaKeyError::Parse {
         path: path.to_owned(),
@@ -787,19 +788,19 @@ mod tests {
         std::fs::write(&p, k.to_openssh(LineEnding::LF).unwrap().as_bytes()).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
         if nix::unistd::geteuid().is_root() {
-            let e = load_user_ca(&p).unwrap_err();
+            let e = load_ca_key(&p).unwrap_err();
             assert!(matches!(e, CaKeyError::Unsafe { .. }), "{e}");
             assert!(e.to_string().contains("readable by group or others"), "{e}");
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-            assert_eq!(load_user_ca(&p).unwrap().public_key(), k.public_key());
+            assert_eq!(load_ca_key(&p).unwrap().public_key(), k.public_key());
             let pubp = dir.path().join("user_ca.pub");
             std::fs::write(&pubp, k.public_key().to_openssh().unwrap()).unwrap();
             assert_eq!(&load_ca_public(&pubp).unwrap(), k.public_key());
             std::os::unix::fs::chown(&p, Some(1), None).unwrap();
-            assert!(matches!(load_user_ca(&p), Err(CaKeyError::Unsafe { .. })));
+            assert!(matches!(load_ca_key(&p), Err(CaKeyError::Unsafe { .. })));
         }
         assert!(matches!(
-            load_user_ca(&dir.path().join("absent")),
+            load_ca_key(&dir.path().join("absent")),
             Err(CaKeyError::Io { .. })
         ));
     }

@@ -5,7 +5,7 @@
 //! - the front door's setuid session shell, as root, mints a one-minute
 //!   user certificate for each hop with the platform's user-CA private key
 //!   ([`cert::mint`]; the key file is root-only, read with
-//!   [`cert::load_user_ca`]);
+//!   [`cert::load_ca_key`]);
 //! - the node's session shell, as root, reads the certificate named by
 //!   sshd's `SSH_USER_AUTH` ([`cert::verify_hop`]) to learn who really
 //!   logged in at the front door.
