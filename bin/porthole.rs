@@ -234,7 +234,12 @@ fn run() -> Result<()> {
             for s in signed {
                 match s {
                     Ok(s) => {
-                        say!("signed {} {} -> {}", s.key.algorithm, s.key.fingerprint, s.cert_path.display());
+                        say!(
+                            "signed {} {} -> {}",
+                            s.key.algorithm,
+                            s.key.fingerprint,
+                            s.cert_path.display()
+                        );
                         lines.push(hostkeys::host_certificate_line(&s));
                     }
                     Err(e) => warn!("warning: {e}"),

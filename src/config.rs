@@ -242,9 +242,15 @@ impl Fleet {
         let role = self.role.as_str();
         let front_only: [(&str, bool); 4] = [
             ("fleet.user_ca_key", self.user_ca_key.is_some()),
-            ("fleet.host_ca_public_key", self.host_ca_public_key.is_some()),
+            (
+                "fleet.host_ca_public_key",
+                self.host_ca_public_key.is_some(),
+            ),
             ("fleet.source_address", !self.source_address.is_empty()),
-            ("fleet.node_port", self.node_port != Fleet::default().node_port),
+            (
+                "fleet.node_port",
+                self.node_port != Fleet::default().node_port,
+            ),
         ];
         if !self.role.hops() {
             if let Some((key, _)) = front_only.iter().find(|(_, set)| *set) {
@@ -835,10 +841,22 @@ mod tests {
                 front.to_owned() + "trusted_user_ca = \"/u.pub\"\n",
                 "accepts no hops",
             ),
-            (front.replace("2222", "0"), "fleet.node_port must be between 1 and 65535"),
-            (front.replace("1500", "0"), "fleet.hop_timeout_ms must be between"),
-            (front.replace("10.0.0.2", "10.0.0.0/8"), "is not an IP address"),
-            (front.replace("/etc/porthole/user_ca", "user_ca"), "must be an absolute path"),
+            (
+                front.replace("2222", "0"),
+                "fleet.node_port must be between 1 and 65535",
+            ),
+            (
+                front.replace("1500", "0"),
+                "fleet.hop_timeout_ms must be between",
+            ),
+            (
+                front.replace("10.0.0.2", "10.0.0.0/8"),
+                "is not an IP address",
+            ),
+            (
+                front.replace("/etc/porthole/user_ca", "user_ca"),
+                "must be an absolute path",
+            ),
         ] {
             let m = err(&text);
             assert!(m.contains(says), "{text}: {m}");

@@ -120,7 +120,10 @@ fn sshd_accepts_a_porthole_certificate_for_its_principal() {
     assert!(r.success(), "{}", r.describe());
     let out = r.stdout_str();
     let mut lines = out.lines();
-    assert_eq!(lines.next(), Some(format!("{AUTH_PROBE_OK} {LOGIN}").as_str()));
+    assert_eq!(
+        lines.next(),
+        Some(format!("{AUTH_PROBE_OK} {LOGIN}").as_str())
+    );
     // What sshd wrote to SSH_USER_AUTH is what the node's shell will read:
     // it names the certificate, and porthole gets the identity back.
     let auth = lines.collect::<Vec<_>>().join("\n");
@@ -167,10 +170,8 @@ fn sshd_refuses_an_expired_or_foreign_certificate() {
     let (key, cert_path) = files(&node, &past, "expired");
     assert_refused(&hop(&node, LOGIN, &key, &cert_path), LOGIN);
     assert!(
-        node.host.wait_sshd_log(
-            "expired",
-            std::time::Duration::from_secs(5)
-        ),
+        node.host
+            .wait_sshd_log("expired", std::time::Duration::from_secs(5)),
         "sshd says why:\n{}",
         node.host.sshd_log()
     );
@@ -320,7 +321,10 @@ fn host_certificates_from_porthole_satisfy_a_strict_ssh_client() {
     ca_pub.set_comment("");
     assert_eq!(
         authority,
-        format!("@cert-authority *.fleet.test {}", ca_pub.to_openssh().unwrap())
+        format!(
+            "@cert-authority *.fleet.test {}",
+            ca_pub.to_openssh().unwrap()
+        )
     );
     // The printed lines, as the admin would paste them: a global drop-in.
     fs::write(

@@ -111,7 +111,8 @@ pub fn sign_host_keys(
         .into_iter()
         .map(|k| {
             let k = k?;
-            sign_one(&k, ca, names, valid_after, valid_before).map_err(|e| format!("{}: {e}", k.path.display()))
+            sign_one(&k, ca, names, valid_after, valid_before)
+                .map_err(|e| format!("{}: {e}", k.path.display()))
         })
         .collect())
 }
@@ -126,8 +127,13 @@ fn sign_one(
     let public = PublicKey::from_openssh(&k.openssh).map_err(|e| e.to_string())?;
     let mut nonce = [0u8; Builder::RECOMMENDED_NONCE_SIZE];
     crate::fleet::cert::random_bytes(&mut nonce).map_err(|e| e.to_string())?;
-    let mut b = Builder::new(nonce.to_vec(), public.key_data().clone(), valid_after, valid_before)
-        .map_err(|e| e.to_string())?;
+    let mut b = Builder::new(
+        nonce.to_vec(),
+        public.key_data().clone(),
+        valid_after,
+        valid_before,
+    )
+    .map_err(|e| e.to_string())?;
     b.cert_type(CertType::Host).map_err(|e| e.to_string())?;
     b.key_id(format!("porthole-host {} {}", names[0], k.fingerprint))
         .map_err(|e| e.to_string())?;
@@ -241,12 +247,18 @@ mod tests {
         let mut seed = [0u8; 32];
         crate::fleet::cert::random_bytes(&mut seed).unwrap();
         let ca = PrivateKey::from(ssh_key::private::Ed25519Keypair::from_seed(&seed));
-        let names = vec!["node-1.oregon.example.com".to_owned(), "10.0.0.1".to_owned()];
+        let names = vec![
+            "node-1.oregon.example.com".to_owned(),
+            "10.0.0.1".to_owned(),
+        ];
         let now = 1_800_000_000;
         let signed = sign_host_keys(dir.path(), &ca, &names, now, 30).unwrap();
         assert_eq!(signed.len(), 1);
         let s = signed[0].as_ref().unwrap();
-        assert_eq!(s.cert_path, dir.path().join("ssh_host_ed25519_key-cert.pub"));
+        assert_eq!(
+            s.cert_path,
+            dir.path().join("ssh_host_ed25519_key-cert.pub")
+        );
         let cert = ssh_key::Certificate::read_file(&s.cert_path).unwrap();
         assert_eq!(cert.cert_type(), CertType::Host);
         assert_eq!(cert.valid_principals(), &names[..]);
@@ -262,15 +274,31 @@ mod tests {
         let again = sign_host_keys(dir.path(), &ca, &names, now + 1, 30).unwrap();
         assert!(again[0].is_ok());
         assert_eq!(
-            std::fs::read_to_string(&s.cert_path).unwrap().lines().count(),
+            std::fs::read_to_string(&s.cert_path)
+                .unwrap()
+                .lines()
+                .count(),
             1
         );
-        for bad in [vec![], vec!["-oProxyCommand=x".to_owned()], vec!["a b".to_owned()]] {
-            assert!(sign_host_keys(dir.path(), &ca, &bad, now, 30).is_err(), "{bad:?}");
+        for bad in [
+            vec![],
+            vec!["-oProxyCommand=x".to_owned()],
+            vec!["a b".to_owned()],
+        ] {
+            assert!(
+                sign_host_keys(dir.path(), &ca, &bad, now, 30).is_err(),
+                "{bad:?}"
+            );
         }
         let line = cert_authority_line("example.com", ca.public_key()).unwrap();
-        assert!(line.starts_with("@cert-authority *.example.com ssh-ed25519 AAAA"), "{line}");
-        assert_eq!(cert_authority_line("*.example.com", ca.public_key()), Some(line));
+        assert!(
+            line.starts_with("@cert-authority *.example.com ssh-ed25519 AAAA"),
+            "{line}"
+        );
+        assert_eq!(
+            cert_authority_line("*.example.com", ca.public_key()),
+            Some(line)
+        );
         assert_eq!(cert_authority_line("a b", ca.public_key()), None);
         assert_eq!(cert_authority_line("10.0.0.1", ca.public_key()), None);
     }

@@ -82,7 +82,9 @@ impl std::fmt::Display for InstanceReject {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             InstanceReject::NotAnObject => f.write_str("the entry is not an object"),
-            InstanceReject::Slug => f.write_str("\"slug\" is not an instance slug (5 lowercase letters or digits)"),
+            InstanceReject::Slug => {
+                f.write_str("\"slug\" is not an instance slug (5 lowercase letters or digits)")
+            }
             InstanceReject::Host => f.write_str("\"host\" is not a DNS name or an IP address"),
             InstanceReject::Port => f.write_str("\"port\" is not a number between 1 and 65535"),
             InstanceReject::Duplicate(i) => write!(f, "the slug is already placed by entry {i}"),
@@ -561,8 +563,14 @@ mod tests {
             {"slug": "bbbbb", "host": "fd00::3", "port": 2222}]}));
         let p = doc.placement().unwrap();
         assert_eq!(
-            p.iter().map(|i| (i.slug.as_str(), i.host.as_str(), i.port)).collect::<Vec<_>>(),
-            [("d4e5f", "node-3.oregon.internal", 22), ("aaaaa", "10.1.2.3", 22), ("bbbbb", "fd00::3", 2222)]
+            p.iter()
+                .map(|i| (i.slug.as_str(), i.host.as_str(), i.port))
+                .collect::<Vec<_>>(),
+            [
+                ("d4e5f", "node-3.oregon.internal", 22),
+                ("aaaaa", "10.1.2.3", 22),
+                ("bbbbb", "fd00::3", 2222)
+            ]
         );
         assert!(matches!(
             ServiceDoc::parse(
@@ -579,35 +587,104 @@ mod tests {
     fn hostile_placement_entries_are_skipped_one_by_one() {
         let long = format!("{}.example.com", "a".repeat(300));
         let cases: Vec<(serde_json::Value, InstanceReject)> = vec![
-            (serde_json::json!({"slug": "ccccc", "host": "-oProxyCommand=sh -c id"}), InstanceReject::Host),
-            (serde_json::json!({"slug": "ccccc", "host": "-oProxyCommand=id"}), InstanceReject::Host),
-            (serde_json::json!({"slug": "ccccc", "host": "a b"}), InstanceReject::Host),
-            (serde_json::json!({"slug": "ccccc", "host": long}), InstanceReject::Host),
-            (serde_json::json!({"slug": "ccccc", "host": "root@node-1"}), InstanceReject::Host),
-            (serde_json::json!({"slug": "ccccc", "host": "node-1:2222"}), InstanceReject::Host),
-            (serde_json::json!({"slug": "ccccc", "host": "[::1]"}), InstanceReject::Host),
-            (serde_json::json!({"slug": "ccccc", "host": "node-%h"}), InstanceReject::Host),
-            (serde_json::json!({"slug": "ccccc", "host": "node-1."}), InstanceReject::Host),
-            (serde_json::json!({"slug": "ccccc", "host": "node-.x"}), InstanceReject::Host),
-            (serde_json::json!({"slug": "ccccc", "host": "nöde"}), InstanceReject::Host),
-            (serde_json::json!({"slug": "ccccc", "host": "n\nx"}), InstanceReject::Host),
-            (serde_json::json!({"slug": "ccccc", "host": ""}), InstanceReject::Host),
-            (serde_json::json!({"slug": "ccccc", "host": 10}), InstanceReject::Host),
+            (
+                serde_json::json!({"slug": "ccccc", "host": "-oProxyCommand=sh -c id"}),
+                InstanceReject::Host,
+            ),
+            (
+                serde_json::json!({"slug": "ccccc", "host": "-oProxyCommand=id"}),
+                InstanceReject::Host,
+            ),
+            (
+                serde_json::json!({"slug": "ccccc", "host": "a b"}),
+                InstanceReject::Host,
+            ),
+            (
+                serde_json::json!({"slug": "ccccc", "host": long}),
+                InstanceReject::Host,
+            ),
+            (
+                serde_json::json!({"slug": "ccccc", "host": "root@node-1"}),
+                InstanceReject::Host,
+            ),
+            (
+                serde_json::json!({"slug": "ccccc", "host": "node-1:2222"}),
+                InstanceReject::Host,
+            ),
+            (
+                serde_json::json!({"slug": "ccccc", "host": "[::1]"}),
+                InstanceReject::Host,
+            ),
+            (
+                serde_json::json!({"slug": "ccccc", "host": "node-%h"}),
+                InstanceReject::Host,
+            ),
+            (
+                serde_json::json!({"slug": "ccccc", "host": "node-1."}),
+                InstanceReject::Host,
+            ),
+            (
+                serde_json::json!({"slug": "ccccc", "host": "node-.x"}),
+                InstanceReject::Host,
+            ),
+            (
+                serde_json::json!({"slug": "ccccc", "host": "nöde"}),
+                InstanceReject::Host,
+            ),
+            (
+                serde_json::json!({"slug": "ccccc", "host": "n\nx"}),
+                InstanceReject::Host,
+            ),
+            (
+                serde_json::json!({"slug": "ccccc", "host": ""}),
+                InstanceReject::Host,
+            ),
+            (
+                serde_json::json!({"slug": "ccccc", "host": 10}),
+                InstanceReject::Host,
+            ),
             (serde_json::json!({"slug": "ccccc"}), InstanceReject::Host),
-            (serde_json::json!({"slug": "ccccc", "host": "n", "port": 0}), InstanceReject::Port),
-            (serde_json::json!({"slug": "ccccc", "host": "n", "port": 70000}), InstanceReject::Port),
-            (serde_json::json!({"slug": "ccccc", "host": "n", "port": "22"}), InstanceReject::Port),
-            (serde_json::json!({"slug": "ccccc", "host": "n", "port": -22}), InstanceReject::Port),
-            (serde_json::json!({"slug": "ccccc", "host": "n", "port": 22.5}), InstanceReject::Port),
-            (serde_json::json!({"slug": "CCCCC", "host": "n"}), InstanceReject::Slug),
-            (serde_json::json!({"slug": "cccc", "host": "n"}), InstanceReject::Slug),
-            (serde_json::json!({"slug": "../..", "host": "n"}), InstanceReject::Slug),
+            (
+                serde_json::json!({"slug": "ccccc", "host": "n", "port": 0}),
+                InstanceReject::Port,
+            ),
+            (
+                serde_json::json!({"slug": "ccccc", "host": "n", "port": 70000}),
+                InstanceReject::Port,
+            ),
+            (
+                serde_json::json!({"slug": "ccccc", "host": "n", "port": "22"}),
+                InstanceReject::Port,
+            ),
+            (
+                serde_json::json!({"slug": "ccccc", "host": "n", "port": -22}),
+                InstanceReject::Port,
+            ),
+            (
+                serde_json::json!({"slug": "ccccc", "host": "n", "port": 22.5}),
+                InstanceReject::Port,
+            ),
+            (
+                serde_json::json!({"slug": "CCCCC", "host": "n"}),
+                InstanceReject::Slug,
+            ),
+            (
+                serde_json::json!({"slug": "cccc", "host": "n"}),
+                InstanceReject::Slug,
+            ),
+            (
+                serde_json::json!({"slug": "../..", "host": "n"}),
+                InstanceReject::Slug,
+            ),
             (serde_json::json!({"host": "n"}), InstanceReject::Slug),
             (serde_json::json!("aaaaa@n"), InstanceReject::NotAnObject),
             (serde_json::json!(null), InstanceReject::NotAnObject),
             // First wins, as for a key listed twice: a later entry cannot
             // move an instance to another host.
-            (serde_json::json!({"slug": "aaaaa", "host": "evil.example.com"}), InstanceReject::Duplicate(0)),
+            (
+                serde_json::json!({"slug": "aaaaa", "host": "evil.example.com"}),
+                InstanceReject::Duplicate(0),
+            ),
         ];
         for (bad, why) in cases {
             let doc = placed(serde_json::json!({"service": svc(), "instances": [
@@ -617,14 +694,24 @@ mod tests {
             assert!(!why.to_string().is_empty());
             let p = doc.placement().unwrap();
             assert_eq!(
-                p.iter().map(|i| (i.host.as_str(), i.port)).collect::<Vec<_>>(),
+                p.iter()
+                    .map(|i| (i.host.as_str(), i.port))
+                    .collect::<Vec<_>>(),
                 [("node-1", 22), ("node-2", 2200)],
                 "{bad}: the good entries survive"
             );
             let r = route(&sid("srv-a1"), &p, Some("aaaaa"), 0).unwrap();
             assert_eq!(r.host, "node-1", "{bad}");
         }
-        for ok in ["node-3.oregon.internal", "10.0.0.1", "::1", "fd00::3", "a", "1node", &"b".repeat(63)] {
+        for ok in [
+            "node-3.oregon.internal",
+            "10.0.0.1",
+            "::1",
+            "fd00::3",
+            "a",
+            "1node",
+            &"b".repeat(63),
+        ] {
             assert!(valid_host(ok), "{ok}");
         }
         assert!(!valid_host(&"b".repeat(64)), "label over 63");
@@ -654,7 +741,9 @@ mod tests {
         let none: Vec<&Instance> = Vec::new();
         assert_eq!(
             route(&s, &none, None, 7).unwrap_err(),
-            RouteRefusal::NoneRunning { service: "srv-a1".into() }
+            RouteRefusal::NoneRunning {
+                service: "srv-a1".into()
+            }
         );
         assert!(route(&s, &none, Some("aaaaa"), 7)
             .unwrap_err()

@@ -95,7 +95,10 @@ impl std::fmt::Display for MintError {
         match self {
             MintError::BadLogin(l) => write!(f, "{l:?} is not an instance login name"),
             MintError::BadIdentity(field) => {
-                write!(f, "the {field} of this session cannot be put in a certificate")
+                write!(
+                    f,
+                    "the {field} of this session cannot be put in a certificate"
+                )
             }
             MintError::Random(e) => write!(f, "no randomness for a hop key: {e}"),
             MintError::Sign(e) => write!(f, "the user CA key could not sign a certificate: {e}"),
@@ -124,7 +127,9 @@ impl std::fmt::Display for CaKeyError {
             CaKeyError::Unsafe { path, why } => {
                 write!(f, "refusing CA key {}: {why}", path.display())
             }
-            CaKeyError::Io { path, why } => write!(f, "cannot read CA key {}: {why}", path.display()),
+            CaKeyError::Io { path, why } => {
+                write!(f, "cannot read CA key {}: {why}", path.display())
+            }
             CaKeyError::Parse { path, why } => write!(f, "CA key {}: {why}", path.display()),
         }
     }
@@ -336,8 +341,7 @@ pub fn pct_decode(s: &str) -> Option<String> {
 fn valid_fingerprint(fp: &str) -> bool {
     fp.strip_prefix("SHA256:").is_some_and(|b| {
         b.len() == 43
-            && b
-                .bytes()
+            && b.bytes()
                 .all(|c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/')
     })
 }
@@ -601,7 +605,9 @@ mod tests {
         assert_eq!((c.valid_after(), c.valid_before()), (NOW - 30, NOW + 60));
         assert_eq!(c.extensions().keys().collect::<Vec<_>>(), ["permit-pty"]);
         assert_eq!(
-            c.critical_options().get("source-address").map(String::as_str),
+            c.critical_options()
+                .get("source-address")
+                .map(String::as_str),
             Some("10.0.0.7,fd00::7")
         );
         assert_eq!(c.public_key(), m.key.public_key().key_data());
@@ -626,24 +632,45 @@ mod tests {
             source_address: &[],
         };
         for bad in ["srv-web1", "root", "srv-web1-aaaaa -oX", ""] {
-            assert!(matches!(mint(&ca, &req(bad), NOW), Err(MintError::BadLogin(_))), "{bad}");
+            assert!(
+                matches!(mint(&ca, &req(bad), NOW), Err(MintError::BadLogin(_))),
+                "{bad}"
+            );
         }
         let mut id2 = ident();
         id2.session_id = "0123456789ABCDEF".into();
-        assert!(matches!(encode_key_id(&id2), Err(MintError::BadIdentity("session id"))));
+        assert!(matches!(
+            encode_key_id(&id2),
+            Err(MintError::BadIdentity("session id"))
+        ));
         let mut id3 = ident();
         id3.fingerprint = "MD5:aa".into();
-        assert!(matches!(encode_key_id(&id3), Err(MintError::BadIdentity("key fingerprint"))));
+        assert!(matches!(
+            encode_key_id(&id3),
+            Err(MintError::BadIdentity("key fingerprint"))
+        ));
         let mut id4 = ident();
         id4.owner = "x".repeat(MAX_OWNER_BYTES + 1);
-        assert!(matches!(encode_key_id(&id4), Err(MintError::BadIdentity("owner"))));
+        assert!(matches!(
+            encode_key_id(&id4),
+            Err(MintError::BadIdentity("owner"))
+        ));
         id4.owner = String::new();
         assert!(encode_key_id(&id4).is_err());
     }
 
     #[test]
     fn key_id_round_trips_and_parses_one_way_only() {
-        for owner in ["alice", "a b", "%41", "é", "x=y z", "owner= fp=", "\u{1b}[31m", "~.-_@"] {
+        for owner in [
+            "alice",
+            "a b",
+            "%41",
+            "é",
+            "x=y z",
+            "owner= fp=",
+            "\u{1b}[31m",
+            "~.-_@",
+        ] {
             let mut id = ident();
             owner.clone_into(&mut id.owner);
             let k = encode_key_id(&id).unwrap();
@@ -697,16 +724,36 @@ mod tests {
             verify_hop(&l, other.public_key(), LOGIN, NOW),
             Err(HopError::UntrustedCa { .. })
         ));
-        assert!(matches!(v(&l, "srv-web1-bbbbb", NOW), Err(HopError::WrongPrincipal { .. })));
-        assert!(matches!(v(&l, "srv-web2-aaaaa", NOW), Err(HopError::WrongPrincipal { .. })));
-        assert_eq!(v(&l, LOGIN, NOW + 60), Err(HopError::Expired { valid_before: NOW + 60 }));
-        assert_eq!(v(&l, LOGIN, NOW - 31), Err(HopError::NotYetValid { valid_after: NOW - 30 }));
+        assert!(matches!(
+            v(&l, "srv-web1-bbbbb", NOW),
+            Err(HopError::WrongPrincipal { .. })
+        ));
+        assert!(matches!(
+            v(&l, "srv-web2-aaaaa", NOW),
+            Err(HopError::WrongPrincipal { .. })
+        ));
+        assert_eq!(
+            v(&l, LOGIN, NOW + 60),
+            Err(HopError::Expired {
+                valid_before: NOW + 60
+            })
+        );
+        assert_eq!(
+            v(&l, LOGIN, NOW - 31),
+            Err(HopError::NotYetValid {
+                valid_after: NOW - 30
+            })
+        );
         // A plain key is not a hop; garbage after the type is malformed.
         let plain = format!("publickey {}", m.key.public_key().to_openssh().unwrap());
         assert_eq!(v(&plain, LOGIN, NOW), Err(HopError::NotACertificate));
         assert_eq!(v("password", LOGIN, NOW), Err(HopError::NotACertificate));
         assert!(matches!(
-            v("publickey ssh-ed25519-cert-v01@openssh.com AAAAnope", LOGIN, NOW),
+            v(
+                "publickey ssh-ed25519-cert-v01@openssh.com AAAAnope",
+                LOGIN,
+                NOW
+            ),
             Err(HopError::Malformed(_))
         ));
     }
@@ -764,17 +811,32 @@ mod tests {
             Err(HopError::BadKeyId(_))
         ));
         let good_id = encode_key_id(&ident()).unwrap();
-        assert_eq!(v(&build(CertType::Host, &good_id, None)), Err(HopError::NotAUserCertificate));
         assert_eq!(
-            v(&build(CertType::User, &good_id, Some(("force-command", "/bin/sh")))),
+            v(&build(CertType::Host, &good_id, None)),
+            Err(HopError::NotAUserCertificate)
+        );
+        assert_eq!(
+            v(&build(
+                CertType::User,
+                &good_id,
+                Some(("force-command", "/bin/sh"))
+            )),
             Err(HopError::UnknownCriticalOption("force-command".into()))
         );
-        assert!(v(&build(CertType::User, &good_id, Some(("source-address", "10.0.0.1")))).is_ok());
+        assert!(v(&build(
+            CertType::User,
+            &good_id,
+            Some(("source-address", "10.0.0.1"))
+        ))
+        .is_ok());
     }
 
     #[test]
     fn the_publickey_line_is_found_in_an_auth_info_file() {
-        assert_eq!(publickey_line("password\npublickey a b\n"), Some("publickey a b"));
+        assert_eq!(
+            publickey_line("password\npublickey a b\n"),
+            Some("publickey a b")
+        );
         assert_eq!(publickey_line("keyboard-interactive\n"), None);
     }
 
@@ -814,10 +876,16 @@ mod tests {
         let (k, c) = m.write_files(dir.path(), "hop").unwrap();
         assert_eq!(c, dir.path().join("hop-cert.pub"));
         for p in [&k, &c] {
-            assert_eq!(std::fs::metadata(p).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                std::fs::metadata(p).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
         }
         let back = Certificate::read_file(&c).unwrap();
         assert_eq!(back, m.certificate);
-        assert!(m.write_files(dir.path(), "hop").is_err(), "never overwrites");
+        assert!(
+            m.write_files(dir.path(), "hop").is_err(),
+            "never overwrites"
+        );
     }
 }
