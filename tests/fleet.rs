@@ -366,3 +366,75 @@ fn host_certificates_from_porthole_satisfy_a_strict_ssh_client() {
         r.describe()
     );
 }
+
+/// A hostile placement next to a good key: the login is decided by the
+/// key alone (placement is not fatal to it), and the keys hook tells the
+/// admin which placement entries it skipped and why, as for bad keys.
+#[test]
+fn hostile_placement_entries_are_skipped_and_logged_not_fatal() {
+    const SVC: &str = "srv-placed";
+    let host = TestHost::start(TestHostOpts::auth_probe());
+    let key = host.key(KeyKind::Ed25519);
+    let mut body = web_service(SVC, &[KeySpec::new(&key, "alice@example.com")]);
+    body["instances"] = serde_json::json!([
+        {"slug": "aaaaa", "host": "node-1.fleet.test", "port": 22},
+        {"slug": "bbbbb", "host": "-oProxyCommand=touch /tmp/pwned"},
+        {"slug": "ccccc", "host": "a b"},
+        {"slug": "ddddd", "host": "x".repeat(300)},
+        {"slug": "eeeee", "host": "node-2", "port": 0},
+        {"slug": "fffff", "host": "node-2", "port": 70000},
+        {"slug": "ggggg", "host": "node-2", "port": "22"},
+        {"slug": "aaaaa", "host": "evil.fleet.test"},
+        {"slug": "hhhhh", "host": "node-3", "unknown": {"nested": true}}
+    ]);
+    host.control_plane().set_body(SVC, &body);
+    assert_accepted(&host.ssh(SVC, &key, &[]), SVC);
+    for (index, says) in [
+        (1, "\"host\""),
+        (2, "\"host\""),
+        (3, "\"host\""),
+        (4, "\"port\""),
+        (5, "\"port\""),
+        (6, "\"port\""),
+        (7, "already placed by entry 0"),
+    ] {
+        let e = host.expect_event(
+            &format!("instances.skipped index {index}"),
+            |e| {
+                e.name() == "instances.skipped"
+                    && e.u64("index") == Some(index)
+                    && e.str("service") == Some(SVC)
+            },
+            std::time::Duration::from_secs(5),
+        );
+        assert!(
+            e.str("reason").unwrap_or("").contains(says),
+            "{index}: {e:?}"
+        );
+    }
+    assert!(
+        !host.events().iter().any(|e| e.name() == "instances.skipped"
+            && matches!(e.u64("index"), Some(0) | Some(8))),
+        "good entries are not reported"
+    );
+    // The keys hook's cache keeps the placement for the session shell,
+    // which reads it as root from the keys user's files.
+    let cached = porthole::control_plane::cache::read(
+        &host.cache_dir(),
+        &porthole::names::ServiceId::parse(SVC).unwrap(),
+        Some(host.ids().porthole),
+    )
+    .unwrap()
+    .expect("a cached answer");
+    let doc = cached.doc.expect("the answer itself");
+    let placed: Vec<(&str, &str)> = doc
+        .placement()
+        .unwrap()
+        .iter()
+        .map(|i| (i.slug.as_str(), i.host.as_str()))
+        .collect();
+    assert_eq!(
+        placed,
+        [("aaaaa", "node-1.fleet.test"), ("hhhhh", "node-3")]
+    );
+}
