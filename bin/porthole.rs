@@ -27,11 +27,40 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum HostKeysAction {
+    /// Sign this host's keys (ssh_host_*_key.pub) with the platform's host
+    /// CA, write <key>-cert.pub next to each, and print the sshd_config
+    /// lines and the one known_hosts line developers add.
+    Sign {
+        /// The host CA's private key (root-owned, 0600).
+        #[arg(long)]
+        ca: PathBuf,
+        /// A name clients connect to (repeat for each name or address).
+        #[arg(long = "name", required = true)]
+        names: Vec<String>,
+        /// The domain every host of the platform is under, for the
+        /// `@cert-authority *.<domain>` line.
+        #[arg(long)]
+        domain: String,
+        /// How long the certificates are valid, in days.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        /// Directory holding ssh_host_*_key.pub.
+        #[arg(long, default_value = "/etc/ssh")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Check that the configuration file is safe and valid, and print it resolved.
     CheckConfig,
-    /// Print this host's SSH host key fingerprints and known_hosts lines.
+    /// Print this host's SSH host key fingerprints and known_hosts lines
+    /// (`host-keys sign`: make host certificates instead).
+    #[command(args_conflicts_with_subcommands = true)]
     HostKeys {
+        #[command(subcommand)]
+        action: Option<HostKeysAction>,
         /// The public name developers connect to.
         #[arg(long, default_value = "localhost")]
         host: String,
@@ -183,7 +212,57 @@ fn run() -> Result<()> {
                 say!("{l}");
             }
         }
-        Command::HostKeys { host, port, dir } => {
+        Command::HostKeys {
+            action:
+                Some(HostKeysAction::Sign {
+                    ca,
+                    names,
+                    domain,
+                    days,
+                    dir,
+                }),
+            ..
+        } => {
+            use porthole::admin::hostkeys;
+            let key = porthole::fleet::cert::load_ca_key(&ca)?;
+            let authority = hostkeys::cert_authority_line(&domain, key.public_key())
+                .with_context(|| format!("--domain {domain:?} is not a DNS name"))?;
+            let now = u64::try_from(porthole::time::now_unix()).unwrap_or(0);
+            let signed = hostkeys::sign_host_keys(&dir, &key, &names, now, days)
+                .with_context(|| format!("signing host keys in {}", dir.display()))?;
+            let mut lines = Vec::new();
+            for s in signed {
+                match s {
+                    Ok(s) => {
+                        say!(
+                            "signed {} {} -> {}",
+                            s.key.algorithm,
+                            s.key.fingerprint,
+                            s.cert_path.display()
+                        );
+                        lines.push(hostkeys::host_certificate_line(&s));
+                    }
+                    Err(e) => warn!("warning: {e}"),
+                }
+            }
+            if lines.is_empty() {
+                bail!("no host key in {} could be signed", dir.display());
+            }
+            println!();
+            say!("# sshd_config (then reload sshd):");
+            for l in lines {
+                say!("{l}");
+            }
+            println!();
+            say!("# developers' ~/.ssh/known_hosts (and front doors' host CA):");
+            say!("{authority}");
+        }
+        Command::HostKeys {
+            action: None,
+            host,
+            port,
+            dir,
+        } => {
             let keys = porthole::admin::hostkeys::read_host_keys(&dir)
                 .with_context(|| format!("reading host keys in {}", dir.display()))?;
             if keys.is_empty() {

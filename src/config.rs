@@ -56,6 +56,7 @@ pub struct Config {
     pub session: Session,
     pub limits: Limits,
     pub log: Log,
+    pub fleet: Fleet,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -160,6 +161,160 @@ pub struct Limits {
 pub struct Log {
     /// The syslog socket; events go to facility authpriv.
     pub socket: PathBuf,
+}
+
+/// What this host is in a region (DESIGN.md Part 2).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Runs instances; a login enters a local one (Part 1).
+    #[default]
+    Node,
+    /// No containers: authenticates, asks placement, hops to the node.
+    FrontDoor,
+    /// Enters locally when the instance is here, hops otherwise.
+    Both,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Node => "node",
+            Role::FrontDoor => "front_door",
+            Role::Both => "both",
+        }
+    }
+    /// Mints certificates and hops to nodes.
+    pub fn hops(self) -> bool {
+        matches!(self, Role::FrontDoor | Role::Both)
+    }
+}
+
+/// `[fleet]`: the host's role and the certificate authorities of the hop.
+/// Without the section a host is a node that accepts no hops (Part 1).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Fleet {
+    pub role: Role,
+    /// Front door: the user-CA private key that signs hop certificates.
+    /// Root-owned, mode 0600 (checked whenever it is read).
+    pub user_ca_key: Option<PathBuf>,
+    /// Front door: the host-CA public key nodes' host certificates are
+    /// verified with (never trust-on-first-use inside the fleet).
+    pub host_ca_public_key: Option<PathBuf>,
+    /// Front door: the port nodes' sshd listens on when placement names none.
+    pub node_port: u16,
+    /// Front door: longest wait for a node's TCP connect and handshake, ms.
+    pub hop_timeout_ms: u64,
+    /// Front door: its own addresses as nodes see them; put in each
+    /// certificate's `source-address`. Empty: no such restriction (use
+    /// when a NAT or load balancer sits between front door and nodes).
+    pub source_address: Vec<String>,
+    /// Node: the user-CA public key whose certificates are hops (the same
+    /// file sshd's `TrustedUserCAKeys` names in the drop-in).
+    pub trusted_user_ca: Option<PathBuf>,
+}
+
+impl Default for Fleet {
+    fn default() -> Self {
+        Fleet {
+            role: Role::Node,
+            user_ca_key: None,
+            host_ca_public_key: None,
+            node_port: 22,
+            hop_timeout_ms: 2000,
+            source_address: Vec::new(),
+            trusted_user_ca: None,
+        }
+    }
+}
+
+impl Fleet {
+    /// The `source_address` entries as addresses (validated already).
+    pub fn source_addresses(&self) -> Vec<std::net::IpAddr> {
+        self.source_address
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .collect()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let role = self.role.as_str();
+        let front_only: [(&str, bool); 4] = [
+            ("fleet.user_ca_key", self.user_ca_key.is_some()),
+            (
+                "fleet.host_ca_public_key",
+                self.host_ca_public_key.is_some(),
+            ),
+            ("fleet.source_address", !self.source_address.is_empty()),
+            (
+                "fleet.node_port",
+                self.node_port != Fleet::default().node_port,
+            ),
+        ];
+        if !self.role.hops() {
+            if let Some((key, _)) = front_only.iter().find(|(_, set)| *set) {
+                return Err(ConfigError::Invalid(format!(
+                    "{key} is set but fleet.role is \"{role}\": only a front door hops to \
+                     nodes (a node never holds the user CA's private key); remove it or set \
+                     fleet.role = \"front_door\" or \"both\""
+                )));
+            }
+        } else {
+            if self.user_ca_key.is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "fleet.role is \"{role}\" but fleet.user_ca_key is not set: a front door \
+                     signs each hop's certificate with the user CA's private key"
+                )));
+            }
+            if self.host_ca_public_key.is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "fleet.role is \"{role}\" but fleet.host_ca_public_key is not set: a front \
+                     door verifies every node's host certificate and never trusts a node's \
+                     key on first use"
+                )));
+            }
+        }
+        if self.role == Role::FrontDoor && self.trusted_user_ca.is_some() {
+            return Err(ConfigError::Invalid(
+                "fleet.trusted_user_ca is set but fleet.role is \"front_door\": a front door \
+                 runs no instances and accepts no hops; remove it or set fleet.role = \"both\""
+                    .into(),
+            ));
+        }
+        if self.node_port == 0 {
+            return Err(ConfigError::Invalid(
+                "fleet.node_port must be between 1 and 65535".into(),
+            ));
+        }
+        if self.hop_timeout_ms == 0 || self.hop_timeout_ms > 30_000 {
+            return Err(ConfigError::Invalid(
+                "fleet.hop_timeout_ms must be between 1 and 30000".into(),
+            ));
+        }
+        if let Some(bad) = self
+            .source_address
+            .iter()
+            .find(|a| a.parse::<std::net::IpAddr>().is_err())
+        {
+            return Err(ConfigError::Invalid(format!(
+                "fleet.source_address {bad:?} is not an IP address"
+            )));
+        }
+        for (key, p) in [
+            ("fleet.user_ca_key", &self.user_ca_key),
+            ("fleet.host_ca_public_key", &self.host_ca_public_key),
+            ("fleet.trusted_user_ca", &self.trusted_user_ca),
+        ] {
+            if let Some(p) = p.as_deref().filter(|p| !p.is_absolute()) {
+                return Err(ConfigError::Invalid(format!(
+                    "{key} {} must be an absolute path",
+                    p.display()
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for ControlPlane {
@@ -397,7 +552,7 @@ impl Config {
                 "runtime annotations must not be empty".into(),
             ));
         }
-        Ok(())
+        self.fleet.validate()
     }
 
     /// Loads the file at `path` after checking it is safe to trust.
@@ -454,6 +609,10 @@ impl std::fmt::Display for SecureReadError {
 /// group or others, in a directory with the same properties, at most `max`
 /// bytes. Used for the config and the bearer-token file.
 pub fn read_root_owned(path: &Path, max: u64) -> Result<Vec<u8>, SecureReadError> {
+    read_checked(path, max, false)
+}
+
+fn read_checked(path: &Path, max: u64, secret: bool) -> Result<Vec<u8>, SecureReadError> {
     let file = File::options()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK)
@@ -465,6 +624,14 @@ pub fn read_root_owned(path: &Path, max: u64) -> Result<Vec<u8>, SecureReadError
         })?;
     let meta = file.metadata().map_err(SecureReadError::Io)?;
     check_root_owned(&meta, "file")?;
+    // Checked on the open descriptor, like the owner: what is read is
+    // what was checked.
+    if secret && meta.mode() & 0o077 != 0 {
+        return Err(SecureReadError::Unsafe(format!(
+            "file is readable by group or others (mode {:o}); it must be 0600",
+            meta.mode() & 0o7777
+        )));
+    }
     if !meta.file_type().is_file() {
         return Err(SecureReadError::Unsafe("not a regular file".into()));
     }
@@ -483,6 +650,12 @@ pub fn read_root_owned(path: &Path, max: u64) -> Result<Vec<u8>, SecureReadError
         return Err(SecureReadError::Unsafe(format!("larger than {max} bytes")));
     }
     Ok(buf)
+}
+
+/// Like [`read_root_owned`], for secrets (the user CA's private key): the
+/// file must also be unreadable by group and others (0600 or stricter).
+pub fn read_root_only(path: &Path, max: u64) -> Result<Vec<u8>, SecureReadError> {
+    read_checked(path, max, true)
 }
 
 fn check_root_owned(meta: &std::fs::Metadata, what: &str) -> Result<(), SecureReadError> {
@@ -611,6 +784,107 @@ mod tests {
             "https://api.example.com",
         ] {
             assert!(cfg(url, true, false).is_ok(), "{url}");
+        }
+    }
+
+    #[test]
+    fn fleet_defaults_to_a_node_without_hops() {
+        let cfg = Config::from_toml("", Path::new("x")).unwrap();
+        assert_eq!(cfg.fleet.role, Role::Node);
+        assert_eq!((cfg.fleet.node_port, cfg.fleet.hop_timeout_ms), (22, 2000));
+        assert!(cfg.fleet.trusted_user_ca.is_none() && cfg.fleet.user_ca_key.is_none());
+        let node = Config::from_toml(
+            "[fleet]\nrole = \"node\"\ntrusted_user_ca = \"/etc/porthole/user_ca.pub\"\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        assert_eq!(
+            node.fleet.trusted_user_ca.as_deref(),
+            Some(Path::new("/etc/porthole/user_ca.pub"))
+        );
+    }
+
+    #[test]
+    fn front_door_needs_both_cas_and_nodes_hold_no_private_key() {
+        let front = "[fleet]\nrole = \"front_door\"\nuser_ca_key = \"/etc/porthole/user_ca\"\n\
+                     host_ca_public_key = \"/etc/porthole/host_ca.pub\"\nnode_port = 2222\n\
+                     hop_timeout_ms = 1500\nsource_address = [\"10.0.0.2\", \"fd00::2\"]\n";
+        let cfg = Config::from_toml(front, Path::new("x")).unwrap();
+        assert_eq!(cfg.fleet.role, Role::FrontDoor);
+        assert!(cfg.fleet.role.hops());
+        assert_eq!(cfg.fleet.node_port, 2222);
+        assert_eq!(cfg.fleet.source_addresses().len(), 2);
+        let both = front.replace("front_door", "both")
+            + "trusted_user_ca = \"/etc/porthole/user_ca.pub\"\n";
+        assert_eq!(
+            Config::from_toml(&both, Path::new("x")).unwrap().fleet.role,
+            Role::Both
+        );
+        let err = |t: &str| match Config::from_toml(t, Path::new("x")) {
+            Err(ConfigError::Invalid(m)) => m,
+            other => panic!("{t}: {other:?}"),
+        };
+        for (text, says) in [
+            (
+                "[fleet]\nuser_ca_key = \"/etc/porthole/user_ca\"\n".to_owned(),
+                "a node never holds the user CA's private key",
+            ),
+            (
+                "[fleet]\nrole = \"front_door\"\nhost_ca_public_key = \"/h.pub\"\n".into(),
+                "fleet.user_ca_key is not set",
+            ),
+            (
+                "[fleet]\nrole = \"both\"\nuser_ca_key = \"/u\"\n".into(),
+                "never trusts a node's key on first use",
+            ),
+            (
+                front.to_owned() + "trusted_user_ca = \"/u.pub\"\n",
+                "accepts no hops",
+            ),
+            (
+                front.replace("2222", "0"),
+                "fleet.node_port must be between 1 and 65535",
+            ),
+            (
+                front.replace("1500", "0"),
+                "fleet.hop_timeout_ms must be between",
+            ),
+            (
+                front.replace("10.0.0.2", "10.0.0.0/8"),
+                "is not an IP address",
+            ),
+            (
+                front.replace("/etc/porthole/user_ca", "user_ca"),
+                "must be an absolute path",
+            ),
+        ] {
+            let m = err(&text);
+            assert!(m.contains(says), "{text}: {m}");
+        }
+        let e = Config::from_toml("[fleet]\nrole = \"gateway\"\n", Path::new("x")).unwrap_err();
+        assert!(matches!(e, ConfigError::Parse { .. }), "{e}");
+        let e = Config::from_toml("[fleet]\nnode_port = 70000\n", Path::new("x")).unwrap_err();
+        assert!(matches!(e, ConfigError::Parse { .. }), "{e}");
+    }
+
+    #[test]
+    fn secrets_must_be_unreadable_by_others() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let p = dir.path().join("secret");
+        std::fs::write(&p, "s").unwrap();
+        if nix::unistd::geteuid().is_root() {
+            for mode in [0o644, 0o640, 0o604] {
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+                assert!(read_root_owned(&p, 10).is_ok());
+                assert!(
+                    matches!(read_root_only(&p, 10), Err(SecureReadError::Unsafe(_))),
+                    "{mode:o}"
+                );
+            }
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+            assert_eq!(read_root_only(&p, 10).unwrap(), b"s");
         }
     }
 

@@ -10,7 +10,9 @@
 //! - [`keys_hook`]: sshd's `AuthorizedKeysCommand`, run as the unprivileged
 //!   keys user, the only code that speaks HTTP (`http` feature);
 //! - [`session`]: the setuid-root session shell, the whole privileged path;
-//! - [`admin`]: root's command line (`porthole`).
+//! - [`admin`]: root's command line (`porthole`);
+//! - [`fleet`]: hop certificates, minted by the front door's session shell
+//!   and read by the node's (pure, no HTTP: the setuid shell links it).
 //!
 //! The setuid shell links no HTTP code: `keys_hook` and `admin::doctor`
 //! exist only with the `http` feature, which `porthole-shell` does not use.
@@ -22,6 +24,7 @@ pub mod time;
 
 pub mod admin;
 pub mod control_plane;
+pub mod fleet;
 #[cfg(feature = "http")]
 pub mod keys_hook;
 pub mod session;

@@ -802,6 +802,51 @@ fn verdict(ok: bool) -> &'static str {
     }
 }
 
+/// Figure 7: what the front door adds per hop before any network I/O:
+/// minting the ephemeral Ed25519 key and its user certificate signed by an
+/// Ed25519 CA (`porthole::fleet::cert::mint`, in process). The anchor is
+/// the node's check of the same certificate (`verify_hop`).
+struct Mint {
+    mint: Samples,
+    verify: Samples,
+}
+
+fn bench_mint() -> Mint {
+    use porthole::fleet::cert;
+    let ca = ssh_key::PrivateKey::from(ssh_key::private::Ed25519Keypair::from_seed(&[7u8; 32]));
+    let id = cert::HopIdentity {
+        owner: OWNER.into(),
+        fingerprint: format!("SHA256:{}", "q".repeat(43)),
+        session_id: "0123456789abcdef".into(),
+        via: "fd-1.bench.internal".into(),
+    };
+    let login = format!("{SERVICE}-{SLUG}");
+    let src: [std::net::IpAddr; 1] = [std::net::Ipv4Addr::LOCALHOST.into()];
+    let req = cert::HopRequest {
+        login: &login,
+        identity: &id,
+        source_address: &src,
+    };
+    let now = u64::try_from(porthole::time::now_unix()).unwrap();
+    let (mut mint, mut verify) = (Samples::default(), Samples::default());
+    for i in 0..n(2000, 200) + 50 {
+        let t = Instant::now();
+        let m = cert::mint(&ca, &req, now).unwrap();
+        let minted = t.elapsed().as_secs_f64();
+        let line = format!("publickey {}", m.certificate.to_openssh().unwrap());
+        let t = Instant::now();
+        let claim = cert::verify_hop(&line, ca.public_key(), &login, now).unwrap();
+        let verified = t.elapsed().as_secs_f64();
+        assert_eq!(claim.identity, id);
+        // The first 50 warm caches and the allocator; not samples.
+        if i >= 50 {
+            mint.push(minted);
+            verify.push(verified);
+        }
+    }
+    Mint { mint, verify }
+}
+
 #[test]
 #[ignore = "benchmark: run with bench/run"]
 fn bench_all() {
@@ -821,6 +866,7 @@ fn bench_all() {
     let thru = wanted("throughput").then(|| bench_throughput(&w));
     let pty = wanted("pty").then(|| bench_pty(&w));
     let mem = wanted("memory").then(|| bench_memory(&w));
+    let mint = wanted("mint").then(bench_mint);
     let load_after = loadavg();
     let took = started.elapsed();
 
@@ -1029,6 +1075,22 @@ fn bench_all() {
                 ),
             );
         }
+    }
+    if let Some(m) = &mint {
+        out(
+            &mut md,
+            &format!(
+                "| 7 | hop certificate minting, in process: ephemeral Ed25519 key + user certificate signed by an Ed25519 CA (p99 {}) | {} | {} | {} | the node's `verify_hop` of the same certificate | {} | {} | {:.2}× | ≤ 1 ms | {} |",
+                ms(m.mint.pct(99.0)),
+                m.mint.len(),
+                ms(m.mint.median()),
+                ms(m.mint.pct(95.0)),
+                ms(m.verify.median()),
+                ms(m.verify.pct(95.0)),
+                m.mint.median() / m.verify.median(),
+                verdict(m.mint.median() <= 0.001)
+            ),
+        );
     }
     out(&mut md, "");
     if let Some(m) = &mem {

@@ -44,6 +44,202 @@ pub struct ServiceDoc {
     pub keys: Vec<Result<KeyEntry, String>>,
     /// Optional per-service overrides; kept raw for the session controls.
     pub limits: Option<Value>,
+    /// Placement: where each running instance is (`None`: the answer has
+    /// no `instances` field, Part-1 behaviour). Each entry is checked
+    /// alone, like keys: one malformed entry is skipped and logged.
+    pub instances: Option<Vec<Result<Instance, InstanceReject>>>,
+}
+
+/// Longest host name accepted in placement (a DNS name's limit). The host
+/// becomes an argument of the OpenSSH client on the front door.
+pub const MAX_HOST_LEN: usize = 253;
+
+/// One running instance and the node that runs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    pub slug: String,
+    /// A DNS name or an IP literal, never anything `ssh` could read as an
+    /// option or a `user@` prefix.
+    pub host: String,
+    pub port: u16,
+}
+
+/// Why a placement entry was skipped (logged with its index).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InstanceReject {
+    NotAnObject,
+    /// Missing, not a string, or not a slug of the name grammar.
+    Slug,
+    /// Missing, not a string, or not a DNS name / IP literal.
+    Host,
+    /// Not an integer in 1..=65535.
+    Port,
+    /// The same slug as entry N, which wins (as a key listed twice).
+    Duplicate(usize),
+}
+
+impl std::fmt::Display for InstanceReject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InstanceReject::NotAnObject => f.write_str("the entry is not an object"),
+            InstanceReject::Slug => {
+                f.write_str("\"slug\" is not an instance slug (5 lowercase letters or digits)")
+            }
+            InstanceReject::Host => f.write_str("\"host\" is not a DNS name or an IP address"),
+            InstanceReject::Port => f.write_str("\"port\" is not a number between 1 and 65535"),
+            InstanceReject::Duplicate(i) => write!(f, "the slug is already placed by entry {i}"),
+        }
+    }
+}
+
+/// True for a DNS name (labels of letters, digits and inner hyphens, no
+/// trailing dot) or an IPv4/IPv6 literal, at most [`MAX_HOST_LEN`] bytes.
+/// Rules out everything `ssh` would read otherwise: a leading `-` (an
+/// option), `@` (a user), spaces, `%` (a token), `[`/`:` host:port forms.
+pub fn valid_host(h: &str) -> bool {
+    if h.is_empty() || h.len() > MAX_HOST_LEN {
+        return false;
+    }
+    if h.parse::<std::net::IpAddr>().is_ok() {
+        // A scope id (`fe80::1%eth0`) does not parse as IpAddr: refused.
+        return true;
+    }
+    h.split('.').all(|label| {
+        let b = label.as_bytes();
+        !b.is_empty()
+            && b.len() <= 63
+            && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
+            && b[0] != b'-'
+            && b[b.len() - 1] != b'-'
+    })
+}
+
+fn parse_instance(v: Value) -> Result<Instance, InstanceReject> {
+    let Value::Object(o) = v else {
+        return Err(InstanceReject::NotAnObject);
+    };
+    let slug = match o.get("slug") {
+        Some(Value::String(s)) if crate::names::is_slug(s) => s.clone(),
+        _ => return Err(InstanceReject::Slug),
+    };
+    let host = match o.get("host") {
+        Some(Value::String(h)) if valid_host(h) => h.clone(),
+        _ => return Err(InstanceReject::Host),
+    };
+    let port = match o.get("port") {
+        None | Some(Value::Null) => 22,
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p != 0)
+            .ok_or(InstanceReject::Port)?,
+        Some(_) => return Err(InstanceReject::Port),
+    };
+    Ok(Instance { slug, host, port })
+}
+
+/// Parses the `instances` array entry by entry; a slug placed twice keeps
+/// its first entry (the later ones are [`InstanceReject::Duplicate`]).
+fn parse_instances(items: Vec<Value>) -> Vec<Result<Instance, InstanceReject>> {
+    let mut out: Vec<Result<Instance, InstanceReject>> = Vec::with_capacity(items.len());
+    for item in items {
+        let parsed = parse_instance(item).and_then(|inst| {
+            match out
+                .iter()
+                .position(|p| p.as_ref().is_ok_and(|p| p.slug == inst.slug))
+            {
+                Some(first) => Err(InstanceReject::Duplicate(first)),
+                None => Ok(inst),
+            }
+        });
+        out.push(parsed);
+    }
+    out
+}
+
+impl ServiceDoc {
+    /// The placement in force: `None` when the answer has none (Part 1),
+    /// otherwise the good entries in the control plane's order.
+    pub fn placement(&self) -> Option<Vec<&Instance>> {
+        self.instances
+            .as_ref()
+            .map(|all| all.iter().filter_map(|i| i.as_ref().ok()).collect())
+    }
+}
+
+/// Why the front door cannot route a login: the sentence the developer
+/// reads (Display).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteRefusal {
+    /// Placement lists no running instance.
+    NoneRunning { service: String },
+    /// The asked slug is not listed; `running` are the instance names that are.
+    NotRunning {
+        service: String,
+        asked: String,
+        running: Vec<String>,
+    },
+}
+
+impl std::fmt::Display for RouteRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RouteRefusal::NoneRunning { service } => write!(
+                f,
+                "{service} has no running instance right now; start it (or wait for its deploy) and try again"
+            ),
+            RouteRefusal::NotRunning {
+                service,
+                asked,
+                running,
+            } => {
+                write!(f, "{service}-{asked} is not a running instance of {service}; ")?;
+                match running.as_slice() {
+                    [] => write!(f, "it has no running instance right now"),
+                    [one] => write!(f, "the running one is {one}"),
+                    many => write!(f, "the running ones are {}", many.join(", ")),
+                }
+            }
+        }
+    }
+}
+
+/// Chooses where a login goes: the instance asked for by slug, or, with no
+/// slug, one of the listed instances picked by `random` (any random number:
+/// `random % len`). Pure, so the front door's choice is testable.
+pub fn route<'a>(
+    service: &ServiceId,
+    instances: &[&'a Instance],
+    asked: Option<&str>,
+    random: u64,
+) -> Result<&'a Instance, RouteRefusal> {
+    match asked {
+        Some(slug) => instances
+            .iter()
+            .copied()
+            .find(|i| i.slug == slug)
+            .ok_or_else(|| RouteRefusal::NotRunning {
+                service: service.to_string(),
+                asked: slug.to_owned(),
+                running: instances
+                    .iter()
+                    .map(|i| service.instance_name(&i.slug))
+                    .collect(),
+            }),
+        None if instances.is_empty() => Err(RouteRefusal::NoneRunning {
+            service: service.to_string(),
+        }),
+        None => {
+            let n = instances.len() as u64;
+            let at = usize::try_from(random % n).unwrap_or(0);
+            instances
+                .get(at)
+                .copied()
+                .ok_or_else(|| RouteRefusal::NoneRunning {
+                    service: service.to_string(),
+                })
+        }
+    }
 }
 
 /// Why a body is not a usable answer: the control plane is unhealthy or
@@ -172,10 +368,18 @@ impl ServiceDoc {
             Some(_) => return Err(DocError::Malformed("\"keys\" is not an array".into())),
         };
         let limits = obj.remove("limits").filter(|l| !l.is_null());
+        let instances = match obj.remove("instances") {
+            None | Some(Value::Null) => None,
+            Some(Value::Array(items)) => Some(parse_instances(items)),
+            // Like "keys": a placement that is not a list is a broken
+            // answer, not "no placement" (which would fall back to Part 1).
+            Some(_) => return Err(DocError::Malformed("\"instances\" is not an array".into())),
+        };
         Ok(ServiceDoc {
             service,
             keys,
             limits,
+            instances,
         })
     }
 }
@@ -334,5 +538,216 @@ mod tests {
             parse_json(br#"{"n":-1,"f":2.5,"b":true,"z":null,"s":"x"}"#).unwrap(),
             serde_json::json!({"n":-1,"f":2.5,"b":true,"z":null,"s":"x"})
         );
+    }
+
+    fn placed(body: serde_json::Value) -> ServiceDoc {
+        ServiceDoc::parse(body.to_string().as_bytes(), &sid("srv-a1")).unwrap()
+    }
+
+    fn svc() -> serde_json::Value {
+        serde_json::json!({"id": "srv-a1", "type": "web_service"})
+    }
+
+    #[test]
+    fn placement_is_optional_and_old_answers_are_unchanged() {
+        let old = placed(serde_json::json!({"service": svc(), "keys": []}));
+        assert_eq!(old.instances, None);
+        assert_eq!(old.placement(), None);
+        let null = placed(serde_json::json!({"service": svc(), "instances": null}));
+        assert_eq!(null.placement(), None);
+        let empty = placed(serde_json::json!({"service": svc(), "instances": []}));
+        assert_eq!(empty.placement(), Some(vec![]), "listed, none running");
+        let doc = placed(serde_json::json!({"service": svc(), "instances": [
+            {"slug": "d4e5f", "host": "node-3.oregon.internal", "port": 22, "zone": "b", "new": {}},
+            {"slug": "aaaaa", "host": "10.1.2.3"},
+            {"slug": "bbbbb", "host": "fd00::3", "port": 2222}]}));
+        let p = doc.placement().unwrap();
+        assert_eq!(
+            p.iter()
+                .map(|i| (i.slug.as_str(), i.host.as_str(), i.port))
+                .collect::<Vec<_>>(),
+            [
+                ("d4e5f", "node-3.oregon.internal", 22),
+                ("aaaaa", "10.1.2.3", 22),
+                ("bbbbb", "fd00::3", 2222)
+            ]
+        );
+        assert!(matches!(
+            ServiceDoc::parse(
+                br#"{"service":{"id":"srv-a1","type":"web_service"},"instances":{"slug":"aaaaa"}}"#,
+                &sid("srv-a1")
+            ),
+            Err(DocError::Malformed(_))
+        ));
+    }
+
+    /// The hostile catalogue for placement: every bad entry is skipped with
+    /// its reason, and the good ones around it still route.
+    #[test]
+    fn hostile_placement_entries_are_skipped_one_by_one() {
+        let long = format!("{}.example.com", "a".repeat(300));
+        let cases: Vec<(serde_json::Value, InstanceReject)> = vec![
+            (
+                serde_json::json!({"slug": "ccccc", "host": "-oProxyCommand=sh -c id"}),
+                InstanceReject::Host,
+            ),
+            (
+                serde_json::json!({"slug": "ccccc", "host": "-oProxyCommand=id"}),
+                InstanceReject::Host,
+            ),
+            (
+                serde_json::json!({"slug": "ccccc", "host": "a b"}),
+                InstanceReject::Host,
+            ),
+            (
+                serde_json::json!({"slug": "ccccc", "host": long}),
+                InstanceReject::Host,
+            ),
+            (
+                serde_json::json!({"slug": "ccccc", "host": "root@node-1"}),
+                InstanceReject::Host,
+            ),
+            (
+                serde_json::json!({"slug": "ccccc", "host": "node-1:2222"}),
+                InstanceReject::Host,
+            ),
+            (
+                serde_json::json!({"slug": "ccccc", "host": "[::1]"}),
+                InstanceReject::Host,
+            ),
+            (
+                serde_json::json!({"slug": "ccccc", "host": "node-%h"}),
+                InstanceReject::Host,
+            ),
+            (
+                serde_json::json!({"slug": "ccccc", "host": "node-1."}),
+                InstanceReject::Host,
+            ),
+            (
+                serde_json::json!({"slug": "ccccc", "host": "node-.x"}),
+                InstanceReject::Host,
+            ),
+            (
+                serde_json::json!({"slug": "ccccc", "host": "nöde"}),
+                InstanceReject::Host,
+            ),
+            (
+                serde_json::json!({"slug": "ccccc", "host": "n\nx"}),
+                InstanceReject::Host,
+            ),
+            (
+                serde_json::json!({"slug": "ccccc", "host": ""}),
+                InstanceReject::Host,
+            ),
+            (
+                serde_json::json!({"slug": "ccccc", "host": 10}),
+                InstanceReject::Host,
+            ),
+            (serde_json::json!({"slug": "ccccc"}), InstanceReject::Host),
+            (
+                serde_json::json!({"slug": "ccccc", "host": "n", "port": 0}),
+                InstanceReject::Port,
+            ),
+            (
+                serde_json::json!({"slug": "ccccc", "host": "n", "port": 70000}),
+                InstanceReject::Port,
+            ),
+            (
+                serde_json::json!({"slug": "ccccc", "host": "n", "port": "22"}),
+                InstanceReject::Port,
+            ),
+            (
+                serde_json::json!({"slug": "ccccc", "host": "n", "port": -22}),
+                InstanceReject::Port,
+            ),
+            (
+                serde_json::json!({"slug": "ccccc", "host": "n", "port": 22.5}),
+                InstanceReject::Port,
+            ),
+            (
+                serde_json::json!({"slug": "CCCCC", "host": "n"}),
+                InstanceReject::Slug,
+            ),
+            (
+                serde_json::json!({"slug": "cccc", "host": "n"}),
+                InstanceReject::Slug,
+            ),
+            (
+                serde_json::json!({"slug": "../..", "host": "n"}),
+                InstanceReject::Slug,
+            ),
+            (serde_json::json!({"host": "n"}), InstanceReject::Slug),
+            (serde_json::json!("aaaaa@n"), InstanceReject::NotAnObject),
+            (serde_json::json!(null), InstanceReject::NotAnObject),
+            // First wins, as for a key listed twice: a later entry cannot
+            // move an instance to another host.
+            (
+                serde_json::json!({"slug": "aaaaa", "host": "evil.example.com"}),
+                InstanceReject::Duplicate(0),
+            ),
+        ];
+        for (bad, why) in cases {
+            let doc = placed(serde_json::json!({"service": svc(), "instances": [
+                {"slug": "aaaaa", "host": "node-1"}, bad.clone(), {"slug": "bbbbb", "host": "node-2", "port": 2200}]}));
+            let all = doc.instances.as_ref().unwrap();
+            assert_eq!(all[1], Err(why.clone()), "{bad}");
+            assert!(!why.to_string().is_empty());
+            let p = doc.placement().unwrap();
+            assert_eq!(
+                p.iter()
+                    .map(|i| (i.host.as_str(), i.port))
+                    .collect::<Vec<_>>(),
+                [("node-1", 22), ("node-2", 2200)],
+                "{bad}: the good entries survive"
+            );
+            let r = route(&sid("srv-a1"), &p, Some("aaaaa"), 0).unwrap();
+            assert_eq!(r.host, "node-1", "{bad}");
+        }
+        for ok in [
+            "node-3.oregon.internal",
+            "10.0.0.1",
+            "::1",
+            "fd00::3",
+            "a",
+            "1node",
+            &"b".repeat(63),
+        ] {
+            assert!(valid_host(ok), "{ok}");
+        }
+        assert!(!valid_host(&"b".repeat(64)), "label over 63");
+        assert!(!valid_host(&["a"; 128].join(".")), "255 bytes");
+    }
+
+    #[test]
+    fn route_by_slug_or_at_random_and_refuse_with_the_running_ones() {
+        let doc = placed(serde_json::json!({"service": svc(), "instances": [
+            {"slug": "aaaaa", "host": "node-1"}, {"slug": "bbbbb", "host": "node-2"}]}));
+        let p = doc.placement().unwrap();
+        let s = sid("srv-a1");
+        assert_eq!(route(&s, &p, Some("bbbbb"), 0).unwrap().host, "node-2");
+        assert_eq!(route(&s, &p, None, 0).unwrap().host, "node-1");
+        assert_eq!(route(&s, &p, None, 1).unwrap().host, "node-2");
+        assert_eq!(route(&s, &p, None, u64::MAX).unwrap().host, "node-2");
+        let e = route(&s, &p, Some("zzzzz"), 0).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "srv-a1-zzzzz is not a running instance of srv-a1; the running ones are srv-a1-aaaaa, srv-a1-bbbbb"
+        );
+        let one = &p[..1];
+        assert!(route(&s, one, Some("zzzzz"), 0)
+            .unwrap_err()
+            .to_string()
+            .ends_with("the running one is srv-a1-aaaaa"));
+        let none: Vec<&Instance> = Vec::new();
+        assert_eq!(
+            route(&s, &none, None, 7).unwrap_err(),
+            RouteRefusal::NoneRunning {
+                service: "srv-a1".into()
+            }
+        );
+        assert!(route(&s, &none, Some("aaaaa"), 7)
+            .unwrap_err()
+            .to_string()
+            .ends_with("it has no running instance right now"));
     }
 }

@@ -129,6 +129,22 @@ pub fn run(cfg: &Config, log: &Logger, call: &Call, started: Instant) -> Vec<Str
                 );
             }
         }
+        // A malformed placement entry is skipped like a bad key: the
+        // others still route; the admin learns which one and why.
+        for (index, why) in doc
+            .instances
+            .iter()
+            .flatten()
+            .enumerate()
+            .filter_map(|(i, r)| r.as_ref().err().map(|e| (i, e)))
+        {
+            log.emit(
+                &Event::new("instances.skipped", Severity::Warning)
+                    .field("service", target.service.as_str())
+                    .field("index", index)
+                    .field("reason", why.to_string()),
+            );
+        }
     }
     let offered = match (&call.key_type, &call.key_base64) {
         (Some(t), Some(k)) if !t.is_empty() && !k.is_empty() => Some((t.as_str(), k.as_str())),

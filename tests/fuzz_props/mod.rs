@@ -123,12 +123,21 @@ pub fn check_api(data: &[u8]) {
         "a document for {ASKED} was accepted for another service"
     );
     let _ = porthole::control_plane::api::shell_policy(&doc.service);
+    check_placement(&doc);
     if doc.keys.iter().all(Result::is_ok) {
+        // Placement round-trips as its good entries (skipped ones have no
+        // canonical form); compared through placement(), then set aside.
+        let placed = doc.placement().map(|p| {
+            p.iter()
+                .map(|i| serde_json::json!({"slug": i.slug, "host": i.host, "port": i.port}))
+                .collect::<Vec<_>>()
+        });
         let canonical = serde_json::json!({
             "service": {"id": doc.service.id, "name": doc.service.name,
                         "type": doc.service.kind, "plan": doc.service.plan},
             "keys": doc.keys.iter().flatten().map(entry_json).collect::<Vec<_>>(),
             "limits": doc.limits,
+            "instances": placed,
         });
         let mut again = ServiceDoc::parse(canonical.to_string().as_bytes(), &asked())
             .expect("the canonical form of a parsed document parses");
@@ -138,9 +147,56 @@ pub fn check_api(data: &[u8]) {
         let mut doc = doc.clone();
         doc.limits = doc.limits.map(without_floats);
         again.limits = again.limits.map(without_floats);
+        assert_eq!(
+            again.placement(),
+            doc.placement(),
+            "placement does not round-trip"
+        );
+        doc.instances = None;
+        again.instances = None;
         assert_eq!(again, doc, "document does not round-trip");
     }
     check_doc_lines(&doc);
+}
+
+/// Placement (issue 14): every entry kept is safe as an `ssh` argument
+/// (host of the grammar, never an option or `user@`), its port is 1..=65535,
+/// its slug of the name grammar and unique; routing picks only listed
+/// instances and refuses others with a sentence.
+fn check_placement(doc: &ServiceDoc) {
+    use porthole::control_plane::api::{route, valid_host};
+    let Some(placed) = doc.placement() else {
+        return;
+    };
+    for (n, i) in placed.iter().enumerate() {
+        assert!(valid_host(&i.host), "host {:?} kept", i.host);
+        assert!(
+            !i.host.starts_with('-') && !i.host.contains(['@', ' ', '%']),
+            "{:?}",
+            i.host
+        );
+        assert!(i.host.len() <= 253 && i.port != 0);
+        assert!(porthole::names::is_slug(&i.slug), "slug {:?} kept", i.slug);
+        assert!(
+            placed[..n].iter().all(|p| p.slug != i.slug),
+            "slug {} placed twice",
+            i.slug
+        );
+    }
+    for r in [0u64, 1, 7, u64::MAX] {
+        match route(&asked(), &placed, None, r) {
+            Ok(i) => assert!(placed.iter().any(|p| std::ptr::eq(*p, i))),
+            Err(e) => assert!(placed.is_empty() && !e.to_string().is_empty()),
+        }
+    }
+    for i in &placed {
+        let got = route(&asked(), &placed, Some(&i.slug), 0).expect("a listed slug routes");
+        assert_eq!(got.slug, i.slug);
+    }
+    assert!(
+        route(&asked(), &placed, Some("zzzzz"), 0).is_err()
+            || placed.iter().any(|p| p.slug == "zzzzz")
+    );
 }
 
 fn without_floats(v: serde_json::Value) -> serde_json::Value {
