@@ -570,283 +570,6 @@ fn find_instance(cx: &Context<'_>, login: &Authorized) -> Result<Instance, Refus
     })
 }
 
-/// Pins the instance and reads everything its entry needs (`plan_entry`),
-/// then tells the user what was substituted for what the image lacks.
-fn prepare(
-    cx: &Context<'_>,
-    login: &Authorized,
-    instance: &Instance,
-) -> Result<(enter::Pinned, Plan), Refusal> {
-    let (pinned, plan, notices) =
-        plan_entry(cx.cfg, cx.h, instance, &login.request).map_err(|r| {
-            if r.reason == RefusalReason::ContainerFile {
-                // Planted device nodes and FIFOs are an attack on the host
-                // more often than a broken image: tell the admin which.
-                cx.log.emit(
-                    &Event::new("instance.untrusted_file", Severity::Warning)
-                        .field("service", login.target.service.as_str())
-                        .field("instance", instance.name())
-                        .field("container", instance.container_id.as_str())
-                        .field("message", r.message.as_str()),
-                );
-            }
-            r
-        })?;
-    for n in notices {
-        eprintln!("porthole: {n}");
-    }
-    Ok((pinned, plan))
-}
-
-/// Kills what sessions of dead supervisors left running, before this
-/// session is counted against the limits they would otherwise still hold.
-fn sweep(cx: &Context<'_>) {
-    let reaped = registry::sweep(&cx.cfg.session.state_dir);
-    if reaped > 0 {
-        cx.log.emit(
-            &Event::new("session.reaped", Severity::Warning)
-                .field("processes", reaped)
-                .field(
-                    "message",
-                    "killed what sessions of dead supervisors left running",
-                ),
-        );
-    }
-}
-
-/// The registry's record of this session; the leader is added once the
-/// session process exists (`spawn`).
-fn session_record(
-    cx: &Context<'_>,
-    login: &Authorized,
-    instance: &Instance,
-    plan: &Plan,
-) -> SessionRecord {
-    SessionRecord {
-        id: registry::new_id(),
-        service: login.target.service.to_string(),
-        instance: instance.name(),
-        owner: login.identity.owner.clone(),
-        fingerprint: login.identity.fingerprint.clone(),
-        key_type: login.identity.key_type.clone(),
-        client: cx.client.clone(),
-        started: crate::time::now_unix(),
-        command: login.request.describe(),
-        tty: plan.pty.is_some(),
-        pid: std::process::id() as i32,
-        leader: None,
-    }
-}
-
-/// Blocks the signals the supervisor waits for, then records the session
-/// where `porthole sessions`, close requests and the sweep find it.
-fn register(cx: &Context<'_>, record: &SessionRecord) -> Result<registry::Registration, Refusal> {
-    if !supervise::block_session_signals() {
-        return Err(refuse(
-            RefusalReason::State,
-            "cannot set up signal handling for the session",
-        ));
-    }
-    registry::register(&cx.cfg.session.state_dir, record).map_err(|e| {
-        refuse(
-            RefusalReason::State,
-            format!(
-                "cannot record the session ({}: {e})",
-                cx.cfg.session.state_dir.display()
-            ),
-        )
-    })
-}
-
-/// Starts the session process inside the instance and adds its leader to
-/// the record.
-fn spawn(
-    pinned: &enter::Pinned,
-    plan: &Plan,
-    instance: &Instance,
-    registration: &mut registry::Registration,
-    record: SessionRecord,
-) -> Result<enter::Spawned, Refusal> {
-    let spawned = enter::spawn(pinned, plan).map_err(|e| match e {
-        EnterError::Vanished => stopped(instance),
-        e => refuse(RefusalReason::EnterFailed, e.to_string()),
-    })?;
-    if let Some(start) = runtime::process_start_time(spawned.inner_pid) {
-        let leader = registry::Leader {
-            pid: spawned.inner_pid,
-            pid_ns: spawned.pid_ns,
-            start,
-        };
-        let record = SessionRecord {
-            leader: Some(leader),
-            ..record
-        };
-        // Without it only a later sweep's safety net is lost; the session
-        // itself is fine.
-        let _ = registration.update(&record);
-    }
-    Ok(spawned)
-}
-
-/// The `session.start` event.
-fn announce(
-    cx: &Context<'_>,
-    login: &Authorized,
-    instance: &Instance,
-    plan: &Plan,
-    limits: &crate::config::Limits,
-    session_id: &str,
-    pid: i32,
-) {
-    let identity = &login.identity;
-    cx.log.emit(
-        &Event::new("session.start", Severity::Info)
-            .field("service", login.target.service.as_str())
-            .field("instance", instance.name())
-            .field("container", instance.container_id.as_str())
-            .field("owner", identity.owner.as_str())
-            .field("fingerprint", identity.fingerprint.as_str())
-            .field("key_type", identity.key_type.as_str())
-            .opt("client", cx.client.clone())
-            .field("command", login.request.describe())
-            .field("tty", plan.pty.is_some())
-            .field("uid", plan.uid)
-            .field("pid", pid)
-            .field("session_id", session_id)
-            .field("limits", crate::session::limits::to_json(limits)),
-    );
-}
-
-/// What the supervisor enforces and asks about while the session runs:
-/// the limits, drains, close requests, key revocation, and where its
-/// notices to the user are audited.
-fn controls<'a>(
-    cx: &'a Context<'a>,
-    login: &'a Authorized,
-    instance: &'a Instance,
-    session_id: &'a str,
-    limits: &crate::config::Limits,
-) -> Controls<'a> {
-    let cfg = cx.cfg;
-    let identity = &login.identity;
-    let state = cfg.session.state_dir.clone();
-    let (svc, iname, sid) = (
-        login.target.service.clone(),
-        instance.name(),
-        session_id.to_owned(),
-    );
-    let mut key_watch = crate::session::revoke::KeyWatch::new(
-        cfg,
-        cx.log,
-        login.target.service.clone(),
-        &identity.key_type,
-        &identity.key_base64,
-        vec![
-            ("instance", instance.name()),
-            ("session_id", session_id.to_owned()),
-            ("owner", identity.owner.clone()),
-            ("fingerprint", identity.fingerprint.clone()),
-        ],
-    );
-    Controls {
-        max_duration: (limits.max_duration_secs > 0)
-            .then(|| Duration::from_secs(limits.max_duration_secs)),
-        idle_timeout: (limits.idle_timeout_secs > 0)
-            .then(|| Duration::from_secs(limits.idle_timeout_secs)),
-        warn_before: limits
-            .warn_before_secs
-            .iter()
-            .map(|s| Duration::from_secs(*s))
-            .collect(),
-        drain_notices: limits
-            .drain_notice_secs
-            .iter()
-            .map(|s| Duration::from_secs(*s))
-            .collect(),
-        drain: Box::new(move || {
-            registry::active_drain(&state, &svc, &iname).map(|d| DrainNotice {
-                deadline_unix: d.deadline,
-                message: d.message,
-            })
-        }),
-        close_message: Box::new(move || registry::close_message(&cfg.session.state_dir, &sid)),
-        key_revoked: Box::new(move || key_watch.poll()),
-        on_notice: Box::new(move |kind, text| {
-            cx.log.emit(
-                &Event::new("session.notice", Severity::Info)
-                    .field("session_id", session_id)
-                    .field("instance", instance.name())
-                    .field("owner", identity.owner.as_str())
-                    .field("kind", kind)
-                    .field("message", text),
-            )
-        }),
-    }
-}
-
-/// Tells the user why the session ended when porthole ended it, logs
-/// `session.end`, and picks the exit code.
-fn end(
-    cx: &Context<'_>,
-    login: &Authorized,
-    instance: &Instance,
-    session_id: &str,
-    tty: bool,
-    outcome: Outcome,
-) -> i32 {
-    let crlf = if tty { "\r\n" } else { "" };
-    if outcome.reason == EndReason::InstanceStopped {
-        eprint!(
-            "{crlf}porthole: instance {} stopped (deploy or restart); session closed\r\n",
-            instance.name()
-        );
-    } else if let Some(m) = &outcome.message {
-        eprint!("{crlf}porthole: {m}\r\n");
-    }
-    let (exit_code, signal) = match outcome.status {
-        ExitStatus::Code(c) => (Some(c), None),
-        ExitStatus::Signal(s) => (None, Some(s)),
-        ExitStatus::Unknown => (None, None),
-    };
-    cx.log.emit(
-        &Event::new("session.end", Severity::Info)
-            .field("service", login.target.service.as_str())
-            .field("instance", instance.name())
-            .field("owner", login.identity.owner.as_str())
-            .field("session_id", session_id)
-            .field("reason", outcome.reason.as_str())
-            .opt("message", outcome.message.clone())
-            .opt("exit_status", exit_code)
-            .opt("signal", signal)
-            .field("bytes_in", outcome.bytes_in)
-            .field("bytes_out", outcome.bytes_out)
-            .field("duration_ms", elapsed_ms(cx.started)),
-    );
-    match outcome.reason {
-        EndReason::Exit | EndReason::ClientDisconnect | EndReason::Signal => {
-            supervise::exit_like(outcome.status, 1)
-        }
-        // Ended by us: the command's fate is not the session's answer.
-        EndReason::InstanceStopped
-        | EndReason::Closed
-        | EndReason::Drained
-        | EndReason::MaxDuration
-        | EndReason::Idle
-        | EndReason::KeyRevoked => 1,
-    }
-}
-
-/// The refusal for an instance that stopped between the scan and entry.
-fn stopped(instance: &Instance) -> Refusal {
-    refuse(
-        RefusalReason::InstanceStopped,
-        format!(
-            "instance {} stopped while connecting; try again",
-            instance.name()
-        ),
-    )
-}
-
 /// Tells the admin what the scan of the runtime roots distrusted, and
 /// every instance of `service` that more than one container claims (also
 /// when the login went to another instance: the impostor is still there).
@@ -903,104 +626,32 @@ fn report_untrusted(log: &Logger, untrusted: &[runtime::Untrusted]) {
     }
 }
 
-/// The slots a session holds; dropping them frees them.
-pub struct Admitted {
-    _instance: Option<crate::session::limits::Slot>,
-    _owner: Option<crate::session::limits::Slot>,
-}
-
-/// Admission control: maintenance windows, memory headroom and the
-/// concurrent-session limits, in that order (cheapest refusal first).
-fn admit(
-    cfg: &Config,
-    limits: &crate::config::Limits,
-    target: &Target,
+/// Pins the instance and reads everything its entry needs (`plan_entry`),
+/// then tells the user what was substituted for what the image lacks.
+fn prepare(
+    cx: &Context<'_>,
+    login: &Authorized,
     instance: &Instance,
-    identity: &Identity,
-    plan: &Plan,
-) -> Result<Admitted, Refusal> {
-    let state = &cfg.session.state_dir;
-    let name = instance.name();
-    if let Some(d) = registry::active_drain(state, &target.service, &name) {
-        return Err(refuse(
-            RefusalReason::Drained,
-            format!("{name} is closed for maintenance: {}", d.message),
-        ));
+) -> Result<(enter::Pinned, Plan), Refusal> {
+    let (pinned, plan, notices) =
+        plan_entry(cx.cfg, cx.h, instance, &login.request).map_err(|r| {
+            if r.reason == RefusalReason::ContainerFile {
+                // Planted device nodes and FIFOs are an attack on the host
+                // more often than a broken image: tell the admin which.
+                cx.log.emit(
+                    &Event::new("instance.untrusted_file", Severity::Warning)
+                        .field("service", login.target.service.as_str())
+                        .field("instance", instance.name())
+                        .field("container", instance.container_id.as_str())
+                        .field("message", r.message.as_str()),
+                );
+            }
+            r
+        })?;
+    for n in notices {
+        eprintln!("porthole: {n}");
     }
-    if limits.memory_reserve_mib > 0 {
-        let memory_dir = plan
-            .cgroups
-            .iter()
-            .map(|(d, _)| d)
-            .find(|d| d.controllers.split(',').any(|c| c == "memory"));
-        let unified = plan
-            .cgroups
-            .iter()
-            .map(|(d, _)| d)
-            .find(|d| d.controllers.is_empty());
-        let mem = match (memory_dir, unified) {
-            (Some(d), _) => crate::session::limits::read_memory(&d.dir, false),
-            (None, Some(d)) => crate::session::limits::read_memory(&d.dir, true),
-            (None, None) => None,
-        };
-        let reserve = limits.memory_reserve_mib.saturating_mul(1024 * 1024);
-        if let Some((left, limit)) = mem.and_then(|m| Some((m.headroom()?, m.limit?))) {
-            if left < reserve {
-                return Err(refuse_limit(
-                    RefusalReason::Memory,
-                    format!(
-                        "{name} has only {} MiB of memory left of its {} MiB; a session needs at least {} MiB, so it was not started (it could make the instance run out of memory)",
-                        left / (1024 * 1024),
-                        limit / (1024 * 1024),
-                        limits.memory_reserve_mib
-                    ),
-                    limits.memory_reserve_mib,
-                ));
-            }
-        }
-    }
-    let slots = state.join("slots");
-    let slot_err =
-        |e: crate::session::limits::SlotError, full: String, reason: RefusalReason| match e {
-            crate::session::limits::SlotError::Full(n) => {
-                refuse_limit(reason, full.replace("{n}", &n.to_string()), u64::from(n))
-            }
-            crate::session::limits::SlotError::Io(..) => {
-                refuse(RefusalReason::State, format!("cannot count sessions: {e}"))
-            }
-        };
-    let inst = crate::session::limits::acquire(
-        &slots.join(format!("instance-{name}")),
-        limits.max_sessions_per_instance,
-    )
-    .map_err(|e| {
-        slot_err(
-            e,
-            format!("{name} already has {{n}} SSH sessions (the limit)"),
-            RefusalReason::LimitInstance,
-        )
-    })?;
-    let owner = crate::session::limits::acquire(
-        &slots.join(format!(
-            "owner-{}",
-            crate::session::limits::owner_key(&identity.owner)
-        )),
-        limits.max_sessions_per_owner,
-    )
-    .map_err(|e| {
-        slot_err(
-            e,
-            format!(
-                "{} already has {{n}} SSH sessions on this host (the limit)",
-                identity.owner
-            ),
-            RefusalReason::LimitOwner,
-        )
-    })?;
-    Ok(Admitted {
-        _instance: inst,
-        _owner: owner,
-    })
+    Ok((pinned, plan))
 }
 
 type Prepared = (enter::Pinned, Plan, Vec<String>);
@@ -1305,6 +956,356 @@ fn confinement(
         rlimits,
         oom_score_adj,
     })
+}
+
+/// Removes the records of dead supervisors and kills what their sessions
+/// left running (`registry::sweep`): at every login, so leftovers do not
+/// outlive the next one on the host.
+fn sweep(cx: &Context<'_>) {
+    let reaped = registry::sweep(&cx.cfg.session.state_dir);
+    if reaped > 0 {
+        cx.log.emit(
+            &Event::new("session.reaped", Severity::Warning)
+                .field("processes", reaped)
+                .field(
+                    "message",
+                    "killed what sessions of dead supervisors left running",
+                ),
+        );
+    }
+}
+
+/// The slots a session holds; dropping them frees them.
+pub struct Admitted {
+    _instance: Option<crate::session::limits::Slot>,
+    _owner: Option<crate::session::limits::Slot>,
+}
+
+/// Admission control: maintenance windows, memory headroom and the
+/// concurrent-session limits, in that order (cheapest refusal first).
+fn admit(
+    cfg: &Config,
+    limits: &crate::config::Limits,
+    target: &Target,
+    instance: &Instance,
+    identity: &Identity,
+    plan: &Plan,
+) -> Result<Admitted, Refusal> {
+    let state = &cfg.session.state_dir;
+    let name = instance.name();
+    if let Some(d) = registry::active_drain(state, &target.service, &name) {
+        return Err(refuse(
+            RefusalReason::Drained,
+            format!("{name} is closed for maintenance: {}", d.message),
+        ));
+    }
+    if limits.memory_reserve_mib > 0 {
+        let memory_dir = plan
+            .cgroups
+            .iter()
+            .map(|(d, _)| d)
+            .find(|d| d.controllers.split(',').any(|c| c == "memory"));
+        let unified = plan
+            .cgroups
+            .iter()
+            .map(|(d, _)| d)
+            .find(|d| d.controllers.is_empty());
+        let mem = match (memory_dir, unified) {
+            (Some(d), _) => crate::session::limits::read_memory(&d.dir, false),
+            (None, Some(d)) => crate::session::limits::read_memory(&d.dir, true),
+            (None, None) => None,
+        };
+        let reserve = limits.memory_reserve_mib.saturating_mul(1024 * 1024);
+        if let Some((left, limit)) = mem.and_then(|m| Some((m.headroom()?, m.limit?))) {
+            if left < reserve {
+                return Err(refuse_limit(
+                    RefusalReason::Memory,
+                    format!(
+                        "{name} has only {} MiB of memory left of its {} MiB; a session needs at least {} MiB, so it was not started (it could make the instance run out of memory)",
+                        left / (1024 * 1024),
+                        limit / (1024 * 1024),
+                        limits.memory_reserve_mib
+                    ),
+                    limits.memory_reserve_mib,
+                ));
+            }
+        }
+    }
+    let slots = state.join("slots");
+    let slot_err =
+        |e: crate::session::limits::SlotError, full: String, reason: RefusalReason| match e {
+            crate::session::limits::SlotError::Full(n) => {
+                refuse_limit(reason, full.replace("{n}", &n.to_string()), u64::from(n))
+            }
+            crate::session::limits::SlotError::Io(..) => {
+                refuse(RefusalReason::State, format!("cannot count sessions: {e}"))
+            }
+        };
+    let inst = crate::session::limits::acquire(
+        &slots.join(format!("instance-{name}")),
+        limits.max_sessions_per_instance,
+    )
+    .map_err(|e| {
+        slot_err(
+            e,
+            format!("{name} already has {{n}} SSH sessions (the limit)"),
+            RefusalReason::LimitInstance,
+        )
+    })?;
+    let owner = crate::session::limits::acquire(
+        &slots.join(format!(
+            "owner-{}",
+            crate::session::limits::owner_key(&identity.owner)
+        )),
+        limits.max_sessions_per_owner,
+    )
+    .map_err(|e| {
+        slot_err(
+            e,
+            format!(
+                "{} already has {{n}} SSH sessions on this host (the limit)",
+                identity.owner
+            ),
+            RefusalReason::LimitOwner,
+        )
+    })?;
+    Ok(Admitted {
+        _instance: inst,
+        _owner: owner,
+    })
+}
+
+/// The registry's record of this session; the leader is added once the
+/// session process exists (`spawn`).
+fn session_record(
+    cx: &Context<'_>,
+    login: &Authorized,
+    instance: &Instance,
+    plan: &Plan,
+) -> SessionRecord {
+    SessionRecord {
+        id: registry::new_id(),
+        service: login.target.service.to_string(),
+        instance: instance.name(),
+        owner: login.identity.owner.clone(),
+        fingerprint: login.identity.fingerprint.clone(),
+        key_type: login.identity.key_type.clone(),
+        client: cx.client.clone(),
+        started: crate::time::now_unix(),
+        command: login.request.describe(),
+        tty: plan.pty.is_some(),
+        pid: std::process::id() as i32,
+        leader: None,
+    }
+}
+
+/// Blocks the signals the supervisor waits for, then records the session
+/// where `porthole sessions`, close requests and the sweep find it.
+fn register(cx: &Context<'_>, record: &SessionRecord) -> Result<registry::Registration, Refusal> {
+    if !supervise::block_session_signals() {
+        return Err(refuse(
+            RefusalReason::State,
+            "cannot set up signal handling for the session",
+        ));
+    }
+    registry::register(&cx.cfg.session.state_dir, record).map_err(|e| {
+        refuse(
+            RefusalReason::State,
+            format!(
+                "cannot record the session ({}: {e})",
+                cx.cfg.session.state_dir.display()
+            ),
+        )
+    })
+}
+
+/// Starts the session process inside the instance and adds its leader to
+/// the record.
+fn spawn(
+    pinned: &enter::Pinned,
+    plan: &Plan,
+    instance: &Instance,
+    registration: &mut registry::Registration,
+    record: SessionRecord,
+) -> Result<enter::Spawned, Refusal> {
+    let spawned = enter::spawn(pinned, plan).map_err(|e| match e {
+        EnterError::Vanished => stopped(instance),
+        e => refuse(RefusalReason::EnterFailed, e.to_string()),
+    })?;
+    if let Some(start) = runtime::process_start_time(spawned.inner_pid) {
+        let leader = registry::Leader {
+            pid: spawned.inner_pid,
+            pid_ns: spawned.pid_ns,
+            start,
+        };
+        let record = SessionRecord {
+            leader: Some(leader),
+            ..record
+        };
+        // Without it only a later sweep's safety net is lost; the session
+        // itself is fine.
+        let _ = registration.update(&record);
+    }
+    Ok(spawned)
+}
+
+/// The `session.start` event.
+fn announce(
+    cx: &Context<'_>,
+    login: &Authorized,
+    instance: &Instance,
+    plan: &Plan,
+    limits: &crate::config::Limits,
+    session_id: &str,
+    pid: i32,
+) {
+    let identity = &login.identity;
+    cx.log.emit(
+        &Event::new("session.start", Severity::Info)
+            .field("service", login.target.service.as_str())
+            .field("instance", instance.name())
+            .field("container", instance.container_id.as_str())
+            .field("owner", identity.owner.as_str())
+            .field("fingerprint", identity.fingerprint.as_str())
+            .field("key_type", identity.key_type.as_str())
+            .opt("client", cx.client.clone())
+            .field("command", login.request.describe())
+            .field("tty", plan.pty.is_some())
+            .field("uid", plan.uid)
+            .field("pid", pid)
+            .field("session_id", session_id)
+            .field("limits", crate::session::limits::to_json(limits)),
+    );
+}
+
+/// What the supervisor enforces and asks about while the session runs:
+/// the limits, drains, close requests, key revocation, and where its
+/// notices to the user are audited.
+fn controls<'a>(
+    cx: &'a Context<'a>,
+    login: &'a Authorized,
+    instance: &'a Instance,
+    session_id: &'a str,
+    limits: &crate::config::Limits,
+) -> Controls<'a> {
+    let cfg = cx.cfg;
+    let identity = &login.identity;
+    let state = cfg.session.state_dir.clone();
+    let (svc, iname, sid) = (
+        login.target.service.clone(),
+        instance.name(),
+        session_id.to_owned(),
+    );
+    let mut key_watch = crate::session::revoke::KeyWatch::new(
+        cfg,
+        cx.log,
+        login.target.service.clone(),
+        &identity.key_type,
+        &identity.key_base64,
+        vec![
+            ("instance", instance.name()),
+            ("session_id", session_id.to_owned()),
+            ("owner", identity.owner.clone()),
+            ("fingerprint", identity.fingerprint.clone()),
+        ],
+    );
+    Controls {
+        max_duration: (limits.max_duration_secs > 0)
+            .then(|| Duration::from_secs(limits.max_duration_secs)),
+        idle_timeout: (limits.idle_timeout_secs > 0)
+            .then(|| Duration::from_secs(limits.idle_timeout_secs)),
+        warn_before: limits
+            .warn_before_secs
+            .iter()
+            .map(|s| Duration::from_secs(*s))
+            .collect(),
+        drain_notices: limits
+            .drain_notice_secs
+            .iter()
+            .map(|s| Duration::from_secs(*s))
+            .collect(),
+        drain: Box::new(move || {
+            registry::active_drain(&state, &svc, &iname).map(|d| DrainNotice {
+                deadline_unix: d.deadline,
+                message: d.message,
+            })
+        }),
+        close_message: Box::new(move || registry::close_message(&cfg.session.state_dir, &sid)),
+        key_revoked: Box::new(move || key_watch.poll()),
+        on_notice: Box::new(move |kind, text| {
+            cx.log.emit(
+                &Event::new("session.notice", Severity::Info)
+                    .field("session_id", session_id)
+                    .field("instance", instance.name())
+                    .field("owner", identity.owner.as_str())
+                    .field("kind", kind)
+                    .field("message", text),
+            )
+        }),
+    }
+}
+
+/// Tells the user why the session ended when porthole ended it, logs
+/// `session.end`, and picks the exit code.
+fn end(
+    cx: &Context<'_>,
+    login: &Authorized,
+    instance: &Instance,
+    session_id: &str,
+    tty: bool,
+    outcome: Outcome,
+) -> i32 {
+    let crlf = if tty { "\r\n" } else { "" };
+    if outcome.reason == EndReason::InstanceStopped {
+        eprint!(
+            "{crlf}porthole: instance {} stopped (deploy or restart); session closed\r\n",
+            instance.name()
+        );
+    } else if let Some(m) = &outcome.message {
+        eprint!("{crlf}porthole: {m}\r\n");
+    }
+    let (exit_code, signal) = match outcome.status {
+        ExitStatus::Code(c) => (Some(c), None),
+        ExitStatus::Signal(s) => (None, Some(s)),
+        ExitStatus::Unknown => (None, None),
+    };
+    cx.log.emit(
+        &Event::new("session.end", Severity::Info)
+            .field("service", login.target.service.as_str())
+            .field("instance", instance.name())
+            .field("owner", login.identity.owner.as_str())
+            .field("session_id", session_id)
+            .field("reason", outcome.reason.as_str())
+            .opt("message", outcome.message.clone())
+            .opt("exit_status", exit_code)
+            .opt("signal", signal)
+            .field("bytes_in", outcome.bytes_in)
+            .field("bytes_out", outcome.bytes_out)
+            .field("duration_ms", elapsed_ms(cx.started)),
+    );
+    match outcome.reason {
+        EndReason::Exit | EndReason::ClientDisconnect | EndReason::Signal => {
+            supervise::exit_like(outcome.status, 1)
+        }
+        // Ended by us: the command's fate is not the session's answer.
+        EndReason::InstanceStopped
+        | EndReason::Closed
+        | EndReason::Drained
+        | EndReason::MaxDuration
+        | EndReason::Idle
+        | EndReason::KeyRevoked => 1,
+    }
+}
+
+/// The refusal for an instance that stopped between the scan and entry.
+fn stopped(instance: &Instance) -> Refusal {
+    refuse(
+        RefusalReason::InstanceStopped,
+        format!(
+            "instance {} stopped while connecting; try again",
+            instance.name()
+        ),
+    )
 }
 
 /// Checks that the running binary is installed as intended before doing
