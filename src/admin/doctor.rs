@@ -6,6 +6,7 @@
 use crate::config::{Config, ConfigError};
 use crate::keys_hook::fetch::{self, FetchError, FetchOutcome};
 use crate::names::ServiceId;
+use nix::unistd::User;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -72,202 +73,289 @@ pub fn nsswitch_line_ok(text: &str, db: &str) -> bool {
     })
 }
 
-/// Runs every check.
+/// Runs every check, in the order the report lists them. Each check is
+/// one function returning its line(s); what later checks depend on (the
+/// configuration, the two accounts, sshd's effective settings) is read
+/// once, at the point the report reaches it.
 pub fn run(paths: &Paths) -> Vec<Check> {
-    let mut out = Vec::new();
-    let cfg = match Config::load(&paths.config) {
-        Ok(c) => {
-            out.push(check(
+    let (cfg, configuration) = configuration(paths);
+    let mut out = vec![configuration];
+    out.extend(nsswitch(paths));
+    let session = user(&cfg.session.account);
+    let keys_user = user(&cfg.session.keys_user);
+    out.push(session_account(&cfg, session.as_ref()));
+    out.push(keys_hook_user(&cfg, keys_user.as_ref()));
+    out.push(nss_module(session.as_ref()));
+    let sshd = SshdSettings::for_probe(paths);
+    match &sshd {
+        Ok(settings) => {
+            out.push(sshd_drop_in(&cfg, settings));
+            out.push(keys_command(&cfg, settings));
+        }
+        Err(failed) => out.push(failed.clone()),
+    }
+    out.push(session_shell(sshd.as_ref().ok(), session.as_ref()));
+    out.push(control_plane(&cfg));
+    out.push(runtime_roots(&cfg));
+    out.push(cgroups());
+    out.push(cache(&cfg, keys_user.as_ref()));
+    out.push(syslog(&cfg));
+    out
+}
+
+/// The configuration file; when it is unusable the other checks still run,
+/// against the defaults.
+fn configuration(paths: &Paths) -> (Config, Check) {
+    match Config::load(&paths.config) {
+        Ok(c) => (
+            c,
+            check(
                 "configuration",
                 true,
                 format!("{} parses and is root-owned", paths.config.display()),
-            ));
-            c
-        }
+            ),
+        ),
         Err(e) => {
             let fix = match &e {
                 ConfigError::Unsafe { .. } => " (fix: chown root:root and chmod 0644)",
                 ConfigError::Missing(_) => " (fix: reinstall the package or restore the file)",
                 _ => "",
             };
-            out.push(check("configuration", false, format!("{e}{fix}")));
-            Config::default()
+            (
+                Config::default(),
+                check("configuration", false, format!("{e}{fix}")),
+            )
+        }
+    }
+}
+
+/// One line per database (passwd, group), or one for an unreadable file.
+fn nsswitch(paths: &Paths) -> Vec<Check> {
+    let text = match std::fs::read_to_string(&paths.nsswitch) {
+        Ok(text) => text,
+        Err(e) => {
+            return vec![check(
+                "nsswitch",
+                false,
+                format!("{}: {e}", paths.nsswitch.display()),
+            )]
         }
     };
+    ["passwd", "group"]
+        .into_iter()
+        .map(|db| {
+            let ok = nsswitch_line_ok(&text, db);
+            check(
+                &format!("nsswitch {db}"),
+                ok,
+                if ok {
+                    format!("{db}: lists porthole after files")
+                } else {
+                    format!(
+                        "add `porthole` after `files` on the {db}: line of {}",
+                        paths.nsswitch.display()
+                    )
+                },
+            )
+        })
+        .collect()
+}
 
-    match std::fs::read_to_string(&paths.nsswitch) {
-        Ok(text) => {
-            for db in ["passwd", "group"] {
-                let ok = nsswitch_line_ok(&text, db);
-                out.push(check(
-                    &format!("nsswitch {db}"),
-                    ok,
-                    if ok {
-                        format!("{db}: lists porthole after files")
-                    } else {
-                        format!(
-                            "add `porthole` after `files` on the {db}: line of {}",
-                            paths.nsswitch.display()
-                        )
-                    },
-                ));
-            }
-        }
-        Err(e) => out.push(check(
-            "nsswitch",
-            false,
-            format!("{}: {e}", paths.nsswitch.display()),
-        )),
-    }
+fn user(name: &str) -> Option<User> {
+    User::from_name(name).ok().flatten()
+}
 
-    let session = nix::unistd::User::from_name(&cfg.session.account)
-        .ok()
-        .flatten();
-    let keys_user = nix::unistd::User::from_name(&cfg.session.keys_user)
-        .ok()
-        .flatten();
-    out.push(check(
+fn session_account(cfg: &Config, session: Option<&User>) -> Check {
+    check(
         "session account",
         session.is_some(),
-        match &session {
+        match session {
             Some(u) => format!("{} is uid {} gid {}", cfg.session.account, u.uid, u.gid),
             None => format!(
                 "{} does not exist (fix: reinstall the package)",
                 cfg.session.account
             ),
         },
-    ));
-    out.push(check(
+    )
+}
+
+fn keys_hook_user(cfg: &Config, keys_user: Option<&User>) -> Check {
+    check(
         "keys-hook user",
         keys_user.is_some(),
-        match &keys_user {
+        match keys_user {
             Some(u) => format!("{} is uid {}", cfg.session.keys_user, u.uid),
             None => format!(
                 "{} does not exist (fix: reinstall the package)",
                 cfg.session.keys_user
             ),
         },
-    ));
-    let probe = nix::unistd::User::from_name("srv-probe").ok().flatten();
-    let probe_ok = matches!((&probe, &session), (Some(p), Some(s)) if p.uid == s.uid);
-    out.push(check(
+    )
+}
+
+/// Asks NSS for a service login the way sshd will: libnss_porthole must
+/// answer with the session account.
+fn nss_module(session: Option<&User>) -> Check {
+    let probe = user("srv-probe");
+    let ok = matches!((&probe, session), (Some(p), Some(s)) if p.uid == s.uid);
+    check(
         "NSS module",
-        probe_ok,
-        if probe_ok {
+        ok,
+        if ok {
             "getpwnam(srv-probe) answers with the session account".to_string()
         } else {
             "getpwnam(srv-probe) is not answered by libnss_porthole (check nsswitch.conf and that libnss_porthole.so.2 is installed)".to_string()
         },
-    ));
+    )
+}
 
-    let sshd_t = Command::new(&paths.sshd)
-        .arg("-T")
-        .arg("-f")
-        .arg(&paths.sshd_config)
-        .args(["-C", "user=srv-probe,host=localhost,addr=127.0.0.1"])
-        .output();
-    let mut shell_path = None;
-    match sshd_t {
-        Ok(o) if o.status.success() => {
-            let text = String::from_utf8_lossy(&o.stdout).into_owned();
-            let get = |k: &str| {
-                text.lines()
-                    .find_map(|l| l.strip_prefix(k).and_then(|r| r.strip_prefix(' ')))
-                    .map(str::to_owned)
-            };
-            let akc = get("authorizedkeyscommand").unwrap_or_default();
-            let fc = get("forcecommand").unwrap_or_default();
-            shell_path = fc.split_whitespace().next().map(PathBuf::from);
-            let ok = akc.contains("porthole-keys")
-                && fc.contains("porthole-shell")
-                && get("disableforwarding").as_deref() == Some("yes")
-                && get("exposeauthinfo").as_deref() == Some("yes")
-                && get("authorizedkeyscommanduser").as_deref()
-                    == Some(cfg.session.keys_user.as_str());
-            out.push(check(
+/// What sshd would apply to a service login: `sshd -T` for srv-probe.
+struct SshdSettings {
+    text: String,
+}
+
+impl SshdSettings {
+    /// Runs `sshd -T`; when it cannot, the failed "sshd drop-in" line.
+    fn for_probe(paths: &Paths) -> Result<SshdSettings, Check> {
+        let output = Command::new(&paths.sshd)
+            .arg("-T")
+            .arg("-f")
+            .arg(&paths.sshd_config)
+            .args(["-C", "user=srv-probe,host=localhost,addr=127.0.0.1"])
+            .output();
+        match output {
+            Ok(o) if o.status.success() => Ok(SshdSettings {
+                text: String::from_utf8_lossy(&o.stdout).into_owned(),
+            }),
+            Ok(o) => Err(check(
                 "sshd drop-in",
-                ok,
-                if ok {
-                    format!("srv-* logins use {akc} and {fc}")
-                } else {
-                    format!(
-                        "sshd -T for srv-probe shows authorizedkeyscommand {akc:?} and forcecommand {fc:?}: \
-                         another Match block or config takes precedence over 10-porthole.conf, or the drop-in is not included"
-                    )
-                },
-            ));
-            // Session supervisors run the same hook to close the sessions
-            // of revoked keys (src/revoke.rs).
-            let kc = &cfg.session.keys_command;
-            let kc_ok = crate::session::revoke::check_command(kc);
-            let akc_prog = akc
-                .split_whitespace()
-                .next()
-                .and_then(|p| std::fs::canonicalize(p).ok());
-            let same = matches!((&akc_prog, &kc_ok), (Some(a), Ok(k)) if a == k);
-            out.push(check(
-                "keys command",
-                same,
-                match (&kc_ok, same) {
-                    (Err(e), _) => {
-                        format!("{e}: live sessions of revoked keys are not closed")
-                    }
-                    (Ok(_), false) => format!(
-                        "session.keys_command {} is not sshd's AuthorizedKeysCommand {akc:?}",
-                        kc.display()
-                    ),
-                    (Ok(k), true) => format!(
-                        "{} refreshes answers for live sessions (revoked keys are closed within cache.fresh_secs)",
-                        k.display()
-                    ),
-                },
-            ));
+                false,
+                format!(
+                    "sshd -T failed: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ),
+            )),
+            Err(e) => Err(check(
+                "sshd drop-in",
+                false,
+                format!("cannot run {}: {e}", paths.sshd.display()),
+            )),
         }
-        Ok(o) => out.push(check(
-            "sshd drop-in",
-            false,
-            format!(
-                "sshd -T failed: {}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            ),
-        )),
-        Err(e) => out.push(check(
-            "sshd drop-in",
-            false,
-            format!("cannot run {}: {e}", paths.sshd.display()),
-        )),
     }
 
-    let shell_path =
-        shell_path.unwrap_or_else(|| PathBuf::from("/usr/lib/porthole/porthole-shell"));
-    out.push(shell_mode_check(
-        &shell_path,
-        session.as_ref().map(|s| s.gid.as_raw()),
-    ));
+    /// The value of keyword `k` (sshd -T prints keywords in lower case).
+    fn get(&self, k: &str) -> Option<String> {
+        self.text
+            .lines()
+            .find_map(|l| l.strip_prefix(k).and_then(|r| r.strip_prefix(' ')))
+            .map(str::to_owned)
+    }
 
-    let deadline = Instant::now() + Duration::from_millis(cfg.control_plane.timeout_ms);
-    let probe_id = ServiceId::parse("srv-probe");
-    let cp = match probe_id {
-        Some(id) => match fetch::fetch(&cfg.control_plane, &id, deadline) {
-            Ok(FetchOutcome::Found(_)) | Ok(FetchOutcome::NotFound) => check(
-                "control plane",
-                true,
-                format!(
-                    "{} answers with this bastion's token",
-                    cfg.control_plane.url
-                ),
+    fn keys_command(&self) -> String {
+        self.get("authorizedkeyscommand").unwrap_or_default()
+    }
+
+    fn force_command(&self) -> String {
+        self.get("forcecommand").unwrap_or_default()
+    }
+}
+
+/// porthole's drop-in is what sshd applies to srv-* logins, not shadowed
+/// by another Match block or config.
+fn sshd_drop_in(cfg: &Config, sshd: &SshdSettings) -> Check {
+    let akc = sshd.keys_command();
+    let fc = sshd.force_command();
+    let ok = akc.contains("porthole-keys")
+        && fc.contains("porthole-shell")
+        && sshd.get("disableforwarding").as_deref() == Some("yes")
+        && sshd.get("exposeauthinfo").as_deref() == Some("yes")
+        && sshd.get("authorizedkeyscommanduser").as_deref() == Some(cfg.session.keys_user.as_str());
+    check(
+        "sshd drop-in",
+        ok,
+        if ok {
+            format!("srv-* logins use {akc} and {fc}")
+        } else {
+            format!(
+                "sshd -T for srv-probe shows authorizedkeyscommand {akc:?} and forcecommand {fc:?}: \
+                 another Match block or config takes precedence over 10-porthole.conf, or the drop-in is not included"
+            )
+        },
+    )
+}
+
+/// Session supervisors run the same hook as sshd to close the sessions of
+/// revoked keys (src/session/revoke.rs): it must be sshd's program.
+fn keys_command(cfg: &Config, sshd: &SshdSettings) -> Check {
+    let akc = sshd.keys_command();
+    let kc = &cfg.session.keys_command;
+    let kc_ok = crate::session::revoke::check_command(kc);
+    let akc_prog = akc
+        .split_whitespace()
+        .next()
+        .and_then(|p| std::fs::canonicalize(p).ok());
+    let same = matches!((&akc_prog, &kc_ok), (Some(a), Ok(k)) if a == k);
+    check(
+        "keys command",
+        same,
+        match (&kc_ok, same) {
+            (Err(e), _) => {
+                format!("{e}: live sessions of revoked keys are not closed")
+            }
+            (Ok(_), false) => format!(
+                "session.keys_command {} is not sshd's AuthorizedKeysCommand {akc:?}",
+                kc.display()
             ),
-            Err(e @ FetchError::Unauthorized(_)) => check("control plane", false, e.to_string()),
-            Err(e) => check(
-                "control plane",
-                false,
-                format!("{e} ({})", cfg.control_plane.url),
+            (Ok(k), true) => format!(
+                "{} refreshes answers for live sessions (revoked keys are closed within cache.fresh_secs)",
+                k.display()
             ),
         },
-        None => check("control plane", false, "internal: probe name"),
-    };
-    out.push(cp);
+    )
+}
 
+/// The setuid shell sshd runs (its ForceCommand), or the packaged path
+/// when sshd does not say.
+fn session_shell(sshd: Option<&SshdSettings>, session: Option<&User>) -> Check {
+    let path = sshd
+        .and_then(|s| {
+            s.force_command()
+                .split_whitespace()
+                .next()
+                .map(PathBuf::from)
+        })
+        .unwrap_or_else(|| PathBuf::from("/usr/lib/porthole/porthole-shell"));
+    shell_mode_check(&path, session.map(|s| s.gid.as_raw()))
+}
+
+/// The control plane answers a lookup with this bastion's token (a 404
+/// for the probe is an answer).
+fn control_plane(cfg: &Config) -> Check {
+    let deadline = Instant::now() + Duration::from_millis(cfg.control_plane.timeout_ms);
+    let Some(id) = ServiceId::parse("srv-probe") else {
+        return check("control plane", false, "internal: probe name");
+    };
+    match fetch::fetch(&cfg.control_plane, &id, deadline) {
+        Ok(FetchOutcome::Found(_)) | Ok(FetchOutcome::NotFound) => check(
+            "control plane",
+            true,
+            format!(
+                "{} answers with this bastion's token",
+                cfg.control_plane.url
+            ),
+        ),
+        Err(e @ FetchError::Unauthorized(_)) => check("control plane", false, e.to_string()),
+        Err(e) => check(
+            "control plane",
+            false,
+            format!("{e} ({})", cfg.control_plane.url),
+        ),
+    }
+}
+
+/// The runtime roots as the session shell scans them: readable, all
+/// state root's, no instance claimed by two containers.
+fn runtime_roots(cfg: &Config) -> Check {
     let readable: Vec<&PathBuf> = cfg
         .runtime
         .roots
@@ -296,7 +384,7 @@ pub fn run(paths: &Paths) -> Vec<Check> {
             .collect(),
         Err(_) => Vec::new(),
     };
-    out.push(check(
+    check(
         "runtime roots",
         !readable.is_empty() && untrusted.is_empty() && conflicts.is_empty(),
         if readable.is_empty() {
@@ -305,7 +393,11 @@ pub fn run(paths: &Paths) -> Vec<Check> {
             let n = scan.as_ref().map(|v| v.instances.len()).unwrap_or(0);
             let mut text = format!(
                 "{} readable, {n} running instance(s)",
-                readable.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+                readable
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
             if !untrusted.is_empty() {
                 text.push_str(&format!(
@@ -318,8 +410,11 @@ pub fn run(paths: &Paths) -> Vec<Check> {
             }
             text
         },
-    ));
+    )
+}
 
+/// A memory cgroup to charge sessions to, in either cgroup version.
+fn cgroups() -> Check {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let v2 = mountinfo.lines().any(|l| l.contains(" - cgroup2 "));
     let v1_memory = mountinfo
@@ -328,7 +423,7 @@ pub fn run(paths: &Paths) -> Vec<Check> {
         || mountinfo
             .lines()
             .any(|l| l.contains(" - cgroup ") && l.contains(",memory"));
-    out.push(check(
+    check(
         "cgroups",
         v2 || v1_memory,
         match (v1_memory, v2) {
@@ -337,17 +432,16 @@ pub fn run(paths: &Paths) -> Vec<Check> {
             (false, true) => "cgroup v2 (unified)",
             (false, false) => "no memory cgroup found: sessions cannot be charged to instances",
         },
-    ));
+    )
+}
 
+/// The keys hook's cache: a directory the keys user owns (the session
+/// shell trusts nothing else), and how full it is.
+fn cache(cfg: &Config, keys_user: Option<&User>) -> Check {
     let cache_ok = std::fs::metadata(&cfg.cache.dir)
-        .map(|m| {
-            m.is_dir()
-                && keys_user
-                    .as_ref()
-                    .is_some_and(|u| m.uid() == u.uid.as_raw())
-        })
+        .map(|m| m.is_dir() && keys_user.is_some_and(|u| m.uid() == u.uid.as_raw()))
         .unwrap_or(false);
-    out.push(check(
+    check(
         "cache",
         cache_ok,
         if cache_ok {
@@ -378,9 +472,13 @@ pub fn run(paths: &Paths) -> Vec<Check> {
                 cfg.cache.dir.display()
             )
         },
-    ));
+    )
+}
+
+/// The syslog socket the audit events go to.
+fn syslog(cfg: &Config) -> Check {
     let log_ok = Path::new(&cfg.log.socket).exists();
-    out.push(check(
+    check(
         "syslog",
         log_ok,
         if log_ok {
@@ -391,8 +489,7 @@ pub fn run(paths: &Paths) -> Vec<Check> {
                 cfg.log.socket.display()
             )
         },
-    ));
-    out
+    )
 }
 
 /// `porthole doctor --instance srv-x-slug`: what a session into that
@@ -639,5 +736,25 @@ mod tests {
         assert!(get("nsswitch passwd")
             .detail
             .contains("add `porthole` after `files`"));
+        // Every line, in the order the report has always printed them.
+        let names: Vec<&str> = checks.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "configuration",
+                "nsswitch passwd",
+                "nsswitch group",
+                "session account",
+                "keys-hook user",
+                "NSS module",
+                "sshd drop-in",
+                "session shell",
+                "control plane",
+                "runtime roots",
+                "cgroups",
+                "cache",
+                "syslog",
+            ]
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! One SSH session, from sshd's hand-over to the exit status: who logged
 //! in, to which instance, whether the platform allows it, then entry and
-//! supervision.
+//! supervision. `run` reads as the list of steps, each returning a
+//! `Refusal` that ends the login.
 //!
 //! Inputs are hostile: the environment comes through sshd from the client
 //! (AcceptEnv), the auth-info file lives in a directory others can write,
@@ -16,7 +17,7 @@ use crate::session::container::{self, FileError, FileKind, IdMap};
 use crate::session::enter::{self, EnterError, Plan, WinSize};
 use crate::session::registry::{self, SessionRecord};
 use crate::session::runtime::{self, Instance};
-use crate::session::supervise::{self, Controls, DrainNotice, EndReason, ExitStatus};
+use crate::session::supervise::{self, Controls, DrainNotice, EndReason, ExitStatus, Outcome};
 use std::ffi::CString;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
@@ -24,9 +25,6 @@ use std::time::Duration;
 use std::time::Instant;
 
 const MAX_AUTH_INFO: u64 = 64 * 1024;
-/// Refusal reason: a file of the instance porthole reads as root is not a
-/// regular file.
-const CONTAINER_FILE: &str = "container_file";
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// What sshd handed us, captured before the environment was wiped.
@@ -94,16 +92,136 @@ pub fn classify_request(h: &Handover, sftp_paths: &[String]) -> Request {
     }
 }
 
-/// A refusal: the sentence for the user and the reason code for the log.
+/// Why a login was refused: the `reason` of its `session.rejected` event.
+/// Admins' alerts and the tests match on these codes, so `as_str` keeps
+/// giving exactly the strings it always gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalReason {
+    /// The login name is not a service or instance name.
+    BadName,
+    /// The host is not set up: the session account or keys user is missing.
+    Setup,
+    /// The shell was not run by sshd for the session account.
+    WrongUid,
+    /// sshd's auth-info file is missing, unsafe or names no public key.
+    AuthInfo,
+    /// The cached authorization record is missing, unreadable or too old.
+    Cache,
+    /// The control plane knows no such service.
+    NoService,
+    /// The login key is not (or no longer) listed for the service.
+    KeyNotListed,
+    /// The service's type or plan has no SSH.
+    ServiceType,
+    /// Runtime roots exist but none of their state is root's.
+    UntrustedRuntime,
+    /// The runtime state could not be read at all.
+    NoRuntime,
+    /// More than one container claims the instance.
+    InstanceConflict,
+    /// No running instance matches the login name.
+    NoInstance,
+    /// The instance stopped while the session was being set up.
+    InstanceStopped,
+    /// The instance could not be read or entered from the host.
+    EnterFailed,
+    /// A file of the instance porthole reads as root is not a regular file.
+    ContainerFile,
+    /// The image has no usable shell.
+    NoShell,
+    /// The image has no sftp-server.
+    NoSftp,
+    /// The instance's confinement cannot be reproduced for the session.
+    Confinement,
+    /// The command cannot be passed to execve (it holds a NUL byte).
+    BadCommand,
+    /// porthole's own state failed: signal set-up, registry, slot counting.
+    State,
+    /// The instance is closed for maintenance.
+    Drained,
+    /// The instance has too little memory left for a session.
+    Memory,
+    /// The instance already has its maximum of sessions.
+    LimitInstance,
+    /// The key's owner already has their maximum of sessions on this host.
+    LimitOwner,
+}
+
+impl RefusalReason {
+    /// The code in the audit event.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalReason::BadName => "bad_name",
+            RefusalReason::Setup => "setup",
+            RefusalReason::WrongUid => "wrong_uid",
+            RefusalReason::AuthInfo => "auth_info",
+            RefusalReason::Cache => "cache",
+            RefusalReason::NoService => "no_service",
+            RefusalReason::KeyNotListed => "key_not_listed",
+            RefusalReason::ServiceType => "service_type",
+            RefusalReason::UntrustedRuntime => "untrusted_runtime",
+            RefusalReason::NoRuntime => "no_runtime",
+            RefusalReason::InstanceConflict => "instance_conflict",
+            RefusalReason::NoInstance => "no_instance",
+            RefusalReason::InstanceStopped => "instance_stopped",
+            RefusalReason::EnterFailed => "enter_failed",
+            RefusalReason::ContainerFile => "container_file",
+            RefusalReason::NoShell => "no_shell",
+            RefusalReason::NoSftp => "no_sftp",
+            RefusalReason::Confinement => "confinement",
+            RefusalReason::BadCommand => "bad_command",
+            RefusalReason::State => "state",
+            RefusalReason::Drained => "drained",
+            RefusalReason::Memory => "memory",
+            RefusalReason::LimitInstance => "limit_instance",
+            RefusalReason::LimitOwner => "limit_owner",
+        }
+    }
+
+    /// How loud the `session.rejected` event is. An instance porthole
+    /// cannot confine as it is confined is the admin's problem to fix: it
+    /// is said louder than an ordinary refusal. Listed without a wildcard
+    /// so a new reason gets its severity chosen, not inherited.
+    pub fn severity(self) -> Severity {
+        match self {
+            RefusalReason::Confinement => Severity::Warning,
+            RefusalReason::BadName
+            | RefusalReason::Setup
+            | RefusalReason::WrongUid
+            | RefusalReason::AuthInfo
+            | RefusalReason::Cache
+            | RefusalReason::NoService
+            | RefusalReason::KeyNotListed
+            | RefusalReason::ServiceType
+            | RefusalReason::UntrustedRuntime
+            | RefusalReason::NoRuntime
+            | RefusalReason::InstanceConflict
+            | RefusalReason::NoInstance
+            | RefusalReason::InstanceStopped
+            | RefusalReason::EnterFailed
+            | RefusalReason::ContainerFile
+            | RefusalReason::NoShell
+            | RefusalReason::NoSftp
+            | RefusalReason::BadCommand
+            | RefusalReason::State
+            | RefusalReason::Drained
+            | RefusalReason::Memory
+            | RefusalReason::LimitInstance
+            | RefusalReason::LimitOwner => Severity::Notice,
+        }
+    }
+}
+
+/// A refusal: the sentence for the user and the reason for the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
-    pub reason: &'static str,
+    pub reason: RefusalReason,
     pub message: String,
     /// The limit that was reached, for the audit event.
     pub limit: Option<u64>,
 }
 
-fn refuse(reason: &'static str, message: impl Into<String>) -> Refusal {
+fn refuse(reason: RefusalReason, message: impl Into<String>) -> Refusal {
     Refusal {
         reason,
         message: message.into(),
@@ -111,7 +229,7 @@ fn refuse(reason: &'static str, message: impl Into<String>) -> Refusal {
     }
 }
 
-fn refuse_limit(reason: &'static str, message: impl Into<String>, limit: u64) -> Refusal {
+fn refuse_limit(reason: RefusalReason, message: impl Into<String>, limit: u64) -> Refusal {
     Refusal {
         reason,
         message: message.into(),
@@ -143,7 +261,12 @@ pub fn parse_user_auth(text: &str) -> Option<(String, String)> {
 /// Reads the auth-info file sshd wrote for this session: a regular file
 /// (no symlink, no FIFO), owned by the session uid, size-capped.
 pub fn read_user_auth(path: &str, uid: u32) -> Result<String, Refusal> {
-    let bad = |why: &str| refuse("auth_info", format!("cannot verify the login key: {why}"));
+    let bad = |why: &str| {
+        refuse(
+            RefusalReason::AuthInfo,
+            format!("cannot verify the login key: {why}"),
+        )
+    };
     if !path.starts_with('/') {
         return Err(bad(
             "SSH_USER_AUTH is not an absolute path (is ExposeAuthInfo on?)",
@@ -206,19 +329,19 @@ pub fn authorize(cfg: &Config, h: &Handover) -> Result<Authorized, Refusal> {
     let user = h.user.as_deref().unwrap_or("");
     let target = Target::parse(user).ok_or_else(|| {
         refuse(
-            "bad_name",
+            RefusalReason::BadName,
             format!("{user:?} is not a service or instance name"),
         )
     })?;
     let session_uid = lookup_uid(&cfg.session.account).ok_or_else(|| {
         refuse(
-            "setup",
+            RefusalReason::Setup,
             format!("the session account {} does not exist", cfg.session.account),
         )
     })?;
     if h.real_uid != session_uid {
         return Err(refuse(
-            "wrong_uid",
+            RefusalReason::WrongUid,
             format!(
                 "porthole-shell may only be run by sshd for the {} account",
                 cfg.session.account
@@ -226,12 +349,12 @@ pub fn authorize(cfg: &Config, h: &Handover) -> Result<Authorized, Refusal> {
         ));
     }
     let auth_path = h.user_auth.as_deref().ok_or_else(|| {
-        refuse("auth_info", "cannot verify the login key: SSH_USER_AUTH is not set (ExposeAuthInfo yes is required)")
+        refuse(RefusalReason::AuthInfo, "cannot verify the login key: SSH_USER_AUTH is not set (ExposeAuthInfo yes is required)")
     })?;
     let auth = read_user_auth(auth_path, session_uid)?;
     let (key_type, b64) = parse_user_auth(&auth).ok_or_else(|| {
         refuse(
-            "auth_info",
+            RefusalReason::AuthInfo,
             "cannot verify the login key: no public key in the auth info",
         )
     })?;
@@ -239,7 +362,7 @@ pub fn authorize(cfg: &Config, h: &Handover) -> Result<Authorized, Refusal> {
     // knowing that uid there is nothing to check its owner against.
     let keys_uid = Some(lookup_uid(&cfg.session.keys_user).ok_or_else(|| {
         refuse(
-            "setup",
+            RefusalReason::Setup,
             format!(
                 "SSH is not available on this host right now: the keys user {} does not exist; the platform team has been notified",
                 cfg.session.keys_user
@@ -249,7 +372,7 @@ pub fn authorize(cfg: &Config, h: &Handover) -> Result<Authorized, Refusal> {
     let cached = crate::control_plane::cache::read(&cfg.cache.dir, &target.service, keys_uid)
         .map_err(|e| {
             refuse(
-                "cache",
+                RefusalReason::Cache,
                 format!(
                     "cannot read the authorization record of {}: {e}",
                     target.service
@@ -258,7 +381,7 @@ pub fn authorize(cfg: &Config, h: &Handover) -> Result<Authorized, Refusal> {
         })?
         .ok_or_else(|| {
             refuse(
-                "cache",
+                RefusalReason::Cache,
                 format!("no authorization record for {}; try again", target.service),
             )
         })?;
@@ -266,20 +389,23 @@ pub fn authorize(cfg: &Config, h: &Handover) -> Result<Authorized, Refusal> {
     let max_age = i64::try_from(cfg.cache.stale_secs).unwrap_or(i64::MAX);
     if now.saturating_sub(cached.fetched_at) > max_age {
         return Err(refuse(
-            "cache",
+            RefusalReason::Cache,
             format!(
                 "the authorization record of {} is too old; try again",
                 target.service
             ),
         ));
     }
-    let doc = cached
-        .doc
-        .ok_or_else(|| refuse("no_service", format!("{} does not exist", target.service)))?;
+    let doc = cached.doc.ok_or_else(|| {
+        refuse(
+            RefusalReason::NoService,
+            format!("{} does not exist", target.service),
+        )
+    })?;
     let (entry, key) = crate::control_plane::keys::find_listed_key(&doc, &key_type, &b64, now)
         .ok_or_else(|| {
             refuse(
-                "key_not_listed",
+                RefusalReason::KeyNotListed,
                 format!(
                     "the key you logged in with is not (or no longer) allowed for {}",
                     target.service
@@ -293,7 +419,7 @@ pub fn authorize(cfg: &Config, h: &Handover) -> Result<Authorized, Refusal> {
         key_base64: key.base64,
     };
     if let ShellPolicy::Refused(msg) = shell_policy(&doc.service) {
-        return Err(refuse("service_type", msg));
+        return Err(refuse(RefusalReason::ServiceType, msg));
     }
     let request = classify_request(h, &cfg.session.sftp_server_paths);
     Ok(Authorized {
@@ -304,46 +430,116 @@ pub fn authorize(cfg: &Config, h: &Handover) -> Result<Authorized, Refusal> {
     })
 }
 
-/// The whole session. Returns only on refusal or error (with the exit
-/// code); a session that ran exits like its process did.
+/// The whole session, as one list of steps: the first refusal ends it.
+/// Returns only on refusal or error (with the exit code); a session that
+/// ran exits like its process did.
 pub fn run(cfg: &Config, log: &Logger, h: &Handover) -> i32 {
-    let started = Instant::now();
-    let client = h
-        .connection
-        .as_deref()
-        .and_then(|c| c.split(' ').next())
-        .map(str::to_owned);
-    let reject = |user: &str, r: &Refusal, extra: Option<&Identity>| {
+    let cx = Context::new(cfg, log, h);
+    let login = match authorize(cfg, h) {
+        Ok(login) => login,
+        Err(r) => return cx.reject(&r, None),
+    };
+    // From here on the key is known: a refusal names its owner.
+    match enter_and_supervise(&cx, &login) {
+        Ok(code) => code,
+        Err(r) => cx.reject(&r, Some(&login.identity)),
+    }
+}
+
+/// The steps after authorization, in order. What a step sets up is held
+/// here until the session ends: the slots until its process is gone, the
+/// registration until the end is logged.
+fn enter_and_supervise(cx: &Context<'_>, login: &Authorized) -> Result<i32, Refusal> {
+    let instance = find_instance(cx, login)?;
+    let (pinned, plan) = prepare(cx, login, &instance)?;
+    sweep(cx);
+    let limits = crate::session::limits::effective(&cx.cfg.limits, login.service_limits.as_ref());
+    let admitted = admit(
+        cx.cfg,
+        &limits,
+        &login.target,
+        &instance,
+        &login.identity,
+        &plan,
+    )?;
+    let record = session_record(cx, login, &instance, &plan);
+    let session_id = record.id.clone();
+    let mut registration = register(cx, &record)?;
+    let spawned = spawn(&pinned, &plan, &instance, &mut registration, record)?;
+    announce(
+        cx,
+        login,
+        &instance,
+        &plan,
+        &limits,
+        &session_id,
+        spawned.outer_pid,
+    );
+    let controls = controls(cx, login, &instance, &session_id, &limits);
+    let outcome = supervise::run(spawned, &pinned.pidfd, controls);
+    drop(admitted);
+    Ok(end(
+        cx,
+        login,
+        &instance,
+        &session_id,
+        plan.pty.is_some(),
+        outcome,
+    ))
+}
+
+/// What every step of one login shares: the setup, the hand-over, and what
+/// each audit event of this login carries.
+struct Context<'a> {
+    cfg: &'a Config,
+    log: &'a Logger,
+    h: &'a Handover,
+    started: Instant,
+    /// The login name as sshd gave it, checked or not.
+    user: String,
+    /// The client's address, from SSH_CONNECTION.
+    client: Option<String>,
+}
+
+impl<'a> Context<'a> {
+    fn new(cfg: &'a Config, log: &'a Logger, h: &'a Handover) -> Self {
+        Context {
+            cfg,
+            log,
+            h,
+            started: Instant::now(),
+            user: h.user.clone().unwrap_or_default(),
+            client: h
+                .connection
+                .as_deref()
+                .and_then(|c| c.split(' ').next())
+                .map(str::to_owned),
+        }
+    }
+
+    /// Ends a refused login: the sentence for the user on stderr, one
+    /// `session.rejected` event for the admin, exit code 1.
+    fn reject(&self, r: &Refusal, who: Option<&Identity>) -> i32 {
         eprintln!("porthole: {}", r.message);
-        // An instance porthole cannot confine as it is confined is the
-        // admin's problem to fix: say so louder than an ordinary refusal.
-        let severity = match r.reason {
-            "confinement" => Severity::Warning,
-            _ => Severity::Notice,
-        };
-        log.emit(
-            &Event::new("session.rejected", severity)
-                .field("user", user)
-                .field("reason", r.reason)
+        self.log.emit(
+            &Event::new("session.rejected", r.reason.severity())
+                .field("user", self.user.as_str())
+                .field("reason", r.reason.as_str())
                 .field("message", r.message.as_str())
                 .opt("limit", r.limit)
-                .opt("owner", extra.map(|i| i.owner.clone()))
-                .opt("fingerprint", extra.map(|i| i.fingerprint.clone()))
-                .opt("client", client.clone())
-                .field("ms", elapsed_ms(started)),
+                .opt("owner", who.map(|i| i.owner.clone()))
+                .opt("fingerprint", who.map(|i| i.fingerprint.clone()))
+                .opt("client", self.client.clone())
+                .field("ms", elapsed_ms(self.started)),
         );
         1
-    };
-    let user = h.user.clone().unwrap_or_default();
-    let Authorized {
-        target,
-        identity,
-        request,
-        service_limits,
-    } = match authorize(cfg, h) {
-        Ok(v) => v,
-        Err(r) => return reject(&user, &r, None),
-    };
+    }
+}
+
+/// The running instance the login names. What the scan distrusted or
+/// found claimed twice goes to the admin whichever instance was asked for.
+fn find_instance(cx: &Context<'_>, login: &Authorized) -> Result<Instance, Refusal> {
+    let cfg = cx.cfg;
     let scan = runtime::running_instances(
         &cfg.runtime.roots,
         &cfg.runtime.service_annotation,
@@ -351,241 +547,27 @@ pub fn run(cfg: &Config, log: &Logger, h: &Handover) -> i32 {
     );
     let all = match scan {
         Ok(scan) => {
-            report_scan(log, &scan, &target.service);
+            report_scan(cx.log, &scan, &login.target.service);
             scan.instances
         }
         Err(e) => {
             let reason = match &e {
                 runtime::ResolveError::UntrustedRuntime { untrusted } => {
-                    report_untrusted(log, untrusted);
-                    "untrusted_runtime"
+                    report_untrusted(cx.log, untrusted);
+                    RefusalReason::UntrustedRuntime
                 }
-                _ => "no_runtime",
+                _ => RefusalReason::NoRuntime,
             };
-            return reject(&user, &refuse(reason, e.to_string()), Some(&identity));
+            return Err(refuse(reason, e.to_string()));
         }
     };
-    let instance = match runtime::choose(all, &target.service, target.slug.as_deref()) {
-        Ok(i) => i,
-        Err(e) => {
-            let reason = match e {
-                runtime::ResolveError::Conflicted { .. } => "instance_conflict",
-                _ => "no_instance",
-            };
-            return reject(&user, &refuse(reason, e.to_string()), Some(&identity));
-        }
-    };
-    let tty = h.stdin_is_tty;
-    let prepared = match prepare(cfg, h, &instance, &request, tty) {
-        Ok(p) => p,
-        Err(r) => {
-            if r.reason == CONTAINER_FILE {
-                // Planted device nodes and FIFOs are an attack on the host
-                // more often than a broken image: tell the admin which.
-                log.emit(
-                    &Event::new("instance.untrusted_file", Severity::Warning)
-                        .field("service", target.service.as_str())
-                        .field("instance", instance.name())
-                        .field("container", instance.container_id.as_str())
-                        .field("message", r.message.as_str()),
-                );
-            }
-            return reject(&user, &r, Some(&identity));
-        }
-    };
-    let (pinned, plan, notices) = prepared;
-    for n in notices {
-        eprintln!("porthole: {n}");
-    }
-    let reaped = registry::sweep(&cfg.session.state_dir);
-    if reaped > 0 {
-        log.emit(
-            &Event::new("session.reaped", Severity::Warning)
-                .field("processes", reaped)
-                .field(
-                    "message",
-                    "killed what sessions of dead supervisors left running",
-                ),
-        );
-    }
-    let limits = crate::session::limits::effective(&cfg.limits, service_limits.as_ref());
-    let admitted = match admit(cfg, &limits, &target, &instance, &identity, &plan) {
-        Ok(a) => a,
-        Err(r) => return reject(&user, &r, Some(&identity)),
-    };
-    let session_id = registry::new_id();
-    let record = SessionRecord {
-        id: session_id.clone(),
-        service: target.service.to_string(),
-        instance: instance.name(),
-        owner: identity.owner.clone(),
-        fingerprint: identity.fingerprint.clone(),
-        key_type: identity.key_type.clone(),
-        client: client.clone(),
-        started: crate::time::now_unix(),
-        command: request.describe(),
-        tty: plan.pty.is_some(),
-        pid: std::process::id() as i32,
-        leader: None,
-    };
-    if !supervise::block_session_signals() {
-        let r = refuse("state", "cannot set up signal handling for the session");
-        return reject(&user, &r, Some(&identity));
-    }
-    let mut registration = match registry::register(&cfg.session.state_dir, &record) {
-        Ok(r) => r,
-        Err(e) => {
-            let r = refuse(
-                "state",
-                format!(
-                    "cannot record the session ({}: {e})",
-                    cfg.session.state_dir.display()
-                ),
-            );
-            return reject(&user, &r, Some(&identity));
-        }
-    };
-    let spawned = match enter::spawn(&pinned, &plan) {
-        Ok(s) => s,
-        Err(EnterError::Vanished) => {
-            let r = refuse(
-                "instance_stopped",
-                format!(
-                    "instance {} stopped while connecting; try again",
-                    instance.name()
-                ),
-            );
-            return reject(&user, &r, Some(&identity));
-        }
-        Err(e) => {
-            return reject(
-                &user,
-                &refuse("enter_failed", e.to_string()),
-                Some(&identity),
-            )
-        }
-    };
-    if let Some(start) = runtime::process_start_time(spawned.inner_pid) {
-        let leader = registry::Leader {
-            pid: spawned.inner_pid,
-            pid_ns: spawned.pid_ns,
-            start,
+    runtime::choose(all, &login.target.service, login.target.slug.as_deref()).map_err(|e| {
+        let reason = match &e {
+            runtime::ResolveError::Conflicted { .. } => RefusalReason::InstanceConflict,
+            _ => RefusalReason::NoInstance,
         };
-        let record = SessionRecord {
-            leader: Some(leader),
-            ..record
-        };
-        // Without it only a later sweep's safety net is lost; the session
-        // itself is fine.
-        let _ = registration.update(&record);
-    }
-    log.emit(
-        &Event::new("session.start", Severity::Info)
-            .field("service", target.service.as_str())
-            .field("instance", instance.name())
-            .field("container", instance.container_id.as_str())
-            .field("owner", identity.owner.as_str())
-            .field("fingerprint", identity.fingerprint.as_str())
-            .field("key_type", identity.key_type.as_str())
-            .opt("client", client.clone())
-            .field("command", request.describe())
-            .field("tty", plan.pty.is_some())
-            .field("uid", plan.uid)
-            .field("pid", spawned.outer_pid)
-            .field("session_id", session_id.as_str())
-            .field("limits", crate::session::limits::to_json(&limits)),
-    );
-    let state = cfg.session.state_dir.clone();
-    let (svc, iname, sid) = (target.service.clone(), instance.name(), session_id.clone());
-    let mut key_watch = crate::session::revoke::KeyWatch::new(
-        cfg,
-        log,
-        target.service.clone(),
-        &identity.key_type,
-        &identity.key_base64,
-        vec![
-            ("instance", instance.name()),
-            ("session_id", session_id.clone()),
-            ("owner", identity.owner.clone()),
-            ("fingerprint", identity.fingerprint.clone()),
-        ],
-    );
-    let controls = Controls {
-        max_duration: (limits.max_duration_secs > 0)
-            .then(|| Duration::from_secs(limits.max_duration_secs)),
-        idle_timeout: (limits.idle_timeout_secs > 0)
-            .then(|| Duration::from_secs(limits.idle_timeout_secs)),
-        warn_before: limits
-            .warn_before_secs
-            .iter()
-            .map(|s| Duration::from_secs(*s))
-            .collect(),
-        drain_notices: limits
-            .drain_notice_secs
-            .iter()
-            .map(|s| Duration::from_secs(*s))
-            .collect(),
-        drain: Box::new(move || {
-            registry::active_drain(&state, &svc, &iname).map(|d| DrainNotice {
-                deadline_unix: d.deadline,
-                message: d.message,
-            })
-        }),
-        close_message: Box::new(|| registry::close_message(&cfg.session.state_dir, &sid)),
-        key_revoked: Box::new(move || key_watch.poll()),
-        on_notice: Box::new(|kind, text| {
-            log.emit(
-                &Event::new("session.notice", Severity::Info)
-                    .field("session_id", session_id.as_str())
-                    .field("instance", instance.name())
-                    .field("owner", identity.owner.as_str())
-                    .field("kind", kind)
-                    .field("message", text),
-            )
-        }),
-    };
-    let outcome = supervise::run(spawned, &pinned.pidfd, controls);
-    drop(admitted);
-    let crlf = if plan.pty.is_some() { "\r\n" } else { "" };
-    if outcome.reason == EndReason::InstanceStopped {
-        eprint!(
-            "{crlf}porthole: instance {} stopped (deploy or restart); session closed\r\n",
-            instance.name()
-        );
-    } else if let Some(m) = &outcome.message {
-        eprint!("{crlf}porthole: {m}\r\n");
-    }
-    let (exit_code, signal) = match outcome.status {
-        ExitStatus::Code(c) => (Some(c), None),
-        ExitStatus::Signal(s) => (None, Some(s)),
-        ExitStatus::Unknown => (None, None),
-    };
-    log.emit(
-        &Event::new("session.end", Severity::Info)
-            .field("service", target.service.as_str())
-            .field("instance", instance.name())
-            .field("owner", identity.owner.as_str())
-            .field("session_id", session_id.as_str())
-            .field("reason", outcome.reason.as_str())
-            .opt("message", outcome.message.clone())
-            .opt("exit_status", exit_code)
-            .opt("signal", signal)
-            .field("bytes_in", outcome.bytes_in)
-            .field("bytes_out", outcome.bytes_out)
-            .field("duration_ms", elapsed_ms(started)),
-    );
-    match outcome.reason {
-        EndReason::Exit | EndReason::ClientDisconnect | EndReason::Signal => {
-            supervise::exit_like(outcome.status, 1)
-        }
-        // Ended by us: the command's fate is not the session's answer.
-        EndReason::InstanceStopped
-        | EndReason::Closed
-        | EndReason::Drained
-        | EndReason::MaxDuration
-        | EndReason::Idle
-        | EndReason::KeyRevoked => 1,
-    }
+        refuse(reason, e.to_string())
+    })
 }
 
 /// Tells the admin what the scan of the runtime roots distrusted, and
@@ -644,156 +626,164 @@ fn report_untrusted(log: &Logger, untrusted: &[runtime::Untrusted]) {
     }
 }
 
-/// The slots a session holds; dropping them frees them.
-pub struct Admitted {
-    _instance: Option<crate::session::limits::Slot>,
-    _owner: Option<crate::session::limits::Slot>,
-}
-
-/// Admission control: maintenance windows, memory headroom and the
-/// concurrent-session limits, in that order (cheapest refusal first).
-fn admit(
-    cfg: &Config,
-    limits: &crate::config::Limits,
-    target: &Target,
+/// Pins the instance and reads everything its entry needs (`plan_entry`),
+/// then tells the user what was substituted for what the image lacks.
+fn prepare(
+    cx: &Context<'_>,
+    login: &Authorized,
     instance: &Instance,
-    identity: &Identity,
-    plan: &Plan,
-) -> Result<Admitted, Refusal> {
-    let state = &cfg.session.state_dir;
-    let name = instance.name();
-    if let Some(d) = registry::active_drain(state, &target.service, &name) {
-        return Err(refuse(
-            "drained",
-            format!("{name} is closed for maintenance: {}", d.message),
-        ));
+) -> Result<(enter::Pinned, Plan), Refusal> {
+    let (pinned, plan, notices) =
+        plan_entry(cx.cfg, cx.h, instance, &login.request).map_err(|r| {
+            if r.reason == RefusalReason::ContainerFile {
+                // Planted device nodes and FIFOs are an attack on the host
+                // more often than a broken image: tell the admin which.
+                cx.log.emit(
+                    &Event::new("instance.untrusted_file", Severity::Warning)
+                        .field("service", login.target.service.as_str())
+                        .field("instance", instance.name())
+                        .field("container", instance.container_id.as_str())
+                        .field("message", r.message.as_str()),
+                );
+            }
+            r
+        })?;
+    for n in notices {
+        eprintln!("porthole: {n}");
     }
-    if limits.memory_reserve_mib > 0 {
-        let memory_dir = plan
-            .cgroups
-            .iter()
-            .map(|(d, _)| d)
-            .find(|d| d.controllers.split(',').any(|c| c == "memory"));
-        let unified = plan
-            .cgroups
-            .iter()
-            .map(|(d, _)| d)
-            .find(|d| d.controllers.is_empty());
-        let mem = match (memory_dir, unified) {
-            (Some(d), _) => crate::session::limits::read_memory(&d.dir, false),
-            (None, Some(d)) => crate::session::limits::read_memory(&d.dir, true),
-            (None, None) => None,
-        };
-        let reserve = limits.memory_reserve_mib.saturating_mul(1024 * 1024);
-        if let Some((left, limit)) = mem.and_then(|m| Some((m.headroom()?, m.limit?))) {
-            if left < reserve {
-                return Err(refuse_limit(
-                    "memory",
-                    format!(
-                        "{name} has only {} MiB of memory left of its {} MiB; a session needs at least {} MiB, so it was not started (it could make the instance run out of memory)",
-                        left / (1024 * 1024),
-                        limit / (1024 * 1024),
-                        limits.memory_reserve_mib
-                    ),
-                    limits.memory_reserve_mib,
-                ));
-            }
-        }
-    }
-    let slots = state.join("slots");
-    let slot_err =
-        |e: crate::session::limits::SlotError, full: String, reason: &'static str| match e {
-            crate::session::limits::SlotError::Full(n) => {
-                refuse_limit(reason, full.replace("{n}", &n.to_string()), u64::from(n))
-            }
-            crate::session::limits::SlotError::Io(..) => {
-                refuse("state", format!("cannot count sessions: {e}"))
-            }
-        };
-    let inst = crate::session::limits::acquire(
-        &slots.join(format!("instance-{name}")),
-        limits.max_sessions_per_instance,
-    )
-    .map_err(|e| {
-        slot_err(
-            e,
-            format!("{name} already has {{n}} SSH sessions (the limit)"),
-            "limit_instance",
-        )
-    })?;
-    let owner = crate::session::limits::acquire(
-        &slots.join(format!(
-            "owner-{}",
-            crate::session::limits::owner_key(&identity.owner)
-        )),
-        limits.max_sessions_per_owner,
-    )
-    .map_err(|e| {
-        slot_err(
-            e,
-            format!(
-                "{} already has {{n}} SSH sessions on this host (the limit)",
-                identity.owner
-            ),
-            "limit_owner",
-        )
-    })?;
-    Ok(Admitted {
-        _instance: inst,
-        _owner: owner,
-    })
+    Ok((pinned, plan))
 }
 
 type Prepared = (enter::Pinned, Plan, Vec<String>);
 
 /// Pins the instance and reads everything the entry needs from the host
-/// side: credentials, user, shell, environment, cgroups.
-fn prepare(
+/// side, one step after the other (the first failure is the refusal):
+/// credentials, user and shell, command line, environment, cgroups,
+/// confinement. Also returns the notices for the user.
+fn plan_entry(
     cfg: &Config,
     h: &Handover,
     inst: &Instance,
     req: &Request,
-    tty: bool,
 ) -> Result<Prepared, Refusal> {
-    let vanished = || {
-        refuse(
-            "instance_stopped",
-            format!(
-                "instance {} stopped while connecting; try again",
-                inst.name()
-            ),
-        )
-    };
+    let tty = h.stdin_is_tty;
     let pinned = enter::pin(inst.init_pid, inst.init_start).map_err(|e| match e {
-        EnterError::Vanished => vanished(),
-        other => refuse("enter_failed", other.to_string()),
+        EnterError::Vanished => stopped(inst),
+        other => refuse(RefusalReason::EnterFailed, other.to_string()),
     })?;
-    let status = pinned.read_proc("status").map_err(|_| vanished())?;
-    let creds = container::parse_status(&status)
-        .ok_or_else(|| refuse("enter_failed", "cannot read the instance's credentials"))?;
-    let uid_map = IdMap::parse(&pinned.read_proc("uid_map").map_err(|_| vanished())?)
-        .ok_or_else(|| refuse("enter_failed", "cannot read the instance's uid map"))?;
-    let gid_map = IdMap::parse(&pinned.read_proc("gid_map").map_err(|_| vanished())?)
-        .ok_or_else(|| refuse("enter_failed", "cannot read the instance's gid map"))?;
+    let status = pinned.read_proc("status").map_err(|_| stopped(inst))?;
+    let ids = ids(&pinned, &status, inst)?;
+    let user = container_login(cfg, &pinned, ids.uid)?;
+    let (program, argv) = command_line(cfg, &pinned, inst, req, &user.shell)?;
+    let env = environment(h, inst, &user, tty);
+    let cgroups = cgroups(&pinned, inst)?;
+    let confinement = confinement(inst, &pinned, &status)?;
+    let host_proc = match confinement.lsm {
+        Some(_) => Some(crate::session::confine::host_proc().map_err(|e| {
+            refuse(
+                RefusalReason::Confinement,
+                format!("cannot open the host's /proc: {e}"),
+            )
+        })?),
+        None => None,
+    };
+
+    let cs = |s: String| {
+        CString::new(s)
+            .map_err(|_| refuse(RefusalReason::BadCommand, "the command contains a NUL byte"))
+    };
+    let pty = if tty {
+        Some(supervise::window_size(0).unwrap_or(WinSize { rows: 24, cols: 80 }))
+    } else {
+        None
+    };
+    let plan = Plan {
+        program: cs(program)?,
+        argv: argv.into_iter().map(cs).collect::<Result<_, _>>()?,
+        env: env.into_iter().map(cs).collect::<Result<_, _>>()?,
+        uid: ids.uid,
+        gid: ids.gid,
+        groups: ids.groups,
+        creds: ids.creds,
+        home: cs(user.home)?,
+        pty,
+        cgroups,
+        confinement,
+        host_proc,
+    };
+    Ok((pinned, plan, user.notices))
+}
+
+/// The init's credentials, and its ids as seen inside its user namespace
+/// (what the session process takes on).
+struct Ids {
+    creds: container::ProcessCreds,
+    uid: u32,
+    gid: u32,
+    groups: Vec<u32>,
+}
+
+fn ids(pinned: &enter::Pinned, status: &str, inst: &Instance) -> Result<Ids, Refusal> {
+    let creds = container::parse_status(status).ok_or_else(|| {
+        refuse(
+            RefusalReason::EnterFailed,
+            "cannot read the instance's credentials",
+        )
+    })?;
+    let uid_map = IdMap::parse(&pinned.read_proc("uid_map").map_err(|_| stopped(inst))?)
+        .ok_or_else(|| {
+            refuse(
+                RefusalReason::EnterFailed,
+                "cannot read the instance's uid map",
+            )
+        })?;
+    let gid_map = IdMap::parse(&pinned.read_proc("gid_map").map_err(|_| stopped(inst))?)
+        .ok_or_else(|| {
+            refuse(
+                RefusalReason::EnterFailed,
+                "cannot read the instance's gid map",
+            )
+        })?;
     let unmapped = || {
         refuse(
-            "enter_failed",
+            RefusalReason::EnterFailed,
             "the instance's user is not mapped in its user namespace",
         )
     };
     let uid = uid_map.to_inside(creds.uid).ok_or_else(unmapped)?;
     let gid = gid_map.to_inside(creds.gid).ok_or_else(unmapped)?;
-    let groups: Vec<u32> = creds
+    let groups = creds
         .groups
         .iter()
         .filter_map(|g| gid_map.to_inside(*g))
         .collect();
+    Ok(Ids {
+        creds,
+        uid,
+        gid,
+        groups,
+    })
+}
 
+/// Who the session is inside the instance, from the image's /etc/passwd,
+/// with what had to be substituted said in `notices`.
+struct ContainerLogin {
+    name: String,
+    home: String,
+    shell: String,
+    notices: Vec<String>,
+}
+
+fn container_login(
+    cfg: &Config,
+    pinned: &enter::Pinned,
+    uid: u32,
+) -> Result<ContainerLogin, Refusal> {
     let mut notices = Vec::new();
     // A device, FIFO or socket at /etc/passwd was never opened (only looked
     // at through O_PATH); a session into such an image is refused.
     let pw = container::container_user(&pinned.root, uid)
-        .map_err(|n| refuse(CONTAINER_FILE, n.to_string()))?;
+        .map_err(|n| refuse(RefusalReason::ContainerFile, n.to_string()))?;
     let (name, home, login_shell) = match &pw {
         Some(p) => (p.name.clone(), p.home.clone(), p.shell.clone()),
         None => {
@@ -824,22 +814,41 @@ fn prepare(
         }
         cfg.session.fallback_shell.clone()
     };
-    if !container::usable_shell(&pinned.root, &shell) && *req != Request::Sftp {
+    Ok(ContainerLogin {
+        name,
+        home,
+        shell,
+        notices,
+    })
+}
+
+/// The program and argv for the request: a login shell, `shell -c`, or
+/// the image's sftp-server.
+fn command_line(
+    cfg: &Config,
+    pinned: &enter::Pinned,
+    inst: &Instance,
+    req: &Request,
+    shell: &str,
+) -> Result<(String, Vec<String>), Refusal> {
+    if !container::usable_shell(&pinned.root, shell) && *req != Request::Sftp {
         return Err(refuse(
-            "no_shell",
+            RefusalReason::NoShell,
             format!(
                 "instance {} has no usable shell ({shell} is missing)",
                 inst.name()
             ),
         ));
     }
-
-    let (program, argv) = match req {
+    Ok(match req {
         Request::Shell => {
             let base = shell.rsplit('/').next().unwrap_or("sh");
-            (shell.clone(), vec![format!("-{base}")])
+            (shell.to_owned(), vec![format!("-{base}")])
         }
-        Request::Exec(cmd) => (shell.clone(), vec![shell.clone(), "-c".into(), cmd.clone()]),
+        Request::Exec(cmd) => (
+            shell.to_owned(),
+            vec![shell.to_owned(), "-c".into(), cmd.clone()],
+        ),
         Request::Sftp => {
             let server = cfg
                 .session
@@ -848,7 +857,7 @@ fn prepare(
                 .find(|p| container::usable_shell(&pinned.root, p))
                 .ok_or_else(|| {
                     refuse(
-                        "no_sftp",
+                        RefusalReason::NoSftp,
                         format!(
                             "sftp is not available: instance {} has no sftp-server; use scp -O or rsync if the image has them",
                             inst.name()
@@ -857,8 +866,13 @@ fn prepare(
                 })?;
             (server.clone(), vec![server.clone()])
         }
-    };
+    })
+}
 
+/// The instance's own environment, with the login variables set for the
+/// container user (never taken from the image or the client) and TERM
+/// only for a terminal.
+fn environment(h: &Handover, inst: &Instance, user: &ContainerLogin, tty: bool) -> Vec<String> {
     let mut env: Vec<String> = container::container_env(inst.bundle.as_deref(), inst.init_pid)
         .into_iter()
         .filter(|e| {
@@ -869,58 +883,37 @@ fn prepare(
     if !env.iter().any(|e| e.starts_with("PATH=")) {
         env.push(format!("PATH={DEFAULT_PATH}"));
     }
-    env.push(format!("HOME={home}"));
-    env.push(format!("USER={name}"));
-    env.push(format!("LOGNAME={name}"));
-    env.push(format!("SHELL={shell}"));
+    env.push(format!("HOME={}", user.home));
+    env.push(format!("USER={}", user.name));
+    env.push(format!("LOGNAME={}", user.name));
+    env.push(format!("SHELL={}", user.shell));
     if tty {
         let term = container::validated_term(h.term.as_deref()).unwrap_or_else(|| "xterm".into());
         env.push(format!("TERM={term}"));
     }
+    env
+}
 
-    let proc_cgroup = pinned.read_proc("cgroup").map_err(|_| vanished())?;
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
-        .map_err(|e| refuse("enter_failed", format!("cannot read the mount table: {e}")))?;
+/// The init's cgroups, opened on the host so the session is charged to
+/// the instance (every v1 hierarchy the entry needs must be mounted).
+fn cgroups(
+    pinned: &enter::Pinned,
+    inst: &Instance,
+) -> Result<Vec<(container::CgroupDir, std::fs::File)>, Refusal> {
+    let proc_cgroup = pinned.read_proc("cgroup").map_err(|_| stopped(inst))?;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| {
+        refuse(
+            RefusalReason::EnterFailed,
+            format!("cannot read the mount table: {e}"),
+        )
+    })?;
     let dirs = container::cgroup_dirs_checked(&proc_cgroup, &mountinfo).map_err(|c| {
         refuse(
-            "enter_failed",
+            RefusalReason::EnterFailed,
             format!("cannot enter the instance: its {c} cgroup is not mounted on this host"),
         )
     })?;
-    let cgroups = enter::open_cgroups(dirs).map_err(|e| refuse("enter_failed", e.to_string()))?;
-
-    let confinement = confinement(inst, &pinned, &status)?;
-    let host_proc = match confinement.lsm {
-        Some(_) => Some(
-            crate::session::confine::host_proc()
-                .map_err(|e| refuse("confinement", format!("cannot open the host's /proc: {e}")))?,
-        ),
-        None => None,
-    };
-
-    let cs = |s: String| {
-        CString::new(s).map_err(|_| refuse("bad_command", "the command contains a NUL byte"))
-    };
-    let pty = if tty {
-        Some(supervise::window_size(0).unwrap_or(WinSize { rows: 24, cols: 80 }))
-    } else {
-        None
-    };
-    let plan = Plan {
-        program: cs(program)?,
-        argv: argv.into_iter().map(cs).collect::<Result<_, _>>()?,
-        env: env.into_iter().map(cs).collect::<Result<_, _>>()?,
-        uid,
-        gid,
-        groups,
-        creds,
-        home: cs(home)?,
-        pty,
-        cgroups,
-        confinement,
-        host_proc,
-    };
-    Ok((pinned, plan, notices))
+    enter::open_cgroups(dirs).map_err(|e| refuse(RefusalReason::EnterFailed, e.to_string()))
 }
 
 /// What `runc exec` would apply besides ids, capabilities and cgroups:
@@ -935,7 +928,7 @@ fn confinement(
     use crate::session::confine;
     let refused = |e: confine::ConfineError| {
         refuse(
-            "confinement",
+            RefusalReason::Confinement,
             format!(
                 "instance {} cannot be entered safely: {e}; the platform team has been notified",
                 inst.name()
@@ -951,15 +944,7 @@ fn confinement(
     let seccomp =
         confine::seccomp_for(config.as_deref(), confine::seccomp_mode(status)).map_err(refused)?;
     let lsm = confine::lsm_for(|p| pinned.read_proc(p).ok()).map_err(refused)?;
-    let limits = pinned.read_proc("limits").map_err(|_| {
-        refuse(
-            "instance_stopped",
-            format!(
-                "instance {} stopped while connecting; try again",
-                inst.name()
-            ),
-        )
-    })?;
+    let limits = pinned.read_proc("limits").map_err(|_| stopped(inst))?;
     let rlimits = confine::parse_limits(&limits).map_err(refused)?;
     let oom_score_adj = pinned
         .read_proc("oom_score_adj")
@@ -971,6 +956,356 @@ fn confinement(
         rlimits,
         oom_score_adj,
     })
+}
+
+/// Removes the records of dead supervisors and kills what their sessions
+/// left running (`registry::sweep`): at every login, so leftovers do not
+/// outlive the next one on the host.
+fn sweep(cx: &Context<'_>) {
+    let reaped = registry::sweep(&cx.cfg.session.state_dir);
+    if reaped > 0 {
+        cx.log.emit(
+            &Event::new("session.reaped", Severity::Warning)
+                .field("processes", reaped)
+                .field(
+                    "message",
+                    "killed what sessions of dead supervisors left running",
+                ),
+        );
+    }
+}
+
+/// The slots a session holds; dropping them frees them.
+pub struct Admitted {
+    _instance: Option<crate::session::limits::Slot>,
+    _owner: Option<crate::session::limits::Slot>,
+}
+
+/// Admission control: maintenance windows, memory headroom and the
+/// concurrent-session limits, in that order (cheapest refusal first).
+fn admit(
+    cfg: &Config,
+    limits: &crate::config::Limits,
+    target: &Target,
+    instance: &Instance,
+    identity: &Identity,
+    plan: &Plan,
+) -> Result<Admitted, Refusal> {
+    let state = &cfg.session.state_dir;
+    let name = instance.name();
+    if let Some(d) = registry::active_drain(state, &target.service, &name) {
+        return Err(refuse(
+            RefusalReason::Drained,
+            format!("{name} is closed for maintenance: {}", d.message),
+        ));
+    }
+    if limits.memory_reserve_mib > 0 {
+        let memory_dir = plan
+            .cgroups
+            .iter()
+            .map(|(d, _)| d)
+            .find(|d| d.controllers.split(',').any(|c| c == "memory"));
+        let unified = plan
+            .cgroups
+            .iter()
+            .map(|(d, _)| d)
+            .find(|d| d.controllers.is_empty());
+        let mem = match (memory_dir, unified) {
+            (Some(d), _) => crate::session::limits::read_memory(&d.dir, false),
+            (None, Some(d)) => crate::session::limits::read_memory(&d.dir, true),
+            (None, None) => None,
+        };
+        let reserve = limits.memory_reserve_mib.saturating_mul(1024 * 1024);
+        if let Some((left, limit)) = mem.and_then(|m| Some((m.headroom()?, m.limit?))) {
+            if left < reserve {
+                return Err(refuse_limit(
+                    RefusalReason::Memory,
+                    format!(
+                        "{name} has only {} MiB of memory left of its {} MiB; a session needs at least {} MiB, so it was not started (it could make the instance run out of memory)",
+                        left / (1024 * 1024),
+                        limit / (1024 * 1024),
+                        limits.memory_reserve_mib
+                    ),
+                    limits.memory_reserve_mib,
+                ));
+            }
+        }
+    }
+    let slots = state.join("slots");
+    let slot_err =
+        |e: crate::session::limits::SlotError, full: String, reason: RefusalReason| match e {
+            crate::session::limits::SlotError::Full(n) => {
+                refuse_limit(reason, full.replace("{n}", &n.to_string()), u64::from(n))
+            }
+            crate::session::limits::SlotError::Io(..) => {
+                refuse(RefusalReason::State, format!("cannot count sessions: {e}"))
+            }
+        };
+    let inst = crate::session::limits::acquire(
+        &slots.join(format!("instance-{name}")),
+        limits.max_sessions_per_instance,
+    )
+    .map_err(|e| {
+        slot_err(
+            e,
+            format!("{name} already has {{n}} SSH sessions (the limit)"),
+            RefusalReason::LimitInstance,
+        )
+    })?;
+    let owner = crate::session::limits::acquire(
+        &slots.join(format!(
+            "owner-{}",
+            crate::session::limits::owner_key(&identity.owner)
+        )),
+        limits.max_sessions_per_owner,
+    )
+    .map_err(|e| {
+        slot_err(
+            e,
+            format!(
+                "{} already has {{n}} SSH sessions on this host (the limit)",
+                identity.owner
+            ),
+            RefusalReason::LimitOwner,
+        )
+    })?;
+    Ok(Admitted {
+        _instance: inst,
+        _owner: owner,
+    })
+}
+
+/// The registry's record of this session; the leader is added once the
+/// session process exists (`spawn`).
+fn session_record(
+    cx: &Context<'_>,
+    login: &Authorized,
+    instance: &Instance,
+    plan: &Plan,
+) -> SessionRecord {
+    SessionRecord {
+        id: registry::new_id(),
+        service: login.target.service.to_string(),
+        instance: instance.name(),
+        owner: login.identity.owner.clone(),
+        fingerprint: login.identity.fingerprint.clone(),
+        key_type: login.identity.key_type.clone(),
+        client: cx.client.clone(),
+        started: crate::time::now_unix(),
+        command: login.request.describe(),
+        tty: plan.pty.is_some(),
+        pid: std::process::id() as i32,
+        leader: None,
+    }
+}
+
+/// Blocks the signals the supervisor waits for, then records the session
+/// where `porthole sessions`, close requests and the sweep find it.
+fn register(cx: &Context<'_>, record: &SessionRecord) -> Result<registry::Registration, Refusal> {
+    if !supervise::block_session_signals() {
+        return Err(refuse(
+            RefusalReason::State,
+            "cannot set up signal handling for the session",
+        ));
+    }
+    registry::register(&cx.cfg.session.state_dir, record).map_err(|e| {
+        refuse(
+            RefusalReason::State,
+            format!(
+                "cannot record the session ({}: {e})",
+                cx.cfg.session.state_dir.display()
+            ),
+        )
+    })
+}
+
+/// Starts the session process inside the instance and adds its leader to
+/// the record.
+fn spawn(
+    pinned: &enter::Pinned,
+    plan: &Plan,
+    instance: &Instance,
+    registration: &mut registry::Registration,
+    record: SessionRecord,
+) -> Result<enter::Spawned, Refusal> {
+    let spawned = enter::spawn(pinned, plan).map_err(|e| match e {
+        EnterError::Vanished => stopped(instance),
+        e => refuse(RefusalReason::EnterFailed, e.to_string()),
+    })?;
+    if let Some(start) = runtime::process_start_time(spawned.inner_pid) {
+        let leader = registry::Leader {
+            pid: spawned.inner_pid,
+            pid_ns: spawned.pid_ns,
+            start,
+        };
+        let record = SessionRecord {
+            leader: Some(leader),
+            ..record
+        };
+        // Without it only a later sweep's safety net is lost; the session
+        // itself is fine.
+        let _ = registration.update(&record);
+    }
+    Ok(spawned)
+}
+
+/// The `session.start` event.
+fn announce(
+    cx: &Context<'_>,
+    login: &Authorized,
+    instance: &Instance,
+    plan: &Plan,
+    limits: &crate::config::Limits,
+    session_id: &str,
+    pid: i32,
+) {
+    let identity = &login.identity;
+    cx.log.emit(
+        &Event::new("session.start", Severity::Info)
+            .field("service", login.target.service.as_str())
+            .field("instance", instance.name())
+            .field("container", instance.container_id.as_str())
+            .field("owner", identity.owner.as_str())
+            .field("fingerprint", identity.fingerprint.as_str())
+            .field("key_type", identity.key_type.as_str())
+            .opt("client", cx.client.clone())
+            .field("command", login.request.describe())
+            .field("tty", plan.pty.is_some())
+            .field("uid", plan.uid)
+            .field("pid", pid)
+            .field("session_id", session_id)
+            .field("limits", crate::session::limits::to_json(limits)),
+    );
+}
+
+/// What the supervisor enforces and asks about while the session runs:
+/// the limits, drains, close requests, key revocation, and where its
+/// notices to the user are audited.
+fn controls<'a>(
+    cx: &'a Context<'a>,
+    login: &'a Authorized,
+    instance: &'a Instance,
+    session_id: &'a str,
+    limits: &crate::config::Limits,
+) -> Controls<'a> {
+    let cfg = cx.cfg;
+    let identity = &login.identity;
+    let state = cfg.session.state_dir.clone();
+    let (svc, iname, sid) = (
+        login.target.service.clone(),
+        instance.name(),
+        session_id.to_owned(),
+    );
+    let mut key_watch = crate::session::revoke::KeyWatch::new(
+        cfg,
+        cx.log,
+        login.target.service.clone(),
+        &identity.key_type,
+        &identity.key_base64,
+        vec![
+            ("instance", instance.name()),
+            ("session_id", session_id.to_owned()),
+            ("owner", identity.owner.clone()),
+            ("fingerprint", identity.fingerprint.clone()),
+        ],
+    );
+    Controls {
+        max_duration: (limits.max_duration_secs > 0)
+            .then(|| Duration::from_secs(limits.max_duration_secs)),
+        idle_timeout: (limits.idle_timeout_secs > 0)
+            .then(|| Duration::from_secs(limits.idle_timeout_secs)),
+        warn_before: limits
+            .warn_before_secs
+            .iter()
+            .map(|s| Duration::from_secs(*s))
+            .collect(),
+        drain_notices: limits
+            .drain_notice_secs
+            .iter()
+            .map(|s| Duration::from_secs(*s))
+            .collect(),
+        drain: Box::new(move || {
+            registry::active_drain(&state, &svc, &iname).map(|d| DrainNotice {
+                deadline_unix: d.deadline,
+                message: d.message,
+            })
+        }),
+        close_message: Box::new(move || registry::close_message(&cfg.session.state_dir, &sid)),
+        key_revoked: Box::new(move || key_watch.poll()),
+        on_notice: Box::new(move |kind, text| {
+            cx.log.emit(
+                &Event::new("session.notice", Severity::Info)
+                    .field("session_id", session_id)
+                    .field("instance", instance.name())
+                    .field("owner", identity.owner.as_str())
+                    .field("kind", kind)
+                    .field("message", text),
+            )
+        }),
+    }
+}
+
+/// Tells the user why the session ended when porthole ended it, logs
+/// `session.end`, and picks the exit code.
+fn end(
+    cx: &Context<'_>,
+    login: &Authorized,
+    instance: &Instance,
+    session_id: &str,
+    tty: bool,
+    outcome: Outcome,
+) -> i32 {
+    let crlf = if tty { "\r\n" } else { "" };
+    if outcome.reason == EndReason::InstanceStopped {
+        eprint!(
+            "{crlf}porthole: instance {} stopped (deploy or restart); session closed\r\n",
+            instance.name()
+        );
+    } else if let Some(m) = &outcome.message {
+        eprint!("{crlf}porthole: {m}\r\n");
+    }
+    let (exit_code, signal) = match outcome.status {
+        ExitStatus::Code(c) => (Some(c), None),
+        ExitStatus::Signal(s) => (None, Some(s)),
+        ExitStatus::Unknown => (None, None),
+    };
+    cx.log.emit(
+        &Event::new("session.end", Severity::Info)
+            .field("service", login.target.service.as_str())
+            .field("instance", instance.name())
+            .field("owner", login.identity.owner.as_str())
+            .field("session_id", session_id)
+            .field("reason", outcome.reason.as_str())
+            .opt("message", outcome.message.clone())
+            .opt("exit_status", exit_code)
+            .opt("signal", signal)
+            .field("bytes_in", outcome.bytes_in)
+            .field("bytes_out", outcome.bytes_out)
+            .field("duration_ms", elapsed_ms(cx.started)),
+    );
+    match outcome.reason {
+        EndReason::Exit | EndReason::ClientDisconnect | EndReason::Signal => {
+            supervise::exit_like(outcome.status, 1)
+        }
+        // Ended by us: the command's fate is not the session's answer.
+        EndReason::InstanceStopped
+        | EndReason::Closed
+        | EndReason::Drained
+        | EndReason::MaxDuration
+        | EndReason::Idle
+        | EndReason::KeyRevoked => 1,
+    }
+}
+
+/// The refusal for an instance that stopped between the scan and entry.
+fn stopped(instance: &Instance) -> Refusal {
+    refuse(
+        RefusalReason::InstanceStopped,
+        format!(
+            "instance {} stopped while connecting; try again",
+            instance.name()
+        ),
+    )
 }
 
 /// Checks that the running binary is installed as intended before doing
@@ -988,6 +1323,88 @@ pub fn self_check(real_uid: u32, effective_uid: u32) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The codes as they were strings, before the enum: admins' alerts
+    /// and the integration tests match on exactly these.
+    const OLD_CODES: [(RefusalReason, &str); 24] = [
+        (RefusalReason::BadName, "bad_name"),
+        (RefusalReason::Setup, "setup"),
+        (RefusalReason::WrongUid, "wrong_uid"),
+        (RefusalReason::AuthInfo, "auth_info"),
+        (RefusalReason::Cache, "cache"),
+        (RefusalReason::NoService, "no_service"),
+        (RefusalReason::KeyNotListed, "key_not_listed"),
+        (RefusalReason::ServiceType, "service_type"),
+        (RefusalReason::UntrustedRuntime, "untrusted_runtime"),
+        (RefusalReason::NoRuntime, "no_runtime"),
+        (RefusalReason::InstanceConflict, "instance_conflict"),
+        (RefusalReason::NoInstance, "no_instance"),
+        (RefusalReason::InstanceStopped, "instance_stopped"),
+        (RefusalReason::EnterFailed, "enter_failed"),
+        (RefusalReason::ContainerFile, "container_file"),
+        (RefusalReason::NoShell, "no_shell"),
+        (RefusalReason::NoSftp, "no_sftp"),
+        (RefusalReason::Confinement, "confinement"),
+        (RefusalReason::BadCommand, "bad_command"),
+        (RefusalReason::State, "state"),
+        (RefusalReason::Drained, "drained"),
+        (RefusalReason::Memory, "memory"),
+        (RefusalReason::LimitInstance, "limit_instance"),
+        (RefusalReason::LimitOwner, "limit_owner"),
+    ];
+
+    /// Fails to compile when a reason is added, pointing here: the new
+    /// reason belongs in `OLD_CODES` too (with its new code).
+    fn position(r: RefusalReason) -> usize {
+        match r {
+            RefusalReason::BadName => 0,
+            RefusalReason::Setup => 1,
+            RefusalReason::WrongUid => 2,
+            RefusalReason::AuthInfo => 3,
+            RefusalReason::Cache => 4,
+            RefusalReason::NoService => 5,
+            RefusalReason::KeyNotListed => 6,
+            RefusalReason::ServiceType => 7,
+            RefusalReason::UntrustedRuntime => 8,
+            RefusalReason::NoRuntime => 9,
+            RefusalReason::InstanceConflict => 10,
+            RefusalReason::NoInstance => 11,
+            RefusalReason::InstanceStopped => 12,
+            RefusalReason::EnterFailed => 13,
+            RefusalReason::ContainerFile => 14,
+            RefusalReason::NoShell => 15,
+            RefusalReason::NoSftp => 16,
+            RefusalReason::Confinement => 17,
+            RefusalReason::BadCommand => 18,
+            RefusalReason::State => 19,
+            RefusalReason::Drained => 20,
+            RefusalReason::Memory => 21,
+            RefusalReason::LimitInstance => 22,
+            RefusalReason::LimitOwner => 23,
+        }
+    }
+
+    #[test]
+    fn refusal_codes_are_the_old_strings_and_unique() {
+        let mut seen = std::collections::HashSet::new();
+        for (i, (reason, old)) in OLD_CODES.iter().enumerate() {
+            assert_eq!(position(*reason), i, "{reason:?} listed once, in order");
+            assert_eq!(reason.as_str(), *old, "{reason:?}");
+            assert!(seen.insert(reason.as_str()), "{old} used twice");
+        }
+    }
+
+    #[test]
+    fn only_confinement_refusals_are_warnings() {
+        for (reason, _) in OLD_CODES {
+            let want = if reason == RefusalReason::Confinement {
+                Severity::Warning
+            } else {
+                Severity::Notice
+            };
+            assert_eq!(reason.severity(), want, "{reason:?}");
+        }
+    }
 
     #[test]
     fn auth_info_parsing() {
