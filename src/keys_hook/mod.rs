@@ -185,7 +185,7 @@ pub fn run(cfg: &Config, log: &Logger, call: &Call, started: Instant) -> Vec<Str
 /// `porthole-keys --refresh <service>`: brings the cached answer up to date
 /// the way a login would (fresh cache first, else the control plane under
 /// the single-flight lock, with the failure backoff) and prints nothing.
-/// Session supervisors run it to notice revoked keys (src/revoke.rs).
+/// Session supervisors run it to notice revoked keys (src/session/revoke.rs).
 /// True when a fresh answer is cached now.
 pub fn refresh(cfg: &Config, log: &Logger, target: &Target, started: Instant) -> bool {
     let deadline = started + Duration::from_millis(cfg.control_plane.timeout_ms);
