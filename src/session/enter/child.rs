@@ -160,7 +160,7 @@ pub fn run_step(step: Step, cx: &mut Child<'_>) -> Result<Next, ChildError> {
         }
         Step::Rlimits => {
             for (res, lim) in &plan.confinement.rlimits {
-                let r = crate::session::confine::apply_limit(*res, lim);
+                let r = apply_limit(*res, lim);
                 at(step, &format!("setting resource limit {res}"), r)?;
             }
         }
@@ -179,7 +179,7 @@ pub fn run_step(step: Step, cx: &mut Child<'_>) -> Result<Next, ChildError> {
         Step::ClearAmbient => at(step, "clearing ambient capabilities", sys::clear_ambient())?,
         Step::Seccomp => {
             if let Some(prog) = &plan.confinement.seccomp {
-                let r = crate::session::confine::install(prog);
+                let r = sys::seccomp_set_filter(&prog.filter, prog.flags);
                 at(step, "installing the seccomp filter", r)?;
             }
         }
@@ -305,6 +305,17 @@ fn oom_score_adj(plan: &Plan) -> Result<(), ChildError> {
     Ok(())
 }
 
+/// Sets one limit to the instance's value, or to the clamped value when
+/// raising the hard limit is not allowed (no CAP_SYS_RESOURCE): clamped
+/// down, never up.
+fn apply_limit(res: u32, want: &libc::rlimit) -> std::io::Result<()> {
+    if sys::setrlimit(res, want).is_ok() {
+        return Ok(());
+    }
+    let have = sys::getrlimit(res)?;
+    sys::setrlimit(res, &crate::session::confine::clamp_limit(*want, have))
+}
+
 /// Closes every fd but stdio and `keep`: the pidfd, the `/proc/PID` and
 /// root directories, the cgroup files and the host's procfs are host
 /// objects the session must never hold, even before its exec.
@@ -342,8 +353,14 @@ fn set_lsm_exec_label(plan: &Plan) -> Result<(), ChildError> {
         CString::new(format!("thread-self/{a}")).map_err(|e| ChildError::new(step, e.to_string()))
     };
     let (primary, fallback) = (path(attr)?, path(label.attr_fallback())?);
-    let fd = crate::session::confine::open_at_write(proc_fd, &primary)
-        .or_else(|_| crate::session::confine::open_at_write(proc_fd, &fallback));
+    let open = |p: &CString| {
+        sys::openat(
+            Some(proc_fd.as_raw_fd()),
+            p,
+            libc::O_WRONLY | libc::O_NOFOLLOW,
+        )
+    };
+    let fd = open(&primary).or_else(|_| open(&fallback));
     let fd = at(step, "opening the LSM exec attribute", fd)?;
     let r = File::from(fd).write_all(value.as_bytes());
     at(step, &format!("setting the LSM exec label {value:?}"), r)

@@ -530,3 +530,45 @@ pub fn set_controlling_tty(tty: &OwnedFd) -> io::Result<()> {
     cvt(unsafe { libc::ioctl(tty.as_raw_fd(), libc::TIOCSCTTY, 0) })?;
     Ok(())
 }
+
+/// seccomp(SECCOMP_SET_MODE_FILTER): installs `filter` with `flags` on the
+/// calling thread. Allocates nothing (it may run under no_new_privs as the
+/// last step before exec).
+pub fn seccomp_set_filter(filter: &[libc::sock_filter], flags: u32) -> io::Result<()> {
+    const SECCOMP_SET_MODE_FILTER: libc::c_ulong = 1;
+    // confine bounds a compiled filter to the kernel's 4096 instructions;
+    // anything longer is refused here rather than truncated.
+    let len =
+        u16::try_from(filter.len()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let prog = libc::sock_fprog {
+        len,
+        filter: filter.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: prog points at a live instruction array of `len` entries for
+    // the duration of the call; the kernel copies it and never writes it.
+    cvt_long(unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            SECCOMP_SET_MODE_FILTER,
+            libc::c_ulong::from(flags),
+            &prog as *const libc::sock_fprog,
+        )
+    })?;
+    Ok(())
+}
+
+pub fn setrlimit(res: u32, lim: &libc::rlimit) -> io::Result<()> {
+    // SAFETY: reads a live rlimit value.
+    cvt(unsafe { libc::setrlimit(res as libc::__rlimit_resource_t, lim) })?;
+    Ok(())
+}
+
+pub fn getrlimit(res: u32) -> io::Result<libc::rlimit> {
+    let mut have = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: writes into a live local rlimit.
+    cvt(unsafe { libc::getrlimit(res as libc::__rlimit_resource_t, &mut have) })?;
+    Ok(have)
+}
