@@ -203,23 +203,38 @@ pub fn reraise(sig: libc::c_int) {
     }
 }
 
+/// The one data byte a message carrying an fd needs.
+fn one_byte_iov(data: &mut [u8; 1]) -> libc::iovec {
+    libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: 1,
+    }
+}
+
+/// Control-buffer size for one SCM_RIGHTS fd.
+fn fd_cmsg_space() -> usize {
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) as usize }
+}
+
+/// A msghdr over `iov` and `control`; both must outlive its use.
+fn one_fd_msghdr(iov: &mut libc::iovec, control: &mut [u8]) -> libc::msghdr {
+    // SAFETY: msghdr is plain data; zeroed is a valid initial state.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = control.len();
+    msg
+}
+
 /// Receives one fd sent with [`send_fd`] (close-on-exec), if one is there.
 pub fn recv_fd(sock: &OwnedFd) -> Option<OwnedFd> {
     let mut data = [0u8; 1];
-    let mut iov = libc::iovec {
-        iov_base: data.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
-    // SAFETY: CMSG_SPACE is a pure size computation.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
-    let mut cbuf = vec![0u8; space];
-    // SAFETY: msghdr is plain data; zeroed is a valid initial state.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr().cast();
-    msg.msg_controllen = space;
-    // SAFETY: msg points at live buffers sized as declared.
+    let mut iov = one_byte_iov(&mut data);
+    let mut cbuf = vec![0u8; fd_cmsg_space()];
+    let mut msg = one_fd_msghdr(&mut iov, &mut cbuf);
+    // SAFETY: msg points at iov, data and cbuf, all live, sized as declared.
     let n = unsafe {
         libc::recvmsg(
             sock.as_raw_fd(),
@@ -249,24 +264,11 @@ pub fn recv_fd(sock: &OwnedFd) -> Option<OwnedFd> {
 /// Sends `fd` over the unix socket `sock` (SCM_RIGHTS).
 pub fn send_fd(sock: &OwnedFd, fd: RawFd) -> io::Result<()> {
     let mut data = [0u8; 1];
-    let mut iov = libc::iovec {
-        iov_base: data.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
-    // SAFETY: pure size computations.
-    let (space, len) = unsafe {
-        (
-            libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) as usize,
-            libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize,
-        )
-    };
-    let mut cbuf = vec![0u8; space];
-    // SAFETY: plain data; zeroed is valid.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr().cast();
-    msg.msg_controllen = space;
+    let mut iov = one_byte_iov(&mut data);
+    // SAFETY: a pure size computation.
+    let len = unsafe { libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) } as usize;
+    let mut cbuf = vec![0u8; fd_cmsg_space()];
+    let msg = one_fd_msghdr(&mut iov, &mut cbuf);
     // SAFETY: the control buffer is large enough for one SCM_RIGHTS int.
     unsafe {
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
