@@ -386,8 +386,8 @@ fn the_refresh_runs_like_sshds_hook_as_the_keys_user_with_nothing_inherited() {
         b"PATH=/usr/bin:/bin:/usr/sbin:/sbin\0",
         "environment"
     );
-    // SAFETY: getsid has no memory effects.
     assert_eq!(
+        // SAFETY: getsid has no memory effects.
         unsafe { libc::getsid(hook as i32) },
         hook as i32,
         "own session"

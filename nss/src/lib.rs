@@ -360,9 +360,11 @@ porthole-session:x:990:991:porthole session:/var/lib/porthole/home:/usr/lib/port
         buflen: usize,
     ) -> (NssStatus, i32, Option<libc::passwd>, Vec<u8>) {
         let cname = CString::new(name).unwrap();
+        // SAFETY: passwd is plain data (integers and pointers); all-zero is valid.
         let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
         let mut buf = vec![0u8; buflen.max(1)];
         let mut err = 0;
+        // SAFETY: cname, pw, buf (buflen bytes) and err are live locals.
         let st = unsafe {
             getpwnam_in(
                 path,
@@ -378,6 +380,7 @@ porthole-session:x:990:991:porthole session:/var/lib/porthole/home:/usr/lib/port
     }
 
     fn s(p: *mut libc::c_char) -> String {
+        // SAFETY: p points into a buffer the lookup filled with a NUL-terminated string.
         unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
     }
 
@@ -468,6 +471,7 @@ porthole-session:x:990:991:porthole session:/var/lib/porthole/home:/usr/lib/port
     #[test]
     fn null_pointers_are_refused() {
         let mut err = 0;
+        // SAFETY: the null pointers are what is tested; err is a live local.
         let st = unsafe {
             getpwnam_in(
                 std::path::Path::new("/etc/passwd"),
@@ -484,6 +488,7 @@ porthole-session:x:990:991:porthole session:/var/lib/porthole/home:/usr/lib/port
     #[test]
     fn uid_group_and_enumeration_answer_nothing() {
         let mut err = 0;
+        // SAFETY: null buffers with length 0, which these entry points never touch; err is live.
         unsafe {
             assert_eq!(
                 _nss_porthole_getpwuid_r(

@@ -29,7 +29,6 @@ use std::path::Path;
 const MAX_BUNDLE_CONFIG_BYTES: u64 = 16 * 1024 * 1024;
 /// BPF_MAXINSNS: the kernel refuses longer classic-BPF programs.
 const MAX_BPF_INSNS: usize = 4096;
-const SECCOMP_SET_MODE_FILTER: libc::c_ulong = 1;
 const SECCOMP_FILTER_FLAG_TSYNC: u32 = 1;
 const SECCOMP_FILTER_FLAG_LOG: u32 = 2;
 const SECCOMP_FILTER_FLAG_SPEC_ALLOW: u32 = 4;
@@ -469,29 +468,6 @@ fn bpf_from_bytes(bytes: &[u8]) -> Result<Vec<libc::sock_filter>, ConfineError> 
     Ok(insns)
 }
 
-/// Installs the program on the calling thread. Child side: no allocation.
-pub fn install(p: &SeccompProgram) -> Result<(), std::io::Error> {
-    let prog = libc::sock_fprog {
-        // bpf_from_bytes bounds the length to MAX_BPF_INSNS.
-        len: p.filter.len() as u16,
-        filter: p.filter.as_ptr() as *mut libc::sock_filter,
-    };
-    // SAFETY: prog points at a live, correctly sized instruction array for
-    // the duration of the call; the kernel copies it.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_seccomp,
-            SECCOMP_SET_MODE_FILTER,
-            libc::c_ulong::from(p.flags),
-            &prog as *const libc::sock_fprog,
-        )
-    };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 /// The `Seccomp:` mode of `/proc/PID/status` (0 none, 1 strict, 2 filter).
 pub fn seccomp_mode(status: &str) -> Option<u8> {
     status
@@ -725,30 +701,6 @@ pub fn clamp_limit(want: libc::rlimit, have: libc::rlimit) -> libc::rlimit {
     }
 }
 
-/// Child side: sets one limit to the instance's value, or to the clamped
-/// value when raising the hard limit is not allowed.
-pub fn apply_limit(res: u32, want: &libc::rlimit) -> std::io::Result<()> {
-    let r = res as libc::__rlimit_resource_t;
-    // SAFETY: setrlimit/getrlimit with live rlimit values.
-    unsafe {
-        if libc::setrlimit(r, want) == 0 {
-            return Ok(());
-        }
-        let mut have = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(r, &mut have) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let lim = clamp_limit(*want, have);
-        if libc::setrlimit(r, &lim) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
 /// Opens the host's procfs as a directory, for the child to write its LSM
 /// exec label through (never the container's `/proc`, which a tenant with
 /// CAP_SYS_ADMIN could have mounted over: the runc CVE-2019-16884 class).
@@ -769,23 +721,6 @@ pub fn host_proc() -> std::io::Result<OwnedFd> {
         return Err(std::io::Error::other("/proc is not procfs"));
     }
     Ok(fd)
-}
-
-/// Raw fd helper for the child: an OwnedFd from `openat` on a dir fd.
-pub fn open_at_write(dir: &OwnedFd, path: &std::ffi::CStr) -> std::io::Result<OwnedFd> {
-    // SAFETY: path is NUL-terminated and outlives the call.
-    let fd = unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            path.as_ptr(),
-            libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fresh fd from openat.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 #[cfg(test)]

@@ -539,43 +539,45 @@ unsafe fn refresh_child(
     argv: &[*const libc::c_char],
     envp: &[*const libc::c_char],
 ) -> ! {
-    // SAFETY (the whole body): raw system calls on locals and on memory the
+    // SAFETY: (the whole body) raw system calls on locals and on memory the
     // parent prepared before fork, which stays valid until execve/_exit.
-    let fail = |code: i32| -> ! { libc::_exit(code) };
-    // The supervisor blocks the signals it reads through its signalfd, and
-    // Rust ignores SIGPIPE: the hook starts with neither.
-    let mut empty: libc::sigset_t = std::mem::zeroed();
-    libc::sigemptyset(&mut empty);
-    libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-    libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    // Out of sshd's session and process group: the client's terminal and
-    // the session's signals are not the hook's business.
-    libc::setsid();
-    // No host fd reaches the hook: stdio is /dev/null, the rest is closed
-    // (the session's terminal, pidfds, signalfd, relay pipes).
-    for fd in 0..3 {
-        if libc::dup2(null_fd, fd) != fd {
+    unsafe {
+        let fail = |code: i32| -> ! { libc::_exit(code) };
+        // The supervisor blocks the signals it reads through its signalfd, and
+        // Rust ignores SIGPIPE: the hook starts with neither.
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        // Out of sshd's session and process group: the client's terminal and
+        // the session's signals are not the hook's business.
+        libc::setsid();
+        // No host fd reaches the hook: stdio is /dev/null, the rest is closed
+        // (the session's terminal, pidfds, signalfd, relay pipes).
+        for fd in 0..3 {
+            if libc::dup2(null_fd, fd) != fd {
+                fail(126);
+            }
+        }
+        if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) != 0 {
+            for fd in 3..max_fd {
+                libc::close(fd);
+            }
+        }
+        if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+            || libc::setresgid(gid, gid, gid) != 0
+            || libc::setresuid(uid, uid, uid) != 0
+            || libc::geteuid() != uid
+            || libc::getegid() != gid
+        {
             fail(126);
         }
-    }
-    if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) != 0 {
-        for fd in 3..max_fd {
-            libc::close(fd);
+        if libc::chdir(b"/\0".as_ptr().cast()) != 0 {
+            fail(126);
         }
+        libc::execve(prog.as_ptr(), argv.as_ptr(), envp.as_ptr());
+        fail(127)
     }
-    if libc::setgroups(groups.len(), groups.as_ptr()) != 0
-        || libc::setresgid(gid, gid, gid) != 0
-        || libc::setresuid(uid, uid, uid) != 0
-        || libc::geteuid() != uid
-        || libc::getegid() != gid
-    {
-        fail(126);
-    }
-    if libc::chdir(b"/\0".as_ptr().cast()) != 0 {
-        fail(126);
-    }
-    libc::execve(prog.as_ptr(), argv.as_ptr(), envp.as_ptr());
-    fail(127)
 }
 
 #[cfg(test)]

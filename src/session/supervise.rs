@@ -1078,6 +1078,7 @@ mod tests {
 
     #[test]
     fn kill_session_only_touches_its_session_in_its_pid_namespace() {
+        // SAFETY: the pre_exec hook only calls setsid, async-signal-safe.
         let mut child = unsafe {
             std::process::Command::new("sleep")
                 .arg("30")
