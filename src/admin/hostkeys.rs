@@ -200,16 +200,22 @@ pub fn cert_authority_line(domain: &str, ca: &PublicKey) -> Option<String> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn fingerprints_match_ssh_keygen() {
-        let dir = tempfile::tempdir().unwrap();
-        let key = dir.path().join("ssh_host_ed25519_key");
+    /// A fresh ed25519 host key made by the real ssh-keygen in `dir`.
+    fn ssh_keygen_host_key(dir: &Path) -> PathBuf {
+        let key = dir.join("ssh_host_ed25519_key");
         let st = std::process::Command::new("ssh-keygen")
             .args(["-q", "-t", "ed25519", "-N", "", "-f"])
             .arg(&key)
             .status()
             .unwrap();
         assert!(st.success());
+        key
+    }
+
+    #[test]
+    fn fingerprints_match_ssh_keygen() {
+        let dir = tempfile::tempdir().unwrap();
+        ssh_keygen_host_key(dir.path());
         std::fs::write(dir.path().join("ssh_host_bad_key.pub"), "garbage").unwrap();
         let keys = read_host_keys(dir.path()).unwrap();
         assert_eq!(keys.len(), 2);
@@ -237,13 +243,7 @@ mod tests {
     #[test]
     fn host_keys_are_signed_as_host_certificates() {
         let dir = tempfile::tempdir().unwrap();
-        let key = dir.path().join("ssh_host_ed25519_key");
-        let st = std::process::Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-            .arg(&key)
-            .status()
-            .unwrap();
-        assert!(st.success());
+        ssh_keygen_host_key(dir.path());
         let mut seed = [0u8; 32];
         crate::fleet::cert::random_bytes(&mut seed).unwrap();
         let ca = PrivateKey::from(ssh_key::private::Ed25519Keypair::from_seed(&seed));
