@@ -2292,3 +2292,50 @@ fn cgroup_v1_devices_join_is_required() {
     assert_eq!(b.session_starts(), before);
     b.assert_login_works();
 }
+
+/// Issue 14 (placement is the authority): where the control plane lists a
+/// service's instances, a local container of the service it does not list
+/// — an impostor on a slug nobody else uses — is never entered: refused by
+/// slug with a sentence naming the listed ones, never chosen at random.
+#[test]
+fn instance_not_listed_by_the_control_plane_is_never_entered() {
+    let b = bastion();
+    let _listed = Instance::start(&b.host, SVC, "aaaaa", InstanceOpts::default().app_user());
+    let _impostor = Instance::start(
+        &b.host,
+        SVC,
+        "zzzzz",
+        InstanceOpts::default().app_user().id("impostor-1"),
+    );
+    // Without placement both are this service's instances (Part 1).
+    let r = b.ssh(&format!("{SVC}-zzzzz"), &["hostname"]);
+    assert_eq!(
+        r.stdout_str().trim(),
+        format!("{SVC}-zzzzz"),
+        "{}",
+        r.describe()
+    );
+    let mut body = web_service(SVC, &[KeySpec::new(&b.key, OWNER)]);
+    body["instances"] = serde_json::json!([{"slug": "aaaaa", "host": "127.0.0.1", "port": 22}]);
+    b.host.control_plane().set_body(SVC, &body);
+    b.host.set_config("cache.fresh_secs", 0);
+    let r = b.ssh(&format!("{SVC}-zzzzz"), &["touch /tmp/entered; hostname"]);
+    assert_eq!(r.code(), Some(1), "{}", r.describe());
+    assert!(
+        r.stderr_str().contains(&format!(
+            "instance {SVC}-zzzzz runs on this host but the platform does not list it for {SVC}; refusing to enter it (listed: {SVC}-aaaaa)"
+        )),
+        "{}",
+        r.describe()
+    );
+    assert!(!_impostor.rootfs().join("tmp/entered").exists());
+    for _ in 0..6 {
+        let r = b.ssh(SVC, &["hostname"]);
+        assert_eq!(
+            r.stdout_str().trim(),
+            format!("{SVC}-aaaaa"),
+            "{}",
+            r.describe()
+        );
+    }
+}

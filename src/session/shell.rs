@@ -322,6 +322,10 @@ pub struct Authorized {
     pub request: Request,
     /// The control plane's per-service `limits` object, if any.
     pub service_limits: Option<serde_json::Value>,
+    /// The slugs the control plane lists for the service (API v1
+    /// `instances`), when it lists them: then they are the authority, and
+    /// no other container of the service is entered (Part 2 of the design).
+    pub listed_slugs: Option<Vec<String>>,
 }
 
 /// Everything up to the choice of instance. Pure checks, no side effects.
@@ -427,6 +431,9 @@ pub fn authorize(cfg: &Config, h: &Handover) -> Result<Authorized, Refusal> {
         identity,
         request,
         service_limits: doc.limits.clone(),
+        listed_slugs: doc
+            .placement()
+            .map(|listed| listed.iter().map(|i| i.slug.clone()).collect()),
     })
 }
 
@@ -561,6 +568,7 @@ fn find_instance(cx: &Context<'_>, login: &Authorized) -> Result<Instance, Refus
             return Err(refuse(reason, e.to_string()));
         }
     };
+    let all = only_listed(all, login)?;
     runtime::choose(all, &login.target.service, login.target.slug.as_deref()).map_err(|e| {
         let reason = match &e {
             runtime::ResolveError::Conflicted { .. } => RefusalReason::InstanceConflict,
@@ -568,6 +576,39 @@ fn find_instance(cx: &Context<'_>, login: &Authorized) -> Result<Instance, Refus
         };
         refuse(reason, e.to_string())
     })
+}
+
+/// Where the control plane lists the service's instances, a local
+/// container of the service that it does not list is not one of them —
+/// whatever its annotations or id say — and is never entered: asked for
+/// by slug it is refused with a sentence, and it is never a random choice.
+fn only_listed(all: Vec<Instance>, login: &Authorized) -> Result<Vec<Instance>, Refusal> {
+    let Some(listed) = &login.listed_slugs else {
+        return Ok(all);
+    };
+    let service = &login.target.service;
+    let unlisted = |i: &Instance| &i.service == service && !listed.contains(&i.slug);
+    if let Some(slug) = login.target.slug.as_deref() {
+        if !listed.iter().any(|l| l == slug) && all.iter().any(|i| unlisted(i) && i.slug == slug) {
+            return Err(refuse(
+                RefusalReason::NoInstance,
+                format!(
+                    "instance {service}-{slug} runs on this host but the platform does not list it \
+                     for {service}; refusing to enter it (listed: {})",
+                    if listed.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        listed
+                            .iter()
+                            .map(|l| format!("{service}-{l}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    }
+                ),
+            ));
+        }
+    }
+    Ok(all.into_iter().filter(|i| !unlisted(i)).collect())
 }
 
 /// Tells the admin what the scan of the runtime roots distrusted, and
