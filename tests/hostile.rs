@@ -254,6 +254,19 @@ impl Drop for Reaped {
     }
 }
 
+/// A root-owned runtime state `srv-web1-hhhhh` in the test's runc root
+/// whose init is the host process `pid` (started at `start`): what a
+/// recycled pid or a forged state looks like. Removed when dropped.
+fn plant_state_naming(b: &Bastion, pid: i32, start: u64) -> Planted {
+    let fake = b.host.runc_root().join("srv-web1-hhhhh");
+    let planted = Planted(fake.clone());
+    util::mkdir(&fake, 0o700, 0, 0);
+    let state = json!({"id": "srv-web1-hhhhh", "init_process_pid": pid, "init_process_start": start,
+        "config": {"labels": ["io.porthole.service=srv-web1", "io.porthole.instance=hhhhh"]}});
+    util::write_file(&fake.join("state.json"), state.to_string(), 0o600, 0, 0);
+    planted
+}
+
 /// Removes a path a test planted (fake runtime state), also on failure,
 /// before the harness sweeps the runc root.
 struct Planted(PathBuf);
@@ -1217,12 +1230,7 @@ fn init_pid_reused_by_a_host_process_end_to_end() {
         (comm.trim() == "sleep").then_some(s)
     })
     .expect("host sleep started");
-    let fake = b.host.runc_root().join("srv-web1-hhhhh");
-    let _planted = Planted(fake.clone());
-    util::mkdir(&fake, 0o700, 0, 0);
-    let state = json!({"id": "srv-web1-hhhhh", "init_process_pid": hp, "init_process_start": start,
-        "config": {"labels": ["io.porthole.service=srv-web1", "io.porthole.instance=hhhhh"]}});
-    util::write_file(&fake.join("state.json"), state.to_string(), 0o600, 0, 0);
+    let _planted = plant_state_naming(&b, hp, start);
     let escaped = b.host.dir().join("escaped");
     let r = b.ssh(
         "srv-web1-hhhhh",
@@ -2216,12 +2224,7 @@ fn init_in_the_host_pid_namespace_is_refused() {
         Ok(_) => panic!("pinned a process in the host pid namespace"),
     }
     // End to end, through a (root-owned) runtime state naming it.
-    let fake = b.host.runc_root().join("srv-web1-hhhhh");
-    let _planted = Planted(fake.clone());
-    util::mkdir(&fake, 0o700, 0, 0);
-    let state = json!({"id": "srv-web1-hhhhh", "init_process_pid": hp, "init_process_start": start,
-        "config": {"labels": ["io.porthole.service=srv-web1", "io.porthole.instance=hhhhh"]}});
-    util::write_file(&fake.join("state.json"), state.to_string(), 0o600, 0, 0);
+    let _planted = plant_state_naming(&b, hp, start);
     let escaped = b.host.dir().join("escaped-pidns");
     let r = b.ssh(
         "srv-web1-hhhhh",
