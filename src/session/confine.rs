@@ -501,21 +501,20 @@ pub fn read_trusted_config(bundle: &Path) -> Result<Option<Vec<u8>>, ConfineErro
     }
     check(bundle, &dir_meta)?;
     let path = bundle.join("config.json");
-    let file = match File::options()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-        .open(&path)
-    {
+    // Never an open that could act on a device or block on a FIFO: the
+    // same O_PATH, fstat, reopen rule as every other file read as root.
+    use crate::session::container::{open_host_regular, FileError};
+    let file = match open_host_regular(&path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(FileError::Unavailable(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(None)
+        }
+        Err(FileError::NotRegular(_)) => return Err(untrusted(&path, "not a regular file")),
         Err(e) => return Err(untrusted(&path, &e.to_string())),
     };
     let meta = file
         .metadata()
         .map_err(|e| ConfineError::Host(format!("{}: {e}", path.display())))?;
-    if !meta.is_file() {
-        return Err(untrusted(&path, "not a regular file"));
-    }
     check(&path, &meta)?;
     let mut bytes = Vec::new();
     file.take(MAX_BUNDLE_CONFIG_BYTES)

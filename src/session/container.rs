@@ -20,7 +20,6 @@ use std::path::{Path, PathBuf};
 
 const MAX_PASSWD_BYTES: u64 = 4 * 1024 * 1024;
 const MAX_ENV_BYTES: u64 = 1024 * 1024;
-const MAX_BUNDLE_CONFIG_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Credentials and privilege limits of the container's init process.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -599,15 +598,12 @@ fn valid_env_entry(e: &str) -> bool {
     }
 }
 
-/// The container's environment: its bundle's OCI config when readable
-/// (what the platform configured), else what its init process holds.
-pub fn container_env(bundle: Option<&Path>, pid: i32) -> Vec<String> {
-    if let Some(b) = bundle {
-        if let Ok(bytes) = read_host_file(&b.join("config.json"), MAX_BUNDLE_CONFIG_BYTES) {
-            if let Some(env) = env_from_oci_config(&bytes) {
-                return env;
-            }
-        }
+/// The container's environment: its bundle's OCI config when there is a
+/// trusted one (what the platform configured; read once per session by
+/// `confine::read_trusted_config`), else what its init process holds.
+pub fn container_env(bundle_config: Option<&[u8]>, pid: i32) -> Vec<String> {
+    if let Some(env) = bundle_config.and_then(env_from_oci_config) {
+        return env;
     }
     read_host_file(Path::new(&format!("/proc/{pid}/environ")), MAX_ENV_BYTES)
         .map(|b| env_from_environ(&b))

@@ -716,9 +716,11 @@ fn plan_entry(
     let ids = ids(&pinned, &status, inst)?;
     let user = container_login(cfg, &pinned, ids.uid)?;
     let (program, argv) = command_line(cfg, &pinned, inst, req, &user.shell)?;
-    let env = environment(h, inst, &user, tty);
     let cgroups = cgroups(&pinned, inst)?;
-    let confinement = confinement(inst, &pinned, &status)?;
+    let config = bundle_config(inst)?;
+    let env_config = inst.bundle.as_ref().and(config.as_deref());
+    let env = environment(h, inst, env_config, &user, tty);
+    let confinement = confinement(inst, &pinned, &status, config.as_deref())?;
     let host_proc = match confinement.lsm {
         Some(_) => Some(crate::session::confine::host_proc().map_err(|e| {
             refuse(
@@ -913,8 +915,14 @@ fn command_line(
 /// The instance's own environment, with the login variables set for the
 /// container user (never taken from the image or the client) and TERM
 /// only for a terminal.
-fn environment(h: &Handover, inst: &Instance, user: &ContainerLogin, tty: bool) -> Vec<String> {
-    let mut env: Vec<String> = container::container_env(inst.bundle.as_deref(), inst.init_pid)
+fn environment(
+    h: &Handover,
+    inst: &Instance,
+    bundle_config: Option<&[u8]>,
+    user: &ContainerLogin,
+    tty: bool,
+) -> Vec<String> {
+    let mut env: Vec<String> = container::container_env(bundle_config, inst.init_pid)
         .into_iter()
         .filter(|e| {
             let k = e.split('=').next().unwrap_or("");
@@ -957,6 +965,31 @@ fn cgroups(
     enter::open_cgroups(dirs).map_err(|e| refuse(RefusalReason::EnterFailed, e.to_string()))
 }
 
+/// The sentence for a confinement that cannot be reproduced.
+fn confine_refusal(inst: &Instance, e: crate::session::confine::ConfineError) -> Refusal {
+    refuse(
+        RefusalReason::Confinement,
+        format!(
+            "instance {} cannot be entered safely: {e}; the platform team has been notified",
+            inst.name()
+        ),
+    )
+}
+
+/// The bundle's `config.json`, read once for the environment and the
+/// seccomp profile, and only when trusted (see `confine`): the runtime's
+/// bundle holding the rootfs, or Docker's, whose config must name the
+/// container's rootfs.
+fn bundle_config(inst: &Instance) -> Result<Option<Vec<u8>>, Refusal> {
+    use crate::session::confine;
+    match (&inst.bundle, &inst.confinement_source) {
+        (Some(b), _) => confine::read_trusted_config(b),
+        (None, Some((b, rootfs))) => confine::read_bound_config(b, rootfs),
+        (None, None) => Ok(None),
+    }
+    .map_err(|e| confine_refusal(inst, e))
+}
+
 /// What `runc exec` would apply besides ids, capabilities and cgroups:
 /// the instance's seccomp filter (from its trusted bundle, cross-checked
 /// with the init's mode), LSM label, rlimits and oom_score_adj. Anything
@@ -965,25 +998,11 @@ fn confinement(
     inst: &Instance,
     pinned: &enter::Pinned,
     status: &str,
+    config: Option<&[u8]>,
 ) -> Result<crate::session::confine::Confinement, Refusal> {
     use crate::session::confine;
-    let refused = |e: confine::ConfineError| {
-        refuse(
-            RefusalReason::Confinement,
-            format!(
-                "instance {} cannot be entered safely: {e}; the platform team has been notified",
-                inst.name()
-            ),
-        )
-    };
-    let config = match (&inst.bundle, &inst.confinement_source) {
-        (Some(b), _) => confine::read_trusted_config(b).map_err(refused)?,
-        // Docker keeps the rootfs outside the bundle: the config must name it.
-        (None, Some((b, rootfs))) => confine::read_bound_config(b, rootfs).map_err(refused)?,
-        (None, None) => None,
-    };
-    let seccomp =
-        confine::seccomp_for(config.as_deref(), confine::seccomp_mode(status)).map_err(refused)?;
+    let refused = |e| confine_refusal(inst, e);
+    let seccomp = confine::seccomp_for(config, confine::seccomp_mode(status)).map_err(refused)?;
     let lsm = confine::lsm_for(|p| pinned.read_proc(p).ok()).map_err(refused)?;
     let limits = pinned.read_proc("limits").map_err(|_| stopped(inst))?;
     let rlimits = confine::parse_limits(&limits).map_err(refused)?;
