@@ -57,6 +57,7 @@ pub struct Config {
     pub limits: Limits,
     pub log: Log,
     pub fleet: Fleet,
+    pub web: Web,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -213,6 +214,115 @@ pub struct Fleet {
     /// Node: the user-CA public key whose certificates are hops (the same
     /// file sshd's `TrustedUserCAKeys` names in the drop-in).
     pub trusted_user_ca: Option<PathBuf>,
+}
+
+/// `[web]`: porthole-web, the dashboard's browser shell (off until its
+/// systemd unit is enabled; see README "web shell").
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Web {
+    /// `host:port` (loopback behind the platform's reverse proxy) or
+    /// `unix:/path`.
+    pub listen: String,
+    /// The dashboard's Ed25519 public key (PEM) tickets are checked with.
+    pub ticket_public_key: Option<PathBuf>,
+    /// The matching private key, for `porthole web-ticket` only (the
+    /// embedded default and the demo); porthole-web never reads it.
+    pub ticket_signing_key: Option<PathBuf>,
+    /// porthole-web's own user-CA private key (OpenSSH format, owned by
+    /// the porthole-web user, 0600); nodes list its public half in
+    /// fleet.trusted_user_ca.
+    pub user_ca_key: Option<PathBuf>,
+    /// The sshd web sessions go to when placement names no host.
+    pub ssh_host: String,
+    pub ssh_port: u16,
+    /// Where this host's `ssh_host_*_key.pub` are: trusted for the local
+    /// sshd (other hosts are verified with fleet.host_ca_public_key).
+    pub host_keys_dir: PathBuf,
+    /// Private (0700) directory for the per-session key, certificate and
+    /// known_hosts files.
+    pub runtime_dir: PathBuf,
+    /// The OpenSSH client.
+    pub ssh: PathBuf,
+    /// Most web terminals open at once.
+    pub max_sessions: u32,
+    /// How long a page opened with a ticket may open sessions (one at a
+    /// time, e.g. after picking another instance), seconds.
+    pub page_secs: u64,
+    /// Largest websocket message accepted from a browser, bytes.
+    pub max_message_bytes: usize,
+}
+
+impl Default for Web {
+    fn default() -> Self {
+        Web {
+            listen: "127.0.0.1:8022".into(),
+            ticket_public_key: None,
+            ticket_signing_key: None,
+            user_ca_key: None,
+            ssh_host: "127.0.0.1".into(),
+            ssh_port: 22,
+            host_keys_dir: "/etc/ssh".into(),
+            runtime_dir: "/run/porthole-web".into(),
+            ssh: "/usr/bin/ssh".into(),
+            max_sessions: 100,
+            page_secs: 600,
+            max_message_bytes: 65536,
+        }
+    }
+}
+
+impl Web {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let listen_ok = match self.listen.strip_prefix("unix:") {
+            Some(p) => Path::new(p).is_absolute(),
+            None => self.listen.parse::<std::net::SocketAddr>().is_ok(),
+        };
+        if !listen_ok {
+            return Err(ConfigError::Invalid(format!(
+                "web.listen {:?} must be an address:port or unix:/absolute/path",
+                self.listen
+            )));
+        }
+        if !crate::control_plane::api::valid_host(&self.ssh_host) {
+            return Err(ConfigError::Invalid(format!(
+                "web.ssh_host {:?} is not a host name or IP address",
+                self.ssh_host
+            )));
+        }
+        if self.ssh_port == 0 {
+            return Err(ConfigError::Invalid(
+                "web.ssh_port must be between 1 and 65535".into(),
+            ));
+        }
+        if self.max_sessions == 0 || self.page_secs == 0 || self.page_secs > 86_400 {
+            return Err(ConfigError::Invalid(
+                "web.max_sessions must be at least 1 and web.page_secs between 1 and 86400"
+                    .into(),
+            ));
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&self.max_message_bytes) {
+            return Err(ConfigError::Invalid(
+                "web.max_message_bytes must be between 1024 and 16777216".into(),
+            ));
+        }
+        for (key, p) in [
+            ("web.ticket_public_key", self.ticket_public_key.as_deref()),
+            ("web.ticket_signing_key", self.ticket_signing_key.as_deref()),
+            ("web.user_ca_key", self.user_ca_key.as_deref()),
+            ("web.host_keys_dir", Some(self.host_keys_dir.as_path())),
+            ("web.runtime_dir", Some(self.runtime_dir.as_path())),
+            ("web.ssh", Some(self.ssh.as_path())),
+        ] {
+            if let Some(p) = p.filter(|p| !p.is_absolute()) {
+                return Err(ConfigError::Invalid(format!(
+                    "{key} {} must be an absolute path",
+                    p.display()
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for Fleet {
@@ -552,7 +662,8 @@ impl Config {
                 "runtime annotations must not be empty".into(),
             ));
         }
-        self.fleet.validate()
+        self.fleet.validate()?;
+        self.web.validate()
     }
 
     /// Loads the file at `path` after checking it is safe to trust.

@@ -28,3 +28,5 @@ pub mod fleet;
 #[cfg(feature = "http")]
 pub mod keys_hook;
 pub mod session;
+#[cfg(feature = "web")]
+pub mod web;
