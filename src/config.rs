@@ -211,9 +211,14 @@ pub struct Fleet {
     /// certificate's `source-address`. Empty: no such restriction (use
     /// when a NAT or load balancer sits between front door and nodes).
     pub source_address: Vec<String>,
-    /// Node: the user-CA public key whose certificates are hops (the same
-    /// file sshd's `TrustedUserCAKeys` names in the drop-in).
+    /// Node: the user-CA public keys (one per line) whose certificates are
+    /// hops from a front door or the web shell (the same file sshd's
+    /// `TrustedUserCAKeys` names in the drop-in).
     pub trusted_user_ca: Option<PathBuf>,
+    /// The names placement uses for this host (`instances[].host`). The
+    /// first is also the `via` a front door writes into its certificates.
+    /// Empty: the kernel's host name.
+    pub host_names: Vec<String>,
 }
 
 /// `[web]`: porthole-web, the dashboard's browser shell (off until its
@@ -335,6 +340,7 @@ impl Default for Fleet {
             hop_timeout_ms: 2000,
             source_address: Vec::new(),
             trusted_user_ca: None,
+            host_names: Vec::new(),
         }
     }
 }
@@ -348,7 +354,38 @@ impl Fleet {
             .collect()
     }
 
+    /// The names this host has in placement: `host_names`, else the
+    /// kernel's host name.
+    pub fn own_names(&self) -> Vec<String> {
+        if !self.host_names.is_empty() {
+            return self.host_names.clone();
+        }
+        nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .filter(|h| !h.is_empty())
+            .into_iter()
+            .collect()
+    }
+
+    /// Whether placement's `host` names this host (case-insensitive, as
+    /// DNS names are).
+    pub fn is_own_name(&self, host: &str) -> bool {
+        self.own_names()
+            .iter()
+            .any(|n| n.eq_ignore_ascii_case(host))
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(bad) = self
+            .host_names
+            .iter()
+            .find(|h| !crate::control_plane::api::valid_host(h))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "fleet.host_names entry {bad:?} is not a host name or IP address"
+            )));
+        }
         let role = self.role.as_str();
         let front_only: [(&str, bool); 4] = [
             ("fleet.user_ca_key", self.user_ca_key.is_some()),

@@ -61,7 +61,8 @@ pub struct Instance {
     /// A DNS name or an IP literal, never anything `ssh` could read as an
     /// option or a `user@` prefix.
     pub host: String,
-    pub port: u16,
+    /// The node's sshd port; `None`: the front door's `fleet.node_port`.
+    pub port: Option<u16>,
 }
 
 /// Why a placement entry was skipped (logged with its index).
@@ -127,12 +128,13 @@ fn parse_instance(v: Value) -> Result<Instance, InstanceReject> {
         _ => return Err(InstanceReject::Host),
     };
     let port = match o.get("port") {
-        None | Some(Value::Null) => 22,
-        Some(Value::Number(n)) => n
-            .as_u64()
-            .and_then(|p| u16::try_from(p).ok())
-            .filter(|p| *p != 0)
-            .ok_or(InstanceReject::Port)?,
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => Some(
+            n.as_u64()
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|p| *p != 0)
+                .ok_or(InstanceReject::Port)?,
+        ),
         Some(_) => return Err(InstanceReject::Port),
     };
     Ok(Instance { slug, host, port })
@@ -567,9 +569,9 @@ mod tests {
                 .map(|i| (i.slug.as_str(), i.host.as_str(), i.port))
                 .collect::<Vec<_>>(),
             [
-                ("d4e5f", "node-3.oregon.internal", 22),
-                ("aaaaa", "10.1.2.3", 22),
-                ("bbbbb", "fd00::3", 2222)
+                ("d4e5f", "node-3.oregon.internal", Some(22)),
+                ("aaaaa", "10.1.2.3", None),
+                ("bbbbb", "fd00::3", Some(2222))
             ]
         );
         assert!(matches!(
@@ -697,7 +699,7 @@ mod tests {
                 p.iter()
                     .map(|i| (i.host.as_str(), i.port))
                     .collect::<Vec<_>>(),
-                [("node-1", 22), ("node-2", 2200)],
+                [("node-1", None), ("node-2", Some(2200))],
                 "{bad}: the good entries survive"
             );
             let r = route(&sid("srv-a1"), &p, Some("aaaaa"), 0).unwrap();

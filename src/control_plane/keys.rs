@@ -326,6 +326,28 @@ pub fn find_listed_key<'a>(
     Some((entry, key))
 }
 
+/// The listing of the key with this SHA256 fingerprint (`SHA256:…`, as
+/// sshd's `%f`), by the same rules as [`find_listed_key`]: the first
+/// listing decides, and one the keys hook would print no line for (expired,
+/// bad options) admits nothing. For a hop: the node learns the key only by
+/// its fingerprint, from the front door's certificate.
+pub fn find_listed_fingerprint<'a>(
+    doc: &'a ServiceDoc,
+    fingerprint: &str,
+    now_unix: i64,
+) -> Option<(&'a KeyEntry, ValidKey)> {
+    let (entry, key) = doc
+        .keys
+        .iter()
+        .filter_map(|k| k.as_ref().ok())
+        .find_map(|entry| {
+            let key = validate_public_key(&entry.public_key).ok()?;
+            (key.fingerprint == fingerprint).then_some((entry, key))
+        })?;
+    render_line(entry, &key, now_unix).ok()?;
+    Some((entry, key))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

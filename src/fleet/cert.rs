@@ -186,6 +186,38 @@ pub fn load_ca_public(path: &Path) -> Result<PublicKey, CaKeyError> {
     })
 }
 
+/// Reads a file of CA public keys, one per line (`#` comments and blank
+/// lines skipped), as sshd's `TrustedUserCAKeys` does: root-owned, not
+/// writable by others. At least one key; a line that does not parse makes
+/// the whole file unusable (a half-read trust list is worse than none).
+pub fn load_ca_publics(path: &Path) -> Result<Vec<PublicKey>, CaKeyError> {
+    let bytes = read_root_owned(path, MAX_CA_FILE_BYTES).map_err(|e| ca_read_error(path, e))?;
+    let text = String::from_utf8(bytes).map_err(|_| CaKeyError::Parse {
+        path: path.to_owned(),
+        why: "not UTF-8".into(),
+    })?;
+    let mut keys = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        keys.push(
+            PublicKey::from_openssh(line).map_err(|e| CaKeyError::Parse {
+                path: path.to_owned(),
+                why: format!("line {}: {e}", n + 1),
+            })?,
+        );
+    }
+    if keys.is_empty() {
+        return Err(CaKeyError::Parse {
+            path: path.to_owned(),
+            why: "it lists no key".into(),
+        });
+    }
+    Ok(keys)
+}
+
 /// Fills `buf` from the kernel's CSPRNG.
 pub(crate) fn random_bytes(buf: &mut [u8]) -> std::io::Result<()> {
     let mut done = 0;
@@ -544,6 +576,25 @@ pub fn verify_hop(line: &str, ca: &PublicKey, login: &str, now: u64) -> Result<H
     })
 }
 
+/// [`verify_hop`] against a list of trusted CAs (the node's
+/// `trusted_user_ca` file): the one that signed the certificate decides;
+/// signed by none of them is [`HopError::UntrustedCa`].
+pub fn verify_hop_any(
+    line: &str,
+    cas: &[PublicKey],
+    login: &str,
+    now: u64,
+) -> Result<HopClaim, HopError> {
+    let mut last = HopError::Malformed("no trusted user CA is configured".into());
+    for ca in cas {
+        match verify_hop(line, ca, login, now) {
+            Err(e @ HopError::UntrustedCa { .. }) => last = e,
+            other => return other,
+        }
+    }
+    Err(last)
+}
+
 /// Picks the line of an `SSH_USER_AUTH` file that authenticated with a
 /// public key (the last one: with several methods it is the last that
 /// completed the login; porthole's drop-in allows publickey only).
@@ -760,6 +811,55 @@ mod tests {
 
     fn ca_other() -> PrivateKey {
         ca()
+    }
+
+    /// A node trusting the front door's CA and the web shell's: the one that
+    /// signed decides; a CA in neither list is untrusted.
+    #[test]
+    fn any_of_the_trusted_cas_verifies() {
+        let (fd, web, stranger) = (ca(), ca(), ca());
+        let trusted = [fd.public_key().clone(), web.public_key().clone()];
+        for signer in [&fd, &web] {
+            let l = line(&minted(signer, LOGIN, NOW, &[]).certificate);
+            assert!(verify_hop_any(&l, &trusted, LOGIN, NOW).is_ok());
+            // The signer's own refusals still come through (wrong principal).
+            assert!(matches!(
+                verify_hop_any(&l, &trusted, "srv-web1-bbbbb", NOW),
+                Err(HopError::WrongPrincipal { .. })
+            ));
+        }
+        let l = line(&minted(&stranger, LOGIN, NOW, &[]).certificate);
+        assert!(matches!(
+            verify_hop_any(&l, &trusted, LOGIN, NOW),
+            Err(HopError::UntrustedCa { .. })
+        ));
+        assert!(matches!(
+            verify_hop_any(&l, &[], LOGIN, NOW),
+            Err(HopError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn a_trust_file_lists_several_cas_and_rejects_garbage() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let dir = tmp.path();
+        let (a, b) = (ca(), ca());
+        let p = dir.join("user_ca.pub");
+        let text = format!(
+            "# front door\n{}\n\n# web shell\n{}\n",
+            a.public_key().to_openssh().unwrap(),
+            b.public_key().to_openssh().unwrap()
+        );
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let keys = load_ca_publics(&p).unwrap();
+        assert_eq!(keys, [a.public_key().clone(), b.public_key().clone()]);
+        std::fs::write(&p, "# nothing\n").unwrap();
+        assert!(matches!(load_ca_publics(&p), Err(CaKeyError::Parse { .. })));
+        std::fs::write(&p, "ssh-ed25519 AAAAnope\n").unwrap();
+        assert!(matches!(load_ca_publics(&p), Err(CaKeyError::Parse { .. })));
     }
 
     /// One byte of the owner changed in the signed blob: the signature no

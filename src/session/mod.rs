@@ -23,6 +23,7 @@
 pub mod confine;
 pub mod container;
 pub mod enter;
+pub mod hop;
 pub mod limits;
 pub mod registry;
 pub mod revoke;

@@ -448,6 +448,35 @@ impl KeyWatch<'_> {
     }
 }
 
+/// Runs `porthole-keys --refresh <service>` and waits for it, within the
+/// control plane's budget plus a grace (then it is killed). For a login
+/// sshd admitted without asking the keys hook — a hop certificate signed
+/// by a trusted CA — whose service answer is missing or old in the cache.
+/// Ok means the hook ran to its end (it may still have found no fresh
+/// answer: the caller reads the cache and decides).
+pub fn refresh_blocking(cfg: &Config, service: &ServiceId) -> Result<(), RefreshError> {
+    let r = Refresh {
+        pid: spawn_refresh(cfg, service)?,
+        started: Instant::now(),
+    };
+    let budget = Duration::from_millis(cfg.control_plane.timeout_ms) + KILL_GRACE;
+    loop {
+        if let Some(done) = reap(&r) {
+            return done;
+        }
+        if r.started.elapsed() >= budget {
+            // SAFETY: signalling and reaping our own child.
+            unsafe {
+                libc::kill(r.pid, libc::SIGKILL);
+                let mut st = 0;
+                libc::waitpid(r.pid, &mut st, 0);
+            }
+            return Err(RefreshError::Timeout);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// The keys user's groups as sshd's initgroups gives them (looked up
 /// before the fork: NSS is not async-signal-safe).
 fn hook_groups(name: &str, gid: u32) -> Result<Vec<libc::gid_t>, RefreshError> {

@@ -21,6 +21,7 @@ use crate::session::supervise::{self, Controls, DrainNotice, EndReason, ExitStat
 use std::ffi::CString;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -145,6 +146,23 @@ pub enum RefusalReason {
     LimitInstance,
     /// The key's owner already has their maximum of sessions on this host.
     LimitOwner,
+    /// A certificate login (a hop) that this node does not accept: no
+    /// trusted CA configured, or the certificate fails its checks.
+    Certificate,
+    /// A front door asked about a service the control plane gives no
+    /// placement for: it cannot know where to hop.
+    NoPlacement,
+    /// A node asked for an instance that placement puts on another host
+    /// (nodes never hop).
+    Elsewhere,
+    /// The front door could not reach the node's sshd in time.
+    NodeUnreachable,
+    /// The node's host key is not certified by the platform's host CA.
+    NodeHostKey,
+    /// The node refused the front door's certificate.
+    HopRefused,
+    /// The hop failed for another reason (the OpenSSH client's words).
+    HopFailed,
 }
 
 impl RefusalReason {
@@ -175,16 +193,28 @@ impl RefusalReason {
             RefusalReason::Memory => "memory",
             RefusalReason::LimitInstance => "limit_instance",
             RefusalReason::LimitOwner => "limit_owner",
+            RefusalReason::Certificate => "certificate",
+            RefusalReason::NoPlacement => "no_placement",
+            RefusalReason::Elsewhere => "elsewhere",
+            RefusalReason::NodeUnreachable => "node_unreachable",
+            RefusalReason::NodeHostKey => "node_host_key",
+            RefusalReason::HopRefused => "hop_refused",
+            RefusalReason::HopFailed => "hop_failed",
         }
     }
 
     /// How loud the `session.rejected` event is. An instance porthole
-    /// cannot confine as it is confined is the admin's problem to fix: it
-    /// is said louder than an ordinary refusal. Listed without a wildcard
-    /// so a new reason gets its severity chosen, not inherited.
+    /// cannot confine as it is confined is the admin's problem to fix, and
+    /// a certificate or host key that does not check out inside the fleet
+    /// is a possible attack or a broken CA setup: those are said louder
+    /// than an ordinary refusal. Listed without a wildcard so a new reason
+    /// gets its severity chosen, not inherited.
     pub fn severity(self) -> Severity {
         match self {
-            RefusalReason::Confinement => Severity::Warning,
+            RefusalReason::Confinement
+            | RefusalReason::Certificate
+            | RefusalReason::NodeHostKey
+            | RefusalReason::HopRefused => Severity::Warning,
             RefusalReason::BadName
             | RefusalReason::Setup
             | RefusalReason::WrongUid
@@ -207,7 +237,11 @@ impl RefusalReason {
             | RefusalReason::Drained
             | RefusalReason::Memory
             | RefusalReason::LimitInstance
-            | RefusalReason::LimitOwner => Severity::Notice,
+            | RefusalReason::LimitOwner
+            | RefusalReason::NoPlacement
+            | RefusalReason::Elsewhere
+            | RefusalReason::NodeUnreachable
+            | RefusalReason::HopFailed => Severity::Notice,
         }
     }
 }
@@ -326,6 +360,12 @@ pub struct Authorized {
     /// `instances`), when it lists them: then they are the authority, and
     /// no other container of the service is entered (Part 2 of the design).
     pub listed_slugs: Option<Vec<String>>,
+    /// The control plane's placement of the service's instances, if any:
+    /// where a front door hops.
+    pub placement: Option<Vec<crate::control_plane::api::Instance>>,
+    /// The certificate of a hop (front door or web shell), when the login
+    /// came that way: its owner, front door and session id.
+    pub hop: Option<crate::fleet::cert::HopClaim>,
 }
 
 /// Everything up to the choice of instance. Pure checks, no side effects.
@@ -364,7 +404,7 @@ pub fn authorize(cfg: &Config, h: &Handover) -> Result<Authorized, Refusal> {
     })?;
     // The cache is trusted only when written by the keys user: without
     // knowing that uid there is nothing to check its owner against.
-    let keys_uid = Some(lookup_uid(&cfg.session.keys_user).ok_or_else(|| {
+    let keys_uid = lookup_uid(&cfg.session.keys_user).ok_or_else(|| {
         refuse(
             RefusalReason::Setup,
             format!(
@@ -372,60 +412,29 @@ pub fn authorize(cfg: &Config, h: &Handover) -> Result<Authorized, Refusal> {
                 cfg.session.keys_user
             ),
         )
-    })?);
-    let cached = crate::control_plane::cache::read(&cfg.cache.dir, &target.service, keys_uid)
-        .map_err(|e| {
-            refuse(
-                RefusalReason::Cache,
-                format!(
-                    "cannot read the authorization record of {}: {e}",
-                    target.service
-                ),
-            )
-        })?
-        .ok_or_else(|| {
-            refuse(
-                RefusalReason::Cache,
-                format!("no authorization record for {}; try again", target.service),
-            )
-        })?;
-    let now = crate::time::now_unix();
-    let max_age = i64::try_from(cfg.cache.stale_secs).unwrap_or(i64::MAX);
-    if now.saturating_sub(cached.fetched_at) > max_age {
-        return Err(refuse(
-            RefusalReason::Cache,
-            format!(
-                "the authorization record of {} is too old; try again",
-                target.service
-            ),
-        ));
-    }
-    let doc = cached.doc.ok_or_else(|| {
-        refuse(
-            RefusalReason::NoService,
-            format!("{} does not exist", target.service),
-        )
     })?;
-    let (entry, key) = crate::control_plane::keys::find_listed_key(&doc, &key_type, &b64, now)
-        .ok_or_else(|| {
-            refuse(
-                RefusalReason::KeyNotListed,
-                format!(
-                    "the key you logged in with is not (or no longer) allowed for {}",
-                    target.service
-                ),
-            )
-        })?;
-    let identity = Identity {
-        owner: entry.owner.clone(),
-        fingerprint: key.fingerprint,
-        key_type: key.algorithm,
-        key_base64: key.base64,
+    let now = crate::time::now_unix();
+    let request = classify_request(h, &cfg.session.sftp_server_paths);
+    let (doc, identity, hop) = if key_type.ends_with(CERT_SUFFIX) {
+        let claim = verify_certificate(cfg, user, &key_type, &b64)?;
+        let doc = service_doc(cfg, &target, keys_uid, true)?;
+        let identity = hop_identity(&doc, &target, &claim, now)?;
+        (doc, identity, Some(claim))
+    } else {
+        let doc = service_doc(cfg, &target, keys_uid, false)?;
+        let (entry, key) = crate::control_plane::keys::find_listed_key(&doc, &key_type, &b64, now)
+            .ok_or_else(|| not_listed(&target))?;
+        let identity = Identity {
+            owner: entry.owner.clone(),
+            fingerprint: key.fingerprint,
+            key_type: key.algorithm,
+            key_base64: key.base64,
+        };
+        (doc, identity, None)
     };
     if let ShellPolicy::Refused(msg) = shell_policy(&doc.service) {
         return Err(refuse(RefusalReason::ServiceType, msg));
     }
-    let request = classify_request(h, &cfg.session.sftp_server_paths);
     Ok(Authorized {
         target,
         identity,
@@ -434,7 +443,147 @@ pub fn authorize(cfg: &Config, h: &Handover) -> Result<Authorized, Refusal> {
         listed_slugs: doc
             .placement()
             .map(|listed| listed.iter().map(|i| i.slug.clone()).collect()),
+        placement: doc
+            .placement()
+            .map(|listed| listed.into_iter().cloned().collect()),
+        hop,
     })
+}
+
+/// The key type suffix of OpenSSH certificates.
+const CERT_SUFFIX: &str = "-cert-v01@openssh.com";
+/// The `via` of certificates the web shell mints: its sessions were
+/// authorized by the dashboard's ticket, not by a listed SSH key.
+pub const VIA_WEB: &str = "web";
+
+fn not_listed(target: &Target) -> Refusal {
+    refuse(
+        RefusalReason::KeyNotListed,
+        format!(
+            "the key you logged in with is not (or no longer) allowed for {}",
+            target.service
+        ),
+    )
+}
+
+/// The service's answer from the keys hook's cache, young enough to log in
+/// with. A certificate login (`refresh`) was admitted by sshd without the
+/// keys hook, so a missing or no longer fresh answer is first brought up to
+/// date by running the hook's refresh mode, as the keys user.
+fn service_doc(
+    cfg: &Config,
+    target: &Target,
+    keys_uid: u32,
+    refresh: bool,
+) -> Result<crate::control_plane::api::ServiceDoc, Refusal> {
+    let read = || {
+        crate::control_plane::cache::read(&cfg.cache.dir, &target.service, Some(keys_uid)).map_err(
+            |e| {
+                refuse(
+                    RefusalReason::Cache,
+                    format!(
+                        "cannot read the authorization record of {}: {e}",
+                        target.service
+                    ),
+                )
+            },
+        )
+    };
+    let fresh = i64::try_from(cfg.cache.fresh_secs).unwrap_or(i64::MAX);
+    let mut cached = read()?;
+    let now = crate::time::now_unix();
+    if refresh
+        && cached
+            .as_ref()
+            .map_or(true, |c| now.saturating_sub(c.fetched_at) > fresh)
+    {
+        // A failed refresh is not the answer: what the cache holds next is.
+        let _ = crate::session::revoke::refresh_blocking(cfg, &target.service);
+        cached = read()?;
+    }
+    let cached = cached.ok_or_else(|| {
+        refuse(
+            RefusalReason::Cache,
+            format!("no authorization record for {}; try again", target.service),
+        )
+    })?;
+    let max_age = i64::try_from(cfg.cache.stale_secs).unwrap_or(i64::MAX);
+    if crate::time::now_unix().saturating_sub(cached.fetched_at) > max_age {
+        return Err(refuse(
+            RefusalReason::Cache,
+            format!(
+                "the authorization record of {} is too old; try again",
+                target.service
+            ),
+        ));
+    }
+    cached.doc.ok_or_else(|| {
+        refuse(
+            RefusalReason::NoService,
+            format!("{} does not exist", target.service),
+        )
+    })
+}
+
+/// A certificate login: a hop from a front door or the web shell. Checked
+/// again here (sshd checked it against `TrustedUserCAKeys`): signed by a
+/// CA porthole.toml trusts, for exactly this login name, valid now, with
+/// porthole's key id — only then is its owner believed.
+fn verify_certificate(
+    cfg: &Config,
+    login: &str,
+    key_type: &str,
+    b64: &str,
+) -> Result<crate::fleet::cert::HopClaim, Refusal> {
+    let bad = |why: String| {
+        refuse(
+            RefusalReason::Certificate,
+            format!("this host does not accept the certificate you logged in with: {why}"),
+        )
+    };
+    let path = cfg
+        .fleet
+        .trusted_user_ca
+        .as_deref()
+        .ok_or_else(|| bad("it accepts no hops (fleet.trusted_user_ca is not set)".into()))?;
+    let cas = crate::fleet::cert::load_ca_publics(path).map_err(|e| {
+        refuse(
+            RefusalReason::Setup,
+            format!("SSH through the front door is not available on this host right now: {e}; the platform team has been notified"),
+        )
+    })?;
+    let now = u64::try_from(crate::time::now_unix()).unwrap_or(0);
+    crate::fleet::cert::verify_hop_any(&format!("publickey {key_type} {b64}"), &cas, login, now)
+        .map_err(|e| bad(e.to_string()))
+}
+
+/// Who a hop belongs to: the owner the certificate names. The key the
+/// developer logged in with at the front door must still be listed for
+/// the service (a revocation between front door and node counts), and it
+/// is the key the session's revocation watch follows. The web shell's
+/// sessions have no SSH key: the dashboard's ticket authorized them.
+fn hop_identity(
+    doc: &crate::control_plane::api::ServiceDoc,
+    target: &Target,
+    claim: &crate::fleet::cert::HopClaim,
+    now: i64,
+) -> Result<Identity, Refusal> {
+    let id = &claim.identity;
+    match crate::control_plane::keys::find_listed_fingerprint(doc, &id.fingerprint, now) {
+        Some((_, key)) => Ok(Identity {
+            owner: id.owner.clone(),
+            fingerprint: key.fingerprint,
+            key_type: key.algorithm,
+            key_base64: key.base64,
+        }),
+        None if id.via == VIA_WEB => Ok(Identity {
+            owner: id.owner.clone(),
+            fingerprint: id.fingerprint.clone(),
+            key_type: "web-ticket".into(),
+            key_base64: String::new(),
+        }),
+        None => Err(not_listed(target)),
+    }
 }
 
 /// The whole session, as one list of steps: the first refusal ends it.
@@ -447,10 +596,210 @@ pub fn run(cfg: &Config, log: &Logger, h: &Handover) -> i32 {
         Err(r) => return cx.reject(&r, None),
     };
     // From here on the key is known: a refusal names its owner.
-    match enter_and_supervise(&cx, &login) {
+    let result = match destination(cfg, &login) {
+        Ok(Where::Here(None)) => enter_and_supervise(&cx, &login),
+        Ok(Where::Here(Some(slug))) => {
+            // Placement chose a local instance for a login without a slug:
+            // enter exactly that one.
+            let mut login = login.clone();
+            login.target.slug = Some(slug);
+            enter_and_supervise(&cx, &login)
+        }
+        Ok(Where::There(dest)) => hop_session(&cx, &login, &dest),
+        Err(r) => Err(r),
+    };
+    match result {
         Ok(code) => code,
         Err(r) => cx.reject(&r, Some(&login.identity)),
     }
+}
+
+/// Where a login is served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Where {
+    /// On this host; with the slug placement chose when the login named
+    /// none.
+    Here(Option<String>),
+    /// On another host, through a hop.
+    There(crate::session::hop::Destination),
+}
+
+/// The host's role and the control plane's placement decide where the
+/// login goes. A node never hops, and a login that arrived by a hop is
+/// never carried further (no chains: a node cannot reach other nodes).
+fn destination(cfg: &Config, login: &Authorized) -> Result<Where, Refusal> {
+    use crate::config::Role;
+    let role = cfg.fleet.role;
+    if role == Role::Node || login.hop.is_some() {
+        return Ok(Where::Here(None));
+    }
+    let service = &login.target.service;
+    let Some(placement) = &login.placement else {
+        if role == Role::Both {
+            return Ok(Where::Here(None));
+        }
+        return Err(refuse(
+            RefusalReason::NoPlacement,
+            format!(
+                "the platform does not say where {service} runs, so this front door cannot reach it; the platform team has been notified"
+            ),
+        ));
+    };
+    let listed: Vec<&crate::control_plane::api::Instance> = placement.iter().collect();
+    let mut random = [0u8; 8];
+    // Without randomness the first listed instance is as good a choice.
+    let _ = crate::fleet::cert::random_bytes(&mut random);
+    let chosen = crate::control_plane::api::route(
+        service,
+        &listed,
+        login.target.slug.as_deref(),
+        u64::from_le_bytes(random),
+    )
+    .map_err(|e| refuse(RefusalReason::NoInstance, e.to_string()))?;
+    if role == Role::Both && cfg.fleet.is_own_name(&chosen.host) {
+        return Ok(Where::Here(Some(chosen.slug.clone())));
+    }
+    Ok(Where::There(crate::session::hop::Destination {
+        login: service.instance_name(&chosen.slug),
+        host: chosen.host.clone(),
+        port: chosen.port.unwrap_or(cfg.fleet.node_port),
+    }))
+}
+
+/// The front door's session: carried to the node by a hop. Drains and
+/// admins' close requests on the front door apply; limits, the instance's
+/// own drains and its confinement are the node's, which says its refusals
+/// itself (they reach the developer on stderr through the hop).
+fn hop_session(
+    cx: &Context<'_>,
+    login: &Authorized,
+    dest: &crate::session::hop::Destination,
+) -> Result<i32, Refusal> {
+    use crate::session::hop::{self, Carry, HopError, Watch};
+    let cfg = cx.cfg;
+    let state = &cfg.session.state_dir;
+    let service = &login.target.service;
+    let iname = dest.login.clone();
+    if let Some(d) = registry::active_drain(state, service, &iname) {
+        return Err(refuse(
+            RefusalReason::Drained,
+            format!("{iname} is closed for maintenance: {}", d.message),
+        ));
+    }
+    let identity = &login.identity;
+    let record = SessionRecord {
+        id: registry::new_id(),
+        service: service.to_string(),
+        instance: iname.clone(),
+        owner: identity.owner.clone(),
+        fingerprint: identity.fingerprint.clone(),
+        key_type: identity.key_type.clone(),
+        client: cx.client.clone(),
+        started: crate::time::now_unix(),
+        command: login.request.describe(),
+        tty: cx.h.stdin_is_tty,
+        pid: std::process::id() as i32,
+        leader: None,
+    };
+    let session_id = record.id.clone();
+    let _registration = register(cx, &record)?;
+    let node = format!("{}:{}", dest.host, dest.port);
+    let via = cfg
+        .fleet
+        .own_names()
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| "front-door".into());
+    let hop_identity = crate::fleet::cert::HopIdentity {
+        owner: identity.owner.clone(),
+        fingerprint: identity.fingerprint.clone(),
+        session_id: session_id.clone(),
+        via,
+    };
+    let carry = match &login.request {
+        Request::Shell => Carry::Shell,
+        Request::Exec(c) => Carry::Exec(c.clone()),
+        Request::Sftp => Carry::Sftp,
+    };
+    let drain_name = iname.clone();
+    let watch = Watch {
+        close_message: Box::new(|| registry::close_message(state, &session_id)),
+        drain_due: Box::new(move || {
+            registry::active_drain(state, service, &drain_name)
+                .filter(|d| d.deadline <= crate::time::now_unix())
+                .map(|d| format!("{drain_name} is closed for maintenance: {}", d.message))
+        }),
+    };
+    cx.log.emit(
+        &Event::new("session.start", Severity::Info)
+            .field("service", service.as_str())
+            .field("instance", iname.as_str())
+            .field("owner", identity.owner.as_str())
+            .field("fingerprint", identity.fingerprint.as_str())
+            .field("key_type", identity.key_type.as_str())
+            .opt("client", cx.client.clone())
+            .field("command", login.request.describe())
+            .field("tty", cx.h.stdin_is_tty)
+            .field("session_id", session_id.as_str())
+            .field("hop", node.as_str()),
+    );
+    let ended = hop::run(
+        cfg,
+        dest,
+        &hop_identity,
+        cx.h.stdin_is_tty,
+        cx.h.term.as_deref(),
+        &carry,
+        watch,
+    )
+    .map_err(|e| {
+        let reason = match &e {
+            HopError::Setup(_) | HopError::Mint(_) => RefusalReason::Setup,
+            HopError::Unreachable(_) => RefusalReason::NodeUnreachable,
+            HopError::HostKey(_) => RefusalReason::NodeHostKey,
+            HopError::Refused(_) => RefusalReason::HopRefused,
+            HopError::Failed(_) => RefusalReason::HopFailed,
+        };
+        let message = match &e {
+            HopError::Setup(_) | HopError::Mint(_) => format!(
+                "SSH through this front door is not available right now ({e}); the platform team has been notified"
+            ),
+            _ => e.to_string(),
+        };
+        refuse(reason, message)
+    })?;
+    let (exit_code, signal) = (ended.status.code(), ended.status.signal());
+    let reason = match (&ended.ended_by, signal) {
+        (Some((why, _)), _) => *why,
+        (None, Some(_)) => "signal",
+        (None, None) => "exit",
+    };
+    cx.log.emit(
+        &Event::new("session.end", Severity::Info)
+            .field("service", service.as_str())
+            .field("instance", iname.as_str())
+            .field("owner", identity.owner.as_str())
+            .field("session_id", session_id.as_str())
+            .field("reason", reason)
+            .opt(
+                "message",
+                ended
+                    .ended_by
+                    .as_ref()
+                    .map(|(_, m)| m.clone())
+                    .filter(|m| !m.is_empty()),
+            )
+            .opt("exit_status", exit_code)
+            .opt("signal", signal)
+            .field("hop", node.as_str())
+            .field("mint_us", ended.mint_us)
+            .field("duration_ms", elapsed_ms(cx.started)),
+    );
+    Ok(match (&ended.ended_by, exit_code) {
+        (Some(_), _) => 1,
+        (None, Some(c)) => c,
+        (None, None) => 128 + signal.unwrap_or(0),
+    })
 }
 
 /// The steps after authorization, in order. What a step sets up is held
@@ -570,12 +919,30 @@ fn find_instance(cx: &Context<'_>, login: &Authorized) -> Result<Instance, Refus
     };
     let all = only_listed(all, login)?;
     runtime::choose(all, &login.target.service, login.target.slug.as_deref()).map_err(|e| {
-        let reason = match &e {
-            runtime::ResolveError::Conflicted { .. } => RefusalReason::InstanceConflict,
-            _ => RefusalReason::NoInstance,
-        };
-        refuse(reason, e.to_string())
+        if let runtime::ResolveError::Conflicted { .. } = &e {
+            return refuse(RefusalReason::InstanceConflict, e.to_string());
+        }
+        elsewhere(cfg, login).unwrap_or_else(|| refuse(RefusalReason::NoInstance, e.to_string()))
     })
+}
+
+/// The sentence for an instance placement puts on another host: a node
+/// does not hop, the region's front door does.
+fn elsewhere(cfg: &Config, login: &Authorized) -> Option<Refusal> {
+    let slug = login.target.slug.as_deref()?;
+    let placed = login
+        .placement
+        .as_ref()?
+        .iter()
+        .find(|i| i.slug == slug && !cfg.fleet.is_own_name(&i.host))?;
+    let name = login.target.service.instance_name(slug);
+    Some(refuse(
+        RefusalReason::Elsewhere,
+        format!(
+            "{name} runs on {}, not on this host; connect through the region's SSH address (its front door), which reaches every instance",
+            placed.host
+        ),
+    ))
 }
 
 /// Where the control plane lists the service's instances, a local
@@ -1144,7 +1511,13 @@ fn session_record(
     plan: &Plan,
 ) -> SessionRecord {
     SessionRecord {
-        id: registry::new_id(),
+        // A hop keeps the front door's session id: both hosts' audit events
+        // of one login share it.
+        id: login
+            .hop
+            .as_ref()
+            .map(|c| c.identity.session_id.clone())
+            .unwrap_or_else(registry::new_id),
         service: login.target.service.to_string(),
         instance: instance.name(),
         owner: login.identity.owner.clone(),
@@ -1209,6 +1582,11 @@ fn spawn(
     Ok(spawned)
 }
 
+/// The front door (or `web`) a hopped session came through.
+fn via(login: &Authorized) -> Option<String> {
+    login.hop.as_ref().map(|c| c.identity.via.clone())
+}
+
 /// The `session.start` event.
 fn announce(
     cx: &Context<'_>,
@@ -1234,6 +1612,7 @@ fn announce(
             .field("uid", plan.uid)
             .field("pid", pid)
             .field("session_id", session_id)
+            .opt("via", via(login))
             .field("limits", crate::session::limits::to_json(limits)),
     );
 }
@@ -1256,6 +1635,7 @@ fn controls<'a>(
         instance.name(),
         session_id.to_owned(),
     );
+    let watch_key = !identity.key_base64.is_empty();
     let mut key_watch = crate::session::revoke::KeyWatch::new(
         cfg,
         cx.log,
@@ -1291,7 +1671,8 @@ fn controls<'a>(
             })
         }),
         close_message: Box::new(move || registry::close_message(&cfg.session.state_dir, &sid)),
-        key_revoked: Box::new(move || key_watch.poll()),
+        // A web-shell session has no key to watch (its ticket was single use).
+        key_revoked: Box::new(move || if watch_key { key_watch.poll() } else { None }),
         on_notice: Box::new(move |kind, text| {
             cx.log.emit(
                 &Event::new("session.notice", Severity::Info)
@@ -1335,6 +1716,7 @@ fn end(
             .field("instance", instance.name())
             .field("owner", login.identity.owner.as_str())
             .field("session_id", session_id)
+            .opt("via", via(login))
             .field("reason", outcome.reason.as_str())
             .opt("message", outcome.message.clone())
             .opt("exit_status", exit_code)
@@ -1386,7 +1768,7 @@ mod tests {
 
     /// The codes as they were strings, before the enum: admins' alerts
     /// and the integration tests match on exactly these.
-    const OLD_CODES: [(RefusalReason, &str); 24] = [
+    const OLD_CODES: [(RefusalReason, &str); 31] = [
         (RefusalReason::BadName, "bad_name"),
         (RefusalReason::Setup, "setup"),
         (RefusalReason::WrongUid, "wrong_uid"),
@@ -1411,6 +1793,13 @@ mod tests {
         (RefusalReason::Memory, "memory"),
         (RefusalReason::LimitInstance, "limit_instance"),
         (RefusalReason::LimitOwner, "limit_owner"),
+        (RefusalReason::Certificate, "certificate"),
+        (RefusalReason::NoPlacement, "no_placement"),
+        (RefusalReason::Elsewhere, "elsewhere"),
+        (RefusalReason::NodeUnreachable, "node_unreachable"),
+        (RefusalReason::NodeHostKey, "node_host_key"),
+        (RefusalReason::HopRefused, "hop_refused"),
+        (RefusalReason::HopFailed, "hop_failed"),
     ];
 
     /// Fails to compile when a reason is added, pointing here: the new
@@ -1441,6 +1830,13 @@ mod tests {
             RefusalReason::Memory => 21,
             RefusalReason::LimitInstance => 22,
             RefusalReason::LimitOwner => 23,
+            RefusalReason::Certificate => 24,
+            RefusalReason::NoPlacement => 25,
+            RefusalReason::Elsewhere => 26,
+            RefusalReason::NodeUnreachable => 27,
+            RefusalReason::NodeHostKey => 28,
+            RefusalReason::HopRefused => 29,
+            RefusalReason::HopFailed => 30,
         }
     }
 
@@ -1455,9 +1851,15 @@ mod tests {
     }
 
     #[test]
-    fn only_confinement_refusals_are_warnings() {
+    fn only_confinement_and_fleet_trust_refusals_are_warnings() {
         for (reason, _) in OLD_CODES {
-            let want = if reason == RefusalReason::Confinement {
+            let want = if matches!(
+                reason,
+                RefusalReason::Confinement
+                    | RefusalReason::Certificate
+                    | RefusalReason::NodeHostKey
+                    | RefusalReason::HopRefused
+            ) {
                 Severity::Warning
             } else {
                 Severity::Notice

@@ -175,7 +175,7 @@ fn check_placement(doc: &ServiceDoc) {
             "{:?}",
             i.host
         );
-        assert!(i.host.len() <= 253 && i.port != 0);
+        assert!(i.host.len() <= 253 && i.port != Some(0));
         assert!(porthole::names::is_slug(&i.slug), "slug {:?} kept", i.slug);
         assert!(
             placed[..n].iter().all(|p| p.slug != i.slug),
