@@ -112,6 +112,27 @@ enum Command {
         #[arg(long, default_value = "the instance is being redeployed")]
         message: String,
     },
+    /// Mint a web-shell ticket (the dashboard's job; for the embedded
+    /// default, the demo and tests). Prints the ticket, or the page URL.
+    WebTicket {
+        /// Service ID (srv-abc123).
+        service: String,
+        /// Who the session belongs to (limits, audit).
+        #[arg(long)]
+        owner: String,
+        /// Pin one instance (its slug, d4e5f).
+        #[arg(long)]
+        instance: Option<String>,
+        /// Ed25519 private key, PKCS#8 PEM (default: web.ticket_signing_key).
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Seconds the ticket is valid (at most 60).
+        #[arg(long, default_value_t = 60)]
+        lifetime: u64,
+        /// Print `<URL>shell/<service>?ticket=…` (e.g. http://127.0.0.1:8022/).
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Check the whole host setup and print a checklist with the fix for each failure.
     Doctor {
         /// Check one instance instead: what a session into it would get.
@@ -281,6 +302,41 @@ fn run() -> Result<()> {
             println!();
             for l in lines {
                 say!("{l}");
+            }
+        }
+        Command::WebTicket {
+            service,
+            owner,
+            instance,
+            key,
+            lifetime,
+            url,
+        } => {
+            use porthole::web::ticket::{Signer, MAX_LIFETIME_SECS};
+            let svc = porthole::names::ServiceId::parse(&service)
+                .with_context(|| format!("{service:?} is not a service ID (srv-abc123)"))?;
+            if let Some(slug) = instance.as_deref().filter(|s| !porthole::names::is_slug(s)) {
+                bail!("{slug:?} is not an instance slug (5 lowercase letters or digits)");
+            }
+            if lifetime == 0 || lifetime > MAX_LIFETIME_SECS {
+                bail!("--lifetime must be between 1 and {MAX_LIFETIME_SECS} seconds");
+            }
+            let key = match key {
+                Some(k) => k,
+                None => Config::load(&cli.config)?
+                    .web
+                    .ticket_signing_key
+                    .context("no --key and web.ticket_signing_key is not set")?,
+            };
+            let signer = Signer::load(&key)?;
+            let now = u64::try_from(porthole::time::now_unix()).unwrap_or(0);
+            let t = signer.mint(&svc, instance.as_deref(), &owner, lifetime, now)?;
+            match url {
+                Some(base) => {
+                    let sep = if base.ends_with('/') { "" } else { "/" };
+                    println!("{base}{sep}shell/{svc}?ticket={t}");
+                }
+                None => println!("{t}"),
             }
         }
         Command::Doctor {

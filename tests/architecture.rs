@@ -11,7 +11,16 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Crate names whose code must never be linked into the setuid shell.
-const NETWORK_CRATES: [&str; 5] = ["reqwest", "hyper", "tokio", "rustls", "h2"];
+const NETWORK_CRATES: [&str; 8] = [
+    "reqwest",
+    "hyper",
+    "tokio",
+    "rustls",
+    "h2",
+    "axum",
+    "jsonwebtoken",
+    "pty_process",
+];
 
 /// Mangled Rust symbols name their crate as `<len><name>` (legacy) or
 /// `<len>_<name>`-ish in v0; the legacy form is what this toolchain emits.

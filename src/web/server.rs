@@ -432,10 +432,16 @@ fn pick_target(
             let mut r = [0u8; 8];
             crate::fleet::cert::random_bytes(&mut r).map_err(|e| e.to_string())?;
             let i = api::route(svc, &refs, slug, u64::from_le_bytes(r)).map_err(|e| e.to_string())?;
+            // An instance on this host goes to the local sshd.
+            let (host, port) = if cfg.fleet.is_own_name(&i.host) {
+                (cfg.web.ssh_host.clone(), cfg.web.ssh_port)
+            } else {
+                (i.host.clone(), i.port.unwrap_or(cfg.fleet.node_port))
+            };
             Ok(Target {
                 login: svc.instance_name(&i.slug),
-                host: i.host.clone(),
-                port: i.port,
+                host,
+                port,
             })
         }
         Placement::None => match slug {

@@ -19,6 +19,7 @@ pub mod control_plane;
 pub mod ssh;
 pub mod syslog;
 pub mod util;
+pub mod web;
 
 pub use container::{Instance, InstanceOpts};
 pub use control_plane::{v1_body, web_service, ControlPlane, KeySpec, Reply};
