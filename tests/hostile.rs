@@ -2342,3 +2342,142 @@ fn instance_not_listed_by_the_control_plane_is_never_entered() {
         );
     }
 }
+
+// ----- porthole-web (issue 15) -------------------------------------------
+
+/// Every bad ticket kind: the refusal page with its sentence, the admin's
+/// `web.rejected` event with its reason, and no session anywhere; a good
+/// ticket still opens the page afterwards.
+#[test]
+fn web_ticket_expired_replayed_tampered_unsigned_wrong_service_or_key() {
+    use base64::Engine;
+    use common::web::{node, place, WebShell, SERVICE};
+    use porthole::web::ticket::{Claims, Signer};
+    let b64 = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let host = node();
+    place(&host, &["aaaaa"]);
+    let web = WebShell::start(&host);
+    let now = u64::try_from(porthole::time::now_unix()).unwrap();
+    let claims = |service: &str, iat: u64, exp: u64| Claims {
+        service: service.into(),
+        instance: None,
+        owner: OWNER.into(),
+        iat,
+        exp,
+        jti: porthole::web::ticket::random_hex(16).unwrap(),
+    };
+    let other_key = web.dir.join("other.key");
+    let st = Command::new("openssl")
+        .args(["genpkey", "-algorithm", "ed25519", "-out"])
+        .arg(&other_key)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let other = Signer::load(&other_key).unwrap();
+    let good = web.sign(&claims(SERVICE, now, now + 30));
+    let parts: Vec<&str> = good.split('.').collect();
+    let mut forged = claims(SERVICE, now, now + 30);
+    forged.owner = "root@platform".into();
+    let tampered = format!("{}.{}.{}", parts[0], b64(&serde_json::to_value(&forged).unwrap()), parts[2]);
+    let unsigned = format!("{}.{}.", b64(&json!({"alg": "none", "typ": "JWT"})), parts[1]);
+    let used = web.ticket(None);
+    assert_eq!(web.page(SERVICE, &used).0, 200);
+    let cases: Vec<(&str, String, &str, &str)> = vec![
+        ("expired", web.sign(&claims(SERVICE, now - 120, now - 61)), "expired", "has expired"),
+        ("replayed", used, "replayed", "was used already"),
+        ("tampered", tampered, "bad_signature", "does not carry the dashboard"),
+        ("alg none", unsigned, "unsigned", "is not signed"),
+        ("wrong service", web.sign(&claims("srv-other", now, now + 30)), "wrong_service", "is for srv-other, not srv-web1"),
+        ("wrong key", other.sign(&claims(SERVICE, now, now + 30)).unwrap(), "bad_signature", "does not carry"),
+        ("lifetime over 60 s", web.sign(&claims(SERVICE, now, now + 3600)), "lifetime_too_long", "more than 60 seconds"),
+        ("garbage", "not.a.ticket".into(), "malformed", "not a valid ticket"),
+    ];
+    for (name, ticket, reason, sentence) in cases {
+        let (st, body) = web.page(SERVICE, &ticket);
+        assert_eq!(st, 403, "{name}: {body}");
+        assert!(body.contains(sentence), "{name}: {body}");
+        assert!(!body.contains("\"page\":"), "{name}: a refused page carries a grant");
+        host.expect_event(
+            name,
+            |e| e.is("web.rejected", &[("reason", reason), ("service", SERVICE)]),
+            WAIT,
+        );
+    }
+    // No ticket at all.
+    let r = reqwest::blocking::get(web.url(&format!("/shell/{SERVICE}"))).unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    assert!(host
+        .events()
+        .iter()
+        .all(|e| e.name() != "session.start" && e.name() != "web.session.start"));
+    // Nothing lost: a good ticket opens the page.
+    assert_eq!(web.page(SERVICE, &good).0, 200);
+}
+
+/// The websocket's hostile inputs: a forged page grant, an instance that is
+/// not a slug, an oversized frame, bad resize values and text that is not
+/// the protocol. Each closes with its code and no session (or ends the one
+/// it arrived in, on the node too); a normal session works afterwards.
+#[test]
+fn web_socket_forged_grant_oversized_frame_and_bad_resizes() {
+    use common::web::{node, place, runtime, Term, WebShell, SERVICE};
+    let host = node();
+    let _i = Instance::start(&host, SERVICE, "aaaaa", InstanceOpts::default());
+    place(&host, &["aaaaa"]);
+    let web = WebShell::start(&host);
+    let rt = runtime();
+    let t = Duration::from_secs(20);
+    // Pages are opened over blocking HTTP, outside the runtime.
+    let mut grants: Vec<String> = (0..7).map(|_| web.grant(None)).collect();
+    rt.block_on(async {
+        for (name, url, reason) in [
+            ("forged grant", web.ws_url("0123456789abcdef0123456789abcdef", "", 80, 24), "page_grant"),
+            ("instance not a slug", web.ws_url(&grants.pop().unwrap(), "..%2Fx", 80, 24), "bad_instance"),
+        ] {
+            let mut term = Term::open(&url).await;
+            let (code, _) = term.closed(t).await;
+            assert_eq!(code, 4403, "{name}");
+            host.expect_event(name, |e| e.is("web.rejected", &[("reason", reason)]), WAIT);
+        }
+        let big = vec![b'x'; 70 * 1024];
+        for (name, send, want) in [
+            ("oversized frame", None, 1009),
+            ("resize cols 0", Some(r#"{"type":"resize","cols":0,"rows":24}"#), 1007),
+            ("resize cols 70000", Some(r#"{"type":"resize","cols":70000,"rows":24}"#), 1007),
+            ("resize rows as text", Some(r#"{"type":"resize","cols":80,"rows":"24;reboot"}"#), 1007),
+            ("text not json", Some("stty size\r"), 1007),
+        ] {
+            let mut term = Term::open(&web.ws_url(&grants.pop().unwrap(), "aaaaa", 80, 24)).await;
+            term.send(b"echo rea''dy\r").await;
+            assert!(term.until(t, |s| s.contains("ready")).await, "{name}: {}", term.screen);
+            match send {
+                Some(text) => term.send_text(text).await,
+                None => term.send(&big).await,
+            }
+            let (code, _) = term.closed(t).await;
+            assert_eq!(code, want, "{name}");
+            host.expect_event(
+                name,
+                |e| e.name() == "web.session.end" && e.u64("code") == Some(u64::from(want)),
+                WAIT,
+            );
+        }
+        // Nothing lost: a normal session still works.
+        let mut term = Term::open(&web.ws_url(&grants.pop().unwrap(), "aaaaa", 80, 24)).await;
+        term.send(b"echo fi''ne; exit\r").await;
+        assert!(term.until(t, |s| s.contains("fine")).await, "{}", term.screen);
+        assert_eq!(term.closed(t).await.0, 1000);
+    });
+    // Every session the node started also ended there.
+    let ended = || {
+        host.events()
+            .iter()
+            .filter(|e| e.name() == "session.end")
+            .count()
+    };
+    assert!(
+        util::wait_for(WAIT, || (ended() >= 6).then_some(())).is_some(),
+        "{}",
+        host.log_lines().join("\n")
+    );
+}

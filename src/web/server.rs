@@ -318,8 +318,11 @@ async fn websocket(
     Query(q): Query<WsQuery>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let max = app.cfg.web.max_message_bytes;
-    let ws = ws.max_message_size(max).max_frame_size(max);
+    // The protocol layer reads messages up to 4x the limit (memory stays
+    // bounded) so that one over the limit is answered with a clean close
+    // 1009 by the relay; beyond 4x the connection is simply dropped.
+    let hard = app.cfg.web.max_message_bytes.saturating_mul(4);
+    let ws = ws.max_message_size(hard).max_frame_size(hard);
     // Refusals are sent as close frames: a browser cannot read the HTTP
     // status of a failed upgrade.
     let checked = check_grant(&app, &service, &q);
@@ -520,7 +523,12 @@ async fn run(
             .field("host", target.host.as_str())
             .field("port", target.port),
     );
-    let (code, reason) = relay(socket_with_hello(socket, &target).await, running).await;
+    let (code, reason) = relay(
+        socket_with_hello(socket, &target).await,
+        running,
+        app.cfg.web.max_message_bytes,
+    )
+    .await;
     app.live.fetch_sub(1, Ordering::SeqCst);
     app.log.emit(
         &Event::new("web.session.end", Severity::Info)
@@ -542,7 +550,11 @@ async fn socket_with_hello(mut socket: WebSocket, target: &Target) -> WebSocket 
 
 /// Relays until the client exits or the browser leaves; returns the close
 /// code and reason it sent (or would have).
-async fn relay(mut socket: WebSocket, running: session::Running) -> (u16, String) {
+async fn relay(
+    mut socket: WebSocket,
+    running: session::Running,
+    max_message: usize,
+) -> (u16, String) {
     let session::Running {
         pty,
         mut child,
@@ -568,6 +580,14 @@ async fn relay(mut socket: WebSocket, running: session::Running) -> (u16, String
                     } else {
                         (close::INVALID, "the browser broke the websocket protocol".into())
                     });
+                    break;
+                }
+                Some(Ok(Message::Binary(b))) if b.len() > max_message => {
+                    browser_end = Some((close::TOO_BIG, format!("a message was larger than {max_message} bytes")));
+                    break;
+                }
+                Some(Ok(Message::Text(t))) if t.len() > max_message => {
+                    browser_end = Some((close::TOO_BIG, format!("a message was larger than {max_message} bytes")));
                     break;
                 }
                 Some(Ok(Message::Binary(b))) => {
