@@ -86,3 +86,187 @@ fn web_sessions_relay_bytes_resize_and_close_with_the_reason() {
     let left: Vec<_> = std::fs::read_dir(web.dir.join("run")).unwrap().collect();
     assert!(left.is_empty(), "session files left: {left:?}");
 }
+
+/// chromedriver on a loopback port, killed on drop.
+struct Driver {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn chromedriver(dir: &std::path::Path) -> Driver {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = std::process::Command::new("chromedriver")
+        .arg(format!("--port={port}"))
+        .stdout(std::fs::File::create(dir.join("chromedriver.log")).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("chromedriver (apt install chromium chromium-driver; .ci/run does)");
+    let up = util::wait_for(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    assert!(up.is_some(), "chromedriver did not listen");
+    Driver { child, port }
+}
+
+async fn browser(driver: &Driver, profile: &std::path::Path) -> fantoccini::Client {
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({
+            "binary": "/usr/bin/chromium",
+            "args": [
+                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--window-size=1000,700",
+                format!("--user-data-dir={}", profile.display()),
+            ]
+        }),
+    );
+    fantoccini::ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{}", driver.port))
+        .await
+        .expect("a chromium session")
+}
+
+/// The terminal's text, as xterm.js holds it.
+const READ_BUFFER: &str = "const b = window.portholeTerm.buffer.active; const out = []; \
+    for (let i = 0; i < b.length; i++) { out.push(b.getLine(i).translateToString(true)); } \
+    return out.join('\\n');";
+
+async fn screen(c: &fantoccini::Client) -> String {
+    c.execute(READ_BUFFER, vec![])
+        .await
+        .unwrap()
+        .as_str()
+        .unwrap_or("")
+        .to_owned()
+}
+
+async fn wait_js(c: &fantoccini::Client, what: &str, f: impl Fn(&str) -> bool, text: &str) -> String {
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let s = c.execute(text, vec![]).await.unwrap();
+        let s = s.as_str().unwrap_or("").to_owned();
+        if f(&s) {
+            return s;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: {s}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn shot(c: &fantoccini::Client, path: std::path::PathBuf) {
+    std::fs::write(path, c.screenshot().await.unwrap()).unwrap();
+}
+
+/// The page in a real headless Chromium: type into xterm.js and read the
+/// echo, pick the second instance in the dropdown and land in it, end with
+/// `exit 3` and see the reason; an expired ticket gets the refusal page.
+/// Screenshots of each land in the test's directory (kept on failure).
+/// Also measures keystroke echo from the page (performance.now around a
+/// key and its echo in the terminal buffer).
+#[test]
+fn a_browser_types_into_xterm_and_picks_an_instance() {
+    use fantoccini::Locator;
+    let host = node();
+    let _a = Instance::start(&host, SERVICE, "aaaaa", InstanceOpts::default());
+    let _b = Instance::start(&host, SERVICE, "bbbbb", InstanceOpts::default());
+    place(&host, &["aaaaa", "bbbbb"]);
+    let web = WebShell::start(&host);
+    let good = web.url(&format!("/shell/{SERVICE}?ticket={}", web.ticket(None)));
+    let now = u64::try_from(porthole::time::now_unix()).unwrap();
+    let expired = web.sign(&porthole::web::ticket::Claims {
+        service: SERVICE.into(),
+        instance: None,
+        owner: OWNER.into(),
+        iat: now - 100,
+        exp: now - 70,
+        jti: porthole::web::ticket::random_hex(16).unwrap(),
+    });
+    let expired = web.url(&format!("/shell/{SERVICE}?ticket={expired}"));
+    let driver = chromedriver(&web.dir);
+    let status = "return document.getElementById('status').textContent;";
+    runtime().block_on(async {
+        let c = browser(&driver, &web.dir.join("chromium")).await;
+        c.goto(&good).await.unwrap();
+        wait_js(&c, "connected", |s| s.starts_with("connected to srv-web1-"), status).await;
+        let keys = c.find(Locator::Css(".xterm-helper-textarea")).await.unwrap();
+        keys.send_keys("echo hi\u{E007}").await.unwrap();
+        wait_js(&c, "echo hi", |s| s.lines().any(|l| l.trim() == "hi"), READ_BUFFER).await;
+
+        // Keystroke echo, measured in the page: one key through
+        // websocket -> porthole-web -> sshd -> shell and back.
+        let ms = c
+            .execute_async(
+                "const done = arguments[arguments.length - 1]; const t = window.portholeTerm; \
+                 const times = []; let i = 0; \
+                 function one() { \
+                   if (i === 30) { t.input('\\r', true); times.sort((a, b) => a - b); done(times); return; } \
+                   const ch = 'abcdefghij'[i % 10]; const t0 = performance.now(); \
+                   const sub = t.onWriteParsed(() => { \
+                     const b = t.buffer.active; const line = b.getLine(b.cursorY + b.baseY).translateToString(true); \
+                     if (line.endsWith(ch)) { sub.dispose(); times.push(performance.now() - t0); i++; setTimeout(one, 5); } }); \
+                   t.input(ch, true); } \
+                 t.input('# ', true); setTimeout(one, 200);",
+                vec![],
+            )
+            .await
+            .unwrap();
+        let ms: Vec<f64> = ms.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        eprintln!(
+            "keystroke echo from the page (ms, 30 keys): median {:.2}, p90 {:.2}, max {:.2}",
+            ms[ms.len() / 2],
+            ms[ms.len() * 9 / 10],
+            ms[ms.len() - 1]
+        );
+        shot(&c, host.dir().join("browser-session.png")).await;
+
+        // The dropdown: the second instance, a new session in it.
+        c.find(Locator::Css("#instance option[value='bbbbb']"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        wait_js(&c, "switched", |s| s == "connected to srv-web1-bbbbb", status).await;
+        let keys = c.find(Locator::Css(".xterm-helper-textarea")).await.unwrap();
+        keys.send_keys("hostname\u{E007}").await.unwrap();
+        wait_js(&c, "hostname", |s| s.lines().any(|l| l.trim() == "srv-web1-bbbbb"), READ_BUFFER).await;
+        keys.send_keys("exit 3\u{E007}").await.unwrap();
+        wait_js(
+            &c,
+            "end reason",
+            |s| s == "session ended: the session ended (exit status 3)",
+            status,
+        )
+        .await;
+        let code = c
+            .execute("return document.body.dataset.closeCode;", vec![])
+            .await
+            .unwrap();
+        assert_eq!(code.as_str(), Some("4003"));
+        assert!(screen(&c).await.contains("[the session ended (exit status 3)]"));
+        shot(&c, host.dir().join("browser-ended.png")).await;
+
+        // An expired ticket: the refusal page, no terminal.
+        c.goto(&expired).await.unwrap();
+        let reason = c.find(Locator::Id("reason")).await.unwrap().text().await.unwrap();
+        assert!(reason.contains("has expired"), "{reason}");
+        assert!(c.find(Locator::Css(".xterm")).await.is_err());
+        shot(&c, host.dir().join("browser-expired.png")).await;
+        c.close().await.unwrap();
+    });
+    host.expect_event("expired", |e| e.is("web.rejected", &[("reason", "expired")]), T);
+}

@@ -60,6 +60,9 @@ struct PageGrant {
     ticket: Ticket,
     expires: u64,
     busy: bool,
+    /// Ends the page's live session when the page opens another (the user
+    /// picked another instance): a new one per session.
+    stop: Arc<tokio::sync::Notify>,
 }
 
 /// Everything the handlers share.
@@ -242,6 +245,7 @@ async fn shell_page(
                 ticket: ticket.clone(),
                 expires: t + app.cfg.web.page_secs,
                 busy: false,
+                stop: Arc::new(tokio::sync::Notify::new()),
             },
         );
     }
@@ -325,12 +329,30 @@ async fn websocket(
     let ws = ws.max_message_size(hard).max_frame_size(hard);
     // Refusals are sent as close frames: a browser cannot read the HTTP
     // status of a failed upgrade.
-    let checked = check_grant(&app, &service, &q);
     ws.on_upgrade(move |socket| async move {
+        let mut checked = check_grant(&app, &service, &q);
+        // The page's previous session ends first (at most a few seconds).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while let Err(Checked::Busy(stop)) = &checked {
+            stop.notify_one();
+            if Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            checked = check_grant(&app, &service, &q);
+        }
+        let checked = checked.map_err(|c| match c {
+            Checked::Refused(r) => r,
+            Checked::Busy(_) => (
+                close::REFUSED,
+                "page_busy",
+                "this page's previous session did not end".to_owned(),
+            ),
+        });
         match checked {
-            Ok((svc, ticket, slug)) => {
+            Ok((svc, ticket, slug, stop)) => {
                 let grant = q.page.unwrap_or_default();
-                run(&app, socket, &svc, &ticket, slug, &q.cols, &q.rows).await;
+                run(&app, socket, &svc, &ticket, slug, &q.cols, &q.rows, stop).await;
                 if let Some(p) = app.pages().get_mut(&grant) {
                     p.busy = false;
                 }
@@ -345,11 +367,21 @@ async fn websocket(
 
 type Refusal = (u16, &'static str, String);
 
-fn check_grant(
-    app: &App,
-    service: &str,
-    q: &WsQuery,
-) -> Result<(ServiceId, Ticket, Option<String>), Refusal> {
+enum Checked {
+    Refused(Refusal),
+    /// The page has a live session; notifying this ends it.
+    Busy(Arc<tokio::sync::Notify>),
+}
+
+impl From<Refusal> for Checked {
+    fn from(r: Refusal) -> Checked {
+        Checked::Refused(r)
+    }
+}
+
+type Granted = (ServiceId, Ticket, Option<String>, Arc<tokio::sync::Notify>);
+
+fn check_grant(app: &App, service: &str, q: &WsQuery) -> Result<Granted, Checked> {
     let no_page = || {
         (
             close::REFUSED,
@@ -359,13 +391,14 @@ fn check_grant(
         )
     };
     let svc = ServiceId::parse(service).ok_or_else(no_page)?;
+    let no_page = || Checked::Refused(no_page());
     let asked = q.instance.as_deref().filter(|s| !s.is_empty());
     if asked.is_some_and(|s| !is_slug(s)) {
-        return Err((
+        return Err(Checked::Refused((
             close::REFUSED,
             "bad_instance",
             "the instance is not an instance slug (5 lowercase letters or digits)".into(),
-        ));
+        )));
     }
     let grant = q.page.as_deref().ok_or_else(no_page)?;
     let mut pages = app.pages();
@@ -374,32 +407,29 @@ fn check_grant(
         return Err(no_page());
     }
     if p.busy {
-        return Err((
-            close::REFUSED,
-            "page_busy",
-            "this page already has a session open".into(),
-        ));
+        return Err(Checked::Busy(p.stop.clone()));
     }
     let slug = match (&p.ticket.instance, asked) {
         (Some(pin), Some(a)) if pin != a => {
-            return Err((
+            return Err(Checked::Refused((
                 close::REFUSED,
                 "instance_not_in_ticket",
                 format!("this page may open {} only", svc.instance_name(pin)),
-            ))
+            )))
         }
         (Some(pin), _) => Some(pin.clone()),
         (None, a) => a.map(str::to_owned),
     };
     if app.live.load(Ordering::SeqCst) >= app.cfg.web.max_sessions as usize {
-        return Err((
+        return Err(Checked::Refused((
             close::BUSY,
             "capacity",
             "the web shell has too many open terminals; try again later".into(),
-        ));
+        )));
     }
     p.busy = true;
-    Ok((svc, p.ticket.clone(), slug))
+    p.stop = Arc::new(tokio::sync::Notify::new());
+    Ok((svc, p.ticket.clone(), slug, p.stop.clone()))
 }
 
 /// Sends the end message and closes.
@@ -468,6 +498,7 @@ async fn run(
     slug: Option<String>,
     cols: &Option<String>,
     rows: &Option<String>,
+    stop: Arc<tokio::sync::Notify>,
 ) {
     let placed = match placement_async(app, svc).await {
         Ok(p) => p,
@@ -527,6 +558,7 @@ async fn run(
         socket_with_hello(socket, &target).await,
         running,
         app.cfg.web.max_message_bytes,
+        stop,
     )
     .await;
     app.live.fetch_sub(1, Ordering::SeqCst);
@@ -554,6 +586,7 @@ async fn relay(
     mut socket: WebSocket,
     running: session::Running,
     max_message: usize,
+    stop: Arc<tokio::sync::Notify>,
 ) -> (u16, String) {
     let session::Running {
         pty,
@@ -568,6 +601,10 @@ async fn relay(
     let mut browser_end: Option<(u16, String)> = None;
     loop {
         tokio::select! {
+            _ = stop.notified() => {
+                browser_end = Some((close::NORMAL, "the page opened another session".into()));
+                break;
+            }
             msg = socket.recv() => match msg {
                 None | Some(Ok(Message::Close(_))) => {
                     browser_end = Some((close::NORMAL, "the browser closed the terminal".into()));
