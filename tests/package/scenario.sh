@@ -237,6 +237,8 @@ check "deb: porthole-keys 0755 root in /usr/lib/porthole" in_deb -rwxr-xr-x 0/0 
 check "deb: porthole-shell shipped 0755 root (setuid only through dpkg-statoverride)" \
 	in_deb -rwxr-xr-x 0/0 ./usr/lib/porthole/porthole-shell
 check "deb: porthole 0755 root in /usr/sbin" in_deb -rwxr-xr-x 0/0 ./usr/sbin/porthole
+check "deb: porthole-web 0755 root in /usr/lib/porthole" in_deb -rwxr-xr-x 0/0 ./usr/lib/porthole/porthole-web
+check "deb: porthole-web.service (disabled) in /lib/systemd/system" in_deb -rw-r--r-- 0/0 ./lib/systemd/system/porthole-web.service
 check "deb: libnss_porthole.so.2 0644 at the multiarch path" \
 	in_deb -rw-r--r-- 0/0 ./usr/lib/x86_64-linux-gnu/libnss_porthole.so.2
 check "deb: sshd drop-in 0644" in_deb -rw-r--r-- 0/0 ./etc/ssh/sshd_config.d/10-porthole.conf
@@ -264,6 +266,10 @@ check "account porthole-session: system, home /var/lib/porthole/home, shell port
 		[ \"\$(getent passwd porthole-session | cut -d: -f3)\" -lt 1000 ]"
 check "account porthole-session is locked" bash -c "getent shadow porthole-session | cut -d: -f2 | grep -q '^!'"
 check "/var/lib/porthole/home is 755 root:root" test "$(mode_of /var/lib/porthole/home)" = "755 root:root"
+check "account porthole-web: system, nologin, locked, in group porthole" \
+	bash -c "[ \"\$(getent passwd porthole-web | cut -d: -f6-7)\" = /nonexistent:/usr/sbin/nologin ] &&
+		getent shadow porthole-web | cut -d: -f2 | grep -q '^!' && id -nG porthole-web | tr ' ' '\\n' | grep -qx porthole"
+check "/var/lib/porthole/web is 700 porthole-web:porthole-web" test "$(mode_of /var/lib/porthole/web)" = "700 porthole-web:porthole-web"
 check "/var/cache/porthole is 700 porthole:porthole" test "$(mode_of /var/cache/porthole)" = "700 porthole:porthole"
 check "/etc/porthole/services is 755 root:root" test "$(mode_of /etc/porthole/services)" = "755 root:root"
 check "config is 644 root:root" test "$(mode_of $CONFIG)" = "644 root:root"
