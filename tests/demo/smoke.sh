@@ -1,13 +1,15 @@
 #!/bin/bash
 # Demo smoke test (run by .ci/run as root): bring the demo bastion up,
 # log in with the generated demo key and run a command in an instance, see
-# the cron-job refusal, tear it down, and check that nothing is left:
+# the cron-job refusal, open the web shell's page with the printed ticket
+# (and see the replay refused), tear it down, and check that nothing is left:
 # no state directory, no process, no container, no cgroup, no mount.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 export PORTHOLE_DEMO_DIR=${PORTHOLE_DEMO_DIR:-/run/porthole-demo-smoke}
 export PORTHOLE_DEMO_PORT=${PORTHOLE_DEMO_PORT:-2223}
+export PORTHOLE_DEMO_WEB_PORT=${PORTHOLE_DEMO_WEB_PORT:-8023}
 STATE=$PORTHOLE_DEMO_DIR
 passed=0 failed=0
 
@@ -17,7 +19,8 @@ bad() { echo "FAILED: $*"; failed=$((failed + 1)); }
 mounts_before=$(findmnt -rn -o TARGET | sort)
 trap '"$REPO/bin/demo" down >/dev/null 2>&1 || true' EXIT
 
-"$REPO/bin/demo" up --detach
+up_out=$(mktemp)
+"$REPO/bin/demo" up --detach | tee "$up_out"
 
 ssh_demo() {
     # Exactly the lines the demo prints, plus batch mode.
@@ -41,7 +44,27 @@ else
     bad "cron job login: rc=$rc: $out"
 fi
 
+url=$(grep -o "http://127.0.0.1:$PORTHOLE_DEMO_WEB_PORT/shell/srv-demo1?ticket=[A-Za-z0-9._-]*" "$up_out" | head -1)
+rm -f "$up_out"
+page=$(curl -s -w '\n%{http_code}' "$url" || true)
+if [ "$(tail -n1 <<<"$page")" = 200 ] && grep -q 'srv-demo1-bbbbb' <<<"$page" && grep -q 'assets/xterm.js' <<<"$page"; then
+    ok "the printed web shell URL opens the terminal page with the instance dropdown"
+else
+    bad "web shell page for '$url': $(head -c 500 <<<"$page")"
+fi
+page=$(curl -s -w '\n%{http_code}' "$url" || true)
+if [ "$(tail -n1 <<<"$page")" = 403 ] && grep -q 'used already' <<<"$page"; then
+    ok "the same ticket again is refused (single use)"
+else
+    bad "replayed ticket: $(head -c 500 <<<"$page")"
+fi
+
 sleep 0.5
+if grep -q '"event":"web.rejected"' "$STATE/events.log"; then
+    ok "porthole-web's events reach the demo's log"
+else
+    bad "events.log lacks web.rejected"
+fi
 if grep -q '"event":"keys.decision"' "$STATE/events.log" && grep -q '"event":"session.end"' "$STATE/events.log"; then
     ok "audit events from the keys hook and the session shell reach the demo's log"
 else
