@@ -10,7 +10,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 #[derive(Parser)]
-#[command(name = "porthole-web", version, about = "The dashboard's browser shell for porthole")]
+#[command(
+    name = "porthole-web",
+    version,
+    about = "The dashboard's browser shell for porthole"
+)]
 struct Cli {
     /// Configuration file.
     #[arg(long, default_value = DEFAULT_PATH)]
@@ -34,9 +38,7 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&web.runtime_dir)
         .with_context(|| format!("creating {}", web.runtime_dir.display()))?;
     let log = Logger::new("porthole-web", &cfg.log.socket);
-    log.emit(
-        &Event::new("web.start", Severity::Notice).field("listen", web.listen.as_str()),
-    );
+    log.emit(&Event::new("web.start", Severity::Notice).field("listen", web.listen.as_str()));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

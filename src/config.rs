@@ -302,8 +302,7 @@ impl Web {
         }
         if self.max_sessions == 0 || self.page_secs == 0 || self.page_secs > 86_400 {
             return Err(ConfigError::Invalid(
-                "web.max_sessions must be at least 1 and web.page_secs between 1 and 86400"
-                    .into(),
+                "web.max_sessions must be at least 1 and web.page_secs between 1 and 86400".into(),
             ));
         }
         if !(1024..=16 * 1024 * 1024).contains(&self.max_message_bytes) {

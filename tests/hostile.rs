@@ -2378,25 +2378,67 @@ fn web_ticket_expired_replayed_tampered_unsigned_wrong_service_or_key() {
     let parts: Vec<&str> = good.split('.').collect();
     let mut forged = claims(SERVICE, now, now + 30);
     forged.owner = "root@platform".into();
-    let tampered = format!("{}.{}.{}", parts[0], b64(&serde_json::to_value(&forged).unwrap()), parts[2]);
-    let unsigned = format!("{}.{}.", b64(&json!({"alg": "none", "typ": "JWT"})), parts[1]);
+    let tampered = format!(
+        "{}.{}.{}",
+        parts[0],
+        b64(&serde_json::to_value(&forged).unwrap()),
+        parts[2]
+    );
+    let unsigned = format!(
+        "{}.{}.",
+        b64(&json!({"alg": "none", "typ": "JWT"})),
+        parts[1]
+    );
     let used = web.ticket(None);
     assert_eq!(web.page(SERVICE, &used).0, 200);
     let cases: Vec<(&str, String, &str, &str)> = vec![
-        ("expired", web.sign(&claims(SERVICE, now - 120, now - 61)), "expired", "has expired"),
+        (
+            "expired",
+            web.sign(&claims(SERVICE, now - 120, now - 61)),
+            "expired",
+            "has expired",
+        ),
         ("replayed", used, "replayed", "was used already"),
-        ("tampered", tampered, "bad_signature", "does not carry the dashboard"),
+        (
+            "tampered",
+            tampered,
+            "bad_signature",
+            "does not carry the dashboard",
+        ),
         ("alg none", unsigned, "unsigned", "is not signed"),
-        ("wrong service", web.sign(&claims("srv-other", now, now + 30)), "wrong_service", "is for srv-other, not srv-web1"),
-        ("wrong key", other.sign(&claims(SERVICE, now, now + 30)).unwrap(), "bad_signature", "does not carry"),
-        ("lifetime over 60 s", web.sign(&claims(SERVICE, now, now + 3600)), "lifetime_too_long", "more than 60 seconds"),
-        ("garbage", "not.a.ticket".into(), "malformed", "not a valid ticket"),
+        (
+            "wrong service",
+            web.sign(&claims("srv-other", now, now + 30)),
+            "wrong_service",
+            "is for srv-other, not srv-web1",
+        ),
+        (
+            "wrong key",
+            other.sign(&claims(SERVICE, now, now + 30)).unwrap(),
+            "bad_signature",
+            "does not carry",
+        ),
+        (
+            "lifetime over 60 s",
+            web.sign(&claims(SERVICE, now, now + 3600)),
+            "lifetime_too_long",
+            "more than 60 seconds",
+        ),
+        (
+            "garbage",
+            "not.a.ticket".into(),
+            "malformed",
+            "not a valid ticket",
+        ),
     ];
     for (name, ticket, reason, sentence) in cases {
         let (st, body) = web.page(SERVICE, &ticket);
         assert_eq!(st, 403, "{name}: {body}");
         assert!(body.contains(sentence), "{name}: {body}");
-        assert!(!body.contains("\"page\":"), "{name}: a refused page carries a grant");
+        assert!(
+            !body.contains("\"page\":"),
+            "{name}: a refused page carries a grant"
+        );
         host.expect_event(
             name,
             |e| e.is("web.rejected", &[("reason", reason), ("service", SERVICE)]),
@@ -2431,8 +2473,16 @@ fn web_socket_forged_grant_oversized_frame_and_bad_resizes() {
     let mut grants: Vec<String> = (0..7).map(|_| web.grant(None)).collect();
     rt.block_on(async {
         for (name, url, reason) in [
-            ("forged grant", web.ws_url("0123456789abcdef0123456789abcdef", "", 80, 24), "page_grant"),
-            ("instance not a slug", web.ws_url(&grants.pop().unwrap(), "..%2Fx", 80, 24), "bad_instance"),
+            (
+                "forged grant",
+                web.ws_url("0123456789abcdef0123456789abcdef", "", 80, 24),
+                "page_grant",
+            ),
+            (
+                "instance not a slug",
+                web.ws_url(&grants.pop().unwrap(), "..%2Fx", 80, 24),
+                "bad_instance",
+            ),
         ] {
             let mut term = Term::open(&url).await;
             let (code, _) = term.closed(t).await;
@@ -2442,14 +2492,30 @@ fn web_socket_forged_grant_oversized_frame_and_bad_resizes() {
         let big = vec![b'x'; 70 * 1024];
         for (name, send, want) in [
             ("oversized frame", None, 1009),
-            ("resize cols 0", Some(r#"{"type":"resize","cols":0,"rows":24}"#), 1007),
-            ("resize cols 70000", Some(r#"{"type":"resize","cols":70000,"rows":24}"#), 1007),
-            ("resize rows as text", Some(r#"{"type":"resize","cols":80,"rows":"24;reboot"}"#), 1007),
+            (
+                "resize cols 0",
+                Some(r#"{"type":"resize","cols":0,"rows":24}"#),
+                1007,
+            ),
+            (
+                "resize cols 70000",
+                Some(r#"{"type":"resize","cols":70000,"rows":24}"#),
+                1007,
+            ),
+            (
+                "resize rows as text",
+                Some(r#"{"type":"resize","cols":80,"rows":"24;reboot"}"#),
+                1007,
+            ),
             ("text not json", Some("stty size\r"), 1007),
         ] {
             let mut term = Term::open(&web.ws_url(&grants.pop().unwrap(), "aaaaa", 80, 24)).await;
             term.send(b"echo rea''dy\r").await;
-            assert!(term.until(t, |s| s.contains("ready")).await, "{name}: {}", term.screen);
+            assert!(
+                term.until(t, |s| s.contains("ready")).await,
+                "{name}: {}",
+                term.screen
+            );
             match send {
                 Some(text) => term.send_text(text).await,
                 None => term.send(&big).await,
@@ -2465,7 +2531,11 @@ fn web_socket_forged_grant_oversized_frame_and_bad_resizes() {
         // Nothing lost: a normal session still works.
         let mut term = Term::open(&web.ws_url(&grants.pop().unwrap(), "aaaaa", 80, 24)).await;
         term.send(b"echo fi''ne; exit\r").await;
-        assert!(term.until(t, |s| s.contains("fine")).await, "{}", term.screen);
+        assert!(
+            term.until(t, |s| s.contains("fine")).await,
+            "{}",
+            term.screen
+        );
         assert_eq!(term.closed(t).await.0, 1000);
     });
     // Every session the node started also ended there.

@@ -27,7 +27,10 @@ fn web_sessions_relay_bytes_resize_and_close_with_the_reason() {
     let (st, page) = web.page(SERVICE, &ticket);
     assert_eq!(st, 200, "{page}");
     assert!(page.contains("any (random)"), "{page}");
-    assert!(page.contains("srv-web1-aaaaa") && page.contains("srv-web1-bbbbb"), "{page}");
+    assert!(
+        page.contains("srv-web1-aaaaa") && page.contains("srv-web1-bbbbb"),
+        "{page}"
+    );
     let grant = WebShell::grant_of(&page);
     // The ticket was single use: the same link is refused now.
     let (st, again) = web.page(SERVICE, &ticket);
@@ -39,13 +42,20 @@ fn web_sessions_relay_bytes_resize_and_close_with_the_reason() {
         let mut t = Term::open(&web.ws_url(&grant, "bbbbb", 100, 30)).await;
         t.send(b"echo $((6*7))-$(hostname); stty size\r").await;
         assert!(
-            t.until(T, |s| s.contains("42-srv-web1-bbbbb") && s.contains("30 100")).await,
+            t.until(T, |s| s.contains("42-srv-web1-bbbbb")
+                && s.contains("30 100"))
+                .await,
             "{}",
             t.screen
         );
-        assert!(t.texts.iter().any(|m| m.contains("srv-web1-bbbbb")), "{:?}", t.texts);
+        assert!(
+            t.texts.iter().any(|m| m.contains("srv-web1-bbbbb")),
+            "{:?}",
+            t.texts
+        );
         // Resize: the pty and, through ssh, the session's pty follow.
-        t.send_text(r#"{"type":"resize","cols":132,"rows":43}"#).await;
+        t.send_text(r#"{"type":"resize","cols":132,"rows":43}"#)
+            .await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         t.send(b"stty size\r").await;
         assert!(t.until(T, |s| s.contains("43 132")).await, "{}", t.screen);
@@ -70,7 +80,10 @@ fn web_sessions_relay_bytes_resize_and_close_with_the_reason() {
     assert!(start.str("fingerprint").unwrap().starts_with("SHA256:"));
     host.expect_event(
         "web.session.end",
-        |e| e.is("web.session.end", &[("instance", "srv-web1-bbbbb")]) && e.u64("code") == Some(4003),
+        |e| {
+            e.is("web.session.end", &[("instance", "srv-web1-bbbbb")])
+                && e.u64("code") == Some(4003)
+        },
         T,
     );
 
@@ -154,7 +167,12 @@ async fn screen(c: &fantoccini::Client) -> String {
         .to_owned()
 }
 
-async fn wait_js(c: &fantoccini::Client, what: &str, f: impl Fn(&str) -> bool, text: &str) -> String {
+async fn wait_js(
+    c: &fantoccini::Client,
+    what: &str,
+    f: impl Fn(&str) -> bool,
+    text: &str,
+) -> String {
     let deadline = std::time::Instant::now() + T;
     loop {
         let s = c.execute(text, vec![]).await.unwrap();
@@ -268,5 +286,9 @@ fn a_browser_types_into_xterm_and_picks_an_instance() {
         shot(&c, host.dir().join("browser-expired.png")).await;
         c.close().await.unwrap();
     });
-    host.expect_event("expired", |e| e.is("web.rejected", &[("reason", "expired")]), T);
+    host.expect_event(
+        "expired",
+        |e| e.is("web.rejected", &[("reason", "expired")]),
+        T,
+    );
 }

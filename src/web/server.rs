@@ -191,7 +191,11 @@ async fn shell_page(
 ) -> Response {
     let Some(svc) = ServiceId::parse(&service) else {
         let s = "this is not a service's shell address";
-        app.rejected(&service.chars().take(64).collect::<String>(), "bad_service", s);
+        app.rejected(
+            &service.chars().take(64).collect::<String>(),
+            "bad_service",
+            s,
+        );
         return refusal(StatusCode::NOT_FOUND, s);
     };
     let Some(token) = q.ticket else {
@@ -233,7 +237,12 @@ async fn shell_page(
     };
     let grant = match random_hex(16) {
         Ok(g) => g,
-        Err(e) => return refusal(StatusCode::INTERNAL_SERVER_ERROR, &format!("no randomness: {e}")),
+        Err(e) => {
+            return refusal(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("no randomness: {e}"),
+            )
+        }
     };
     {
         let mut pages = app.pages();
@@ -352,13 +361,21 @@ async fn websocket(
         match checked {
             Ok((svc, ticket, slug, stop)) => {
                 let grant = q.page.unwrap_or_default();
-                run(&app, socket, &svc, &ticket, slug, &q.cols, &q.rows, stop).await;
+                let size = (
+                    query_dim(q.cols.as_deref(), 80, MAX_COLS),
+                    query_dim(q.rows.as_deref(), 24, MAX_ROWS),
+                );
+                run(&app, socket, &svc, &ticket, slug, size, stop).await;
                 if let Some(p) = app.pages().get_mut(&grant) {
                     p.busy = false;
                 }
             }
             Err((code, reason, sentence)) => {
-                app.rejected(&service.chars().take(64).collect::<String>(), reason, &sentence);
+                app.rejected(
+                    &service.chars().take(64).collect::<String>(),
+                    reason,
+                    &sentence,
+                );
                 end(socket, code, &sentence).await;
             }
         }
@@ -496,8 +513,7 @@ async fn run(
     svc: &ServiceId,
     ticket: &Ticket,
     slug: Option<String>,
-    cols: &Option<String>,
-    rows: &Option<String>,
+    (cols, rows): (u16, u16),
     stop: Arc<tokio::sync::Notify>,
 ) {
     let placed = match placement_async(app, svc).await {
@@ -521,11 +537,16 @@ async fn run(
         session_id: session_id.clone(),
         via: VIA.to_owned(),
     };
-    let cols = query_dim(cols.as_deref(), 80, MAX_COLS);
-    let rows = query_dim(rows.as_deref(), 24, MAX_ROWS);
     let timeout = app.cfg.fleet.hop_timeout_ms.div_ceil(1000);
-    let started = session::prepare(&app.cfg.web, &app.cfg.fleet, &app.ca, &target, &identity, now())
-        .and_then(|files| session::spawn(&app.cfg.web, files, &target, cols, rows, timeout));
+    let started = session::prepare(
+        &app.cfg.web,
+        &app.cfg.fleet,
+        &app.ca,
+        &target,
+        &identity,
+        now(),
+    )
+    .and_then(|files| session::spawn(&app.cfg.web, files, &target, cols, rows, timeout));
     let running = match started {
         Ok(r) => r,
         Err(e) => {
@@ -705,7 +726,8 @@ pub async fn serve(app: Arc<App>) -> std::io::Result<()> {
     let listen = app.cfg.web.listen.clone();
     let router = router(app);
     let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
@@ -715,11 +737,15 @@ pub async fn serve(app: Arc<App>) -> std::io::Result<()> {
         Some(path) => {
             let _ = std::fs::remove_file(path);
             let l = tokio::net::UnixListener::bind(path)?;
-            axum::serve(l, router).with_graceful_shutdown(shutdown).await
+            axum::serve(l, router)
+                .with_graceful_shutdown(shutdown)
+                .await
         }
         None => {
             let l = tokio::net::TcpListener::bind(&listen).await?;
-            axum::serve(l, router).with_graceful_shutdown(shutdown).await
+            axum::serve(l, router)
+                .with_graceful_shutdown(shutdown)
+                .await
         }
     }
 }
@@ -733,7 +759,10 @@ mod tests {
     fn resize_messages() {
         assert_eq!(
             parse_control(r#"{"type":"resize","cols":120,"rows":40}"#),
-            Ok(Resize { cols: 120, rows: 40 })
+            Ok(Resize {
+                cols: 120,
+                rows: 40
+            })
         );
         for bad in [
             r#"{"type":"resize","cols":0,"rows":40}"#,

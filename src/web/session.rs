@@ -63,7 +63,9 @@ pub fn load_ca_key(path: &Path) -> Result<PrivateKey, String> {
         .custom_flags_nofollow()
         .open(path)
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    let md = f.metadata().map_err(|e| format!("{}: {e}", path.display()))?;
+    let md = f
+        .metadata()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     // SAFETY: geteuid has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
     if !md.is_file() {
@@ -147,7 +149,9 @@ pub fn known_hosts(web: &Web, fleet: &Fleet, target: &Target) -> Result<String, 
         let text = fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
         let key = ssh_key::PublicKey::from_openssh(text.trim())
             .map_err(|e| format!("{}: {e}", p.display()))?;
-        let line = key.to_openssh().map_err(|e| format!("{}: {e}", p.display()))?;
+        let line = key
+            .to_openssh()
+            .map_err(|e| format!("{}: {e}", p.display()))?;
         let mut words = line.split(' ');
         if let (Some(kind), Some(b64)) = (words.next(), words.next()) {
             out.push_str(&format!("{name} {kind} {b64}\n"));

@@ -169,7 +169,10 @@ impl std::error::Error for KeyError {}
 fn read_small(path: &Path) -> Result<Vec<u8>, KeyError> {
     let bytes = std::fs::read(path).map_err(|e| KeyError(format!("{}: {e}", path.display())))?;
     if bytes.len() > 16 * 1024 {
-        return Err(KeyError(format!("{}: not a key (too large)", path.display())));
+        return Err(KeyError(format!(
+            "{}: not a key (too large)",
+            path.display()
+        )));
     }
     Ok(bytes)
 }
@@ -236,8 +239,7 @@ impl Verifier {
 
 fn valid_jti(j: &str) -> bool {
     (16..=64).contains(&j.len())
-        && j
-            .bytes()
+        && j.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
@@ -444,10 +446,20 @@ mod tests {
         let table: Vec<(&str, String, u64, Rejection)> = vec![
             ("expired", ok.clone(), NOW + 61, Rejection::Expired),
             ("tampered", tampered, NOW, Rejection::BadSignature),
-            ("wrong key", b.sign(&good()).unwrap(), NOW, Rejection::BadSignature),
+            (
+                "wrong key",
+                b.sign(&good()).unwrap(),
+                NOW,
+                Rejection::BadSignature,
+            ),
             ("alg none", unsigned, NOW, Rejection::Unsigned),
             ("empty signature", empty_sig, NOW, Rejection::Unsigned),
-            ("HS256 header", hs, NOW, Rejection::WrongAlgorithm("HS256".into())),
+            (
+                "HS256 header",
+                hs,
+                NOW,
+                Rejection::WrongAlgorithm("HS256".into()),
+            ),
             (
                 "wrong service",
                 with(&|c| c.service = "srv-other".into()),
@@ -457,8 +469,18 @@ mod tests {
                     asked: "srv-web1".into(),
                 },
             ),
-            ("too long", with(&|c| c.exp = c.iat + 61), NOW, Rejection::TooLong),
-            ("exp before iat", with(&|c| c.exp = c.iat), NOW, Rejection::TooLong),
+            (
+                "too long",
+                with(&|c| c.exp = c.iat + 61),
+                NOW,
+                Rejection::TooLong,
+            ),
+            (
+                "exp before iat",
+                with(&|c| c.exp = c.iat),
+                NOW,
+                Rejection::TooLong,
+            ),
             (
                 "from the future",
                 with(&|c| {
@@ -468,7 +490,12 @@ mod tests {
                 NOW,
                 Rejection::NotYetValid,
             ),
-            ("empty owner", with(&|c| c.owner.clear()), NOW, Rejection::BadClaim("owner")),
+            (
+                "empty owner",
+                with(&|c| c.owner.clear()),
+                NOW,
+                Rejection::BadClaim("owner"),
+            ),
             (
                 "bad slug",
                 with(&|c| c.instance = Some("../x".into())),
@@ -481,8 +508,18 @@ mod tests {
                 NOW,
                 Rejection::BadClaim("ticket id (jti)"),
             ),
-            ("garbage", "a.b".into(), NOW, Rejection::Malformed("not three dot-separated parts".into())),
-            ("huge", "x".repeat(MAX_TICKET_BYTES + 1), NOW, Rejection::Malformed("too long".into())),
+            (
+                "garbage",
+                "a.b".into(),
+                NOW,
+                Rejection::Malformed("not three dot-separated parts".into()),
+            ),
+            (
+                "huge",
+                "x".repeat(MAX_TICKET_BYTES + 1),
+                NOW,
+                Rejection::Malformed("too long".into()),
+            ),
         ];
         for (name, token, now, want) in table {
             assert_eq!(v.verify(&token, &svc(), now), Err(want), "{name}");
@@ -491,7 +528,9 @@ mod tests {
         let extra = format!(
             "{}.{}.{}",
             parts[0],
-            b64(&serde_json::json!({"service": "srv-web1", "owner": "a", "iat": NOW, "exp": NOW + 5, "jti": "0123456789abcdef", "admin": true})),
+            b64(
+                &serde_json::json!({"service": "srv-web1", "owner": "a", "iat": NOW, "exp": NOW + 5, "jti": "0123456789abcdef", "admin": true})
+            ),
             parts[2]
         );
         assert!(matches!(

@@ -53,7 +53,10 @@ pub fn node() -> TestHost {
     let drop_in = host.dir().join("etc/ssh/sshd_config.d/10-porthole.conf");
     let text = fs::read_to_string(&drop_in).unwrap();
     let shipped = "\t#TrustedUserCAKeys /etc/porthole/user_ca.pub\n";
-    assert!(text.contains(shipped), "no commented TrustedUserCAKeys line");
+    assert!(
+        text.contains(shipped),
+        "no commented TrustedUserCAKeys line"
+    );
     fs::write(
         &drop_in,
         text.replace(shipped, "\tTrustedUserCAKeys /etc/porthole/user_ca.pub\n"),
@@ -112,9 +115,9 @@ host_keys_dir = "{e}/etc/ssh"
 runtime_dir = "{d}/run"
 max_message_bytes = 65536
 "#,
-            d = dir.display(),
-            k = host.dir().join("keys").display(),
-            e = host.dir().display(),
+                d = dir.display(),
+                k = host.dir().join("keys").display(),
+                e = host.dir().display(),
                 sshd = host.port(),
             )
         );
@@ -167,8 +170,8 @@ max_message_bytes = 65536
 
     /// GET the page for `ticket`: (status, body).
     pub fn page(&self, service: &str, ticket: &str) -> (u16, String) {
-        let r = reqwest::blocking::get(self.url(&format!("/shell/{service}?ticket={ticket}")))
-            .unwrap();
+        let r =
+            reqwest::blocking::get(self.url(&format!("/shell/{service}?ticket={ticket}"))).unwrap();
         let status = r.status().as_u16();
         (status, r.text().unwrap())
     }
