@@ -43,7 +43,7 @@ fn main() -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let app = Arc::new(server::App::new(cfg, verifier, ca, log));
+    let app = Arc::new(server::App::new(cfg, verifier, ca));
     rt.block_on(server::serve(app))?;
     Ok(())
 }

@@ -71,7 +71,6 @@ pub struct App {
     verifier: Verifier,
     replay: Replay,
     ca: PrivateKey,
-    log: Logger,
     /// The path prefix links in the page use.
     base: String,
     pages: Mutex<HashMap<String, PageGrant>>,
@@ -83,13 +82,12 @@ fn now() -> u64 {
 }
 
 impl App {
-    pub fn new(cfg: Config, verifier: Verifier, ca: PrivateKey, log: Logger) -> App {
+    pub fn new(cfg: Config, verifier: Verifier, ca: PrivateKey) -> App {
         App {
             cfg,
             verifier,
             replay: Replay::default(),
             ca,
-            log,
             base: "/".into(),
             pages: Mutex::new(HashMap::new()),
             live: AtomicUsize::new(0),
@@ -104,8 +102,15 @@ impl App {
         self.pages.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Emits one event. The syslog socket is connected per event (events
+    /// are per page and per session, not per keystroke), so a syslog
+    /// daemon that started late or restarted still gets every event.
+    fn emit(&self, event: &Event) {
+        Logger::new("porthole-web", &self.cfg.log.socket).emit(event);
+    }
+
     fn rejected(&self, service: &str, reason: &str, sentence: &str) {
-        self.log.emit(
+        self.emit(
             &Event::new("web.rejected", Severity::Warning)
                 .field("service", service)
                 .field("reason", reason)
@@ -258,7 +263,7 @@ async fn shell_page(
             },
         );
     }
-    app.log.emit(
+    app.emit(
         &Event::new("web.page", Severity::Info)
             .field("service", svc.as_str())
             .field("owner", ticket.owner.as_str())
@@ -550,7 +555,7 @@ async fn run(
     let running = match started {
         Ok(r) => r,
         Err(e) => {
-            app.log.emit(
+            app.emit(
                 &Event::new("web.error", Severity::Error)
                     .field("session", session_id.as_str())
                     .field("service", svc.as_str())
@@ -566,7 +571,7 @@ async fn run(
     };
     app.live.fetch_add(1, Ordering::SeqCst);
     let t0 = Instant::now();
-    app.log.emit(
+    app.emit(
         &Event::new("web.session.start", Severity::Info)
             .field("session", session_id.as_str())
             .field("service", svc.as_str())
@@ -583,7 +588,7 @@ async fn run(
     )
     .await;
     app.live.fetch_sub(1, Ordering::SeqCst);
-    app.log.emit(
+    app.emit(
         &Event::new("web.session.end", Severity::Info)
             .field("session", session_id.as_str())
             .field("service", svc.as_str())
