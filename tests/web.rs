@@ -100,6 +100,42 @@ fn web_sessions_relay_bytes_resize_and_close_with_the_reason() {
     assert!(left.is_empty(), "session files left: {left:?}");
 }
 
+/// A web session is a session of the node like any other: it counts
+/// toward `max_sessions_per_instance` for web and ssh alike, and the
+/// instance's stop closes the terminal with the node's sentence.
+#[test]
+fn web_sessions_count_toward_limits_and_end_when_the_instance_stops() {
+    let host = node();
+    host.set_config("limits.max_sessions_per_instance", 1);
+    let inst = Instance::start(&host, SERVICE, "aaaaa", InstanceOpts::default());
+    let key = host.key(KeyKind::Ed25519);
+    common::web::place_with_keys(&host, &["aaaaa"], &[KeySpec::new(&key, "bob@example.com")]);
+    let web = WebShell::start(&host);
+    let (g1, g2) = (web.grant(None), web.grant(None));
+    runtime().block_on(async {
+        let mut first = Term::open(&web.ws_url(&g1, "aaaaa", 80, 24)).await;
+        first.send(b"echo on''e\r").await;
+        assert!(first.until(T, |s| s.contains("one")).await, "{}", first.screen);
+
+        // A second web session: refused by the node, the sentence shown.
+        let mut second = Term::open(&web.ws_url(&g2, "aaaaa", 80, 24)).await;
+        let (code, reason) = second.closed(T).await;
+        assert!(code > 4000, "{code} {reason}");
+        assert!(reason.contains("srv-web1-aaaaa already has 1 SSH sessions"), "{reason}");
+        // ssh too: the web session holds the instance's one slot.
+        let r = host.ssh("srv-web1-aaaaa", &key, &["true"]);
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(!r.status.success() && err.contains("already has 1 SSH sessions"), "{err}");
+
+        // The instance stops: the terminal closes with the node's sentence.
+        inst.kill();
+        let (code, reason) = first.closed(T).await;
+        assert!(code > 4000, "{code} {reason}");
+        assert!(reason.contains("srv-web1-aaaaa stopped"), "{reason}");
+        assert_eq!(first.end_reason().as_deref(), Some(reason.as_str()));
+    });
+}
+
 /// chromedriver on a loopback port, killed on drop.
 struct Driver {
     child: std::process::Child,

@@ -70,7 +70,12 @@ pub fn node() -> TestHost {
 /// The control plane's answer for [`SERVICE`]: no keys at all (web
 /// sessions need none), these instances placed on the node.
 pub fn place(host: &TestHost, slugs: &[&str]) {
-    let mut body = web_service(SERVICE, &[]);
+    place_with_keys(host, slugs, &[]);
+}
+
+/// Like [`place`], with these SSH keys listed too.
+pub fn place_with_keys(host: &TestHost, slugs: &[&str], keys: &[KeySpec]) {
+    let mut body = web_service(SERVICE, keys);
     body["instances"] = Value::Array(
         slugs
             .iter()
