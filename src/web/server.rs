@@ -747,7 +747,11 @@ pub async fn serve(app: Arc<App>) -> std::io::Result<()> {
                 .await
         }
         None => {
-            let l = tokio::net::TcpListener::bind(&listen).await?;
+            use axum::serve::ListenerExt;
+            // Keystrokes and their echo are tiny writes: no Nagle delay.
+            let l = tokio::net::TcpListener::bind(&listen).await?.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             axum::serve(l, router)
                 .with_graceful_shutdown(shutdown)
                 .await

@@ -152,6 +152,10 @@ max_message_bytes = 65536
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
@@ -217,7 +221,9 @@ pub struct Term {
 
 impl Term {
     pub async fn open(url: &str) -> Term {
-        let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
+            .await
+            .unwrap();
         Term {
             ws,
             screen: String::new(),
