@@ -26,11 +26,12 @@
   function connect() {
     if (ws) { ws.onclose = null; ws.close(1000, "instance changed"); }
     ended = false;
-    const proto = location.protocol === "https:" ? "wss:" : "ws:";
     const q = new URLSearchParams({ page: cfg.page, instance: pick.value,
       cols: String(term.cols), rows: String(term.rows) });
-    const url = proto + "//" + location.host + cfg.base + "ws/" + cfg.service + "?" + q;
-    const sock = new WebSocket(url);
+    // Relative to this page, so that a reverse proxy's prefix is kept.
+    const url = new URL(cfg.base + "ws/" + cfg.service + "?" + q, location.href);
+    url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
+    const sock = new WebSocket(url.href);
     sock.binaryType = "arraybuffer";
     ws = sock;
     let endReason = null;

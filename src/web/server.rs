@@ -88,7 +88,8 @@ impl App {
             verifier,
             replay: Replay::default(),
             ca,
-            base: "/".into(),
+            // Relative to /shell/<service>: works under a proxy's prefix.
+            base: "../".into(),
             pages: Mutex::new(HashMap::new()),
             live: AtomicUsize::new(0),
         }
@@ -142,10 +143,21 @@ async fn asset(Path(name): Path<String>) -> Response {
     }
 }
 
+/// Headers of both pages: never cached, the ticket in the URL never sent
+/// as a referrer, only our own scripts.
+const PAGE_HEADERS: [(header::HeaderName, &str); 3] = [
+    (header::CACHE_CONTROL, "no-store"),
+    (header::REFERRER_POLICY, "no-referrer"),
+    (
+        header::CONTENT_SECURITY_POLICY,
+        "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; connect-src 'self' ws: wss:; img-src 'self' data:",
+    ),
+];
+
 fn refusal(status: StatusCode, sentence: &str) -> Response {
     (
         status,
-        [(header::CACHE_CONTROL, "no-store")],
+        PAGE_HEADERS,
         Html(page::refusal_page(sentence)),
     )
         .into_response()
@@ -278,7 +290,7 @@ async fn shell_page(
         instances: &instances,
         random_choice,
     });
-    ([(header::CACHE_CONTROL, "no-store")], Html(html)).into_response()
+    (PAGE_HEADERS, Html(html)).into_response()
 }
 
 #[derive(Deserialize)]
@@ -742,6 +754,9 @@ pub async fn serve(app: Arc<App>) -> std::io::Result<()> {
         Some(path) => {
             let _ = std::fs::remove_file(path);
             let l = tokio::net::UnixListener::bind(path)?;
+            // Anyone local may connect, as to a loopback port: the ticket
+            // is the authority, not the socket.
+            std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o666))?;
             axum::serve(l, router)
                 .with_graceful_shutdown(shutdown)
                 .await
