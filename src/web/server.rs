@@ -155,12 +155,7 @@ const PAGE_HEADERS: [(header::HeaderName, &str); 3] = [
 ];
 
 fn refusal(status: StatusCode, sentence: &str) -> Response {
-    (
-        status,
-        PAGE_HEADERS,
-        Html(page::refusal_page(sentence)),
-    )
-        .into_response()
+    (status, PAGE_HEADERS, Html(page::refusal_page(sentence))).into_response()
 }
 
 #[derive(Deserialize)]
@@ -177,28 +172,55 @@ enum Placement {
     None,
 }
 
-fn placement(cfg: &Config, service: &ServiceId) -> Result<Placement, String> {
+/// Why there is no placement to show: the platform gives this service no
+/// shell (its own sentence), or the control plane could not answer.
+enum NoPlacement {
+    NoShell(String),
+    Unavailable(String),
+}
+
+impl NoPlacement {
+    fn parts(self) -> (StatusCode, &'static str, String) {
+        match self {
+            NoPlacement::NoShell(s) => (StatusCode::FORBIDDEN, "no_shell", s),
+            NoPlacement::Unavailable(s) => (StatusCode::SERVICE_UNAVAILABLE, "placement", s),
+        }
+    }
+}
+
+fn placement(cfg: &Config, service: &ServiceId) -> Result<Placement, NoPlacement> {
+    use NoPlacement::Unavailable;
     let deadline = Instant::now() + Duration::from_millis(cfg.control_plane.timeout_ms);
     match fetch(&cfg.control_plane, service, deadline) {
         Ok(FetchOutcome::Found(body)) => {
-            let doc = ServiceDoc::parse(&body, service)
-                .map_err(|e| format!("the control plane's answer is unusable: {e:?}"))?;
+            let doc = ServiceDoc::parse(&body, service).map_err(|e| {
+                Unavailable(format!("the control plane's answer is unusable: {e:?}"))
+            })?;
+            // The node would refuse with the same sentence (cron jobs,
+            // free web services, databases): say it on the page already.
+            if let api::ShellPolicy::Refused(sentence) = api::shell_policy(&doc.service) {
+                return Err(NoPlacement::NoShell(sentence));
+            }
             Ok(match doc.placement() {
                 Some(list) => Placement::Listed(list.into_iter().cloned().collect()),
                 None => Placement::None,
             })
         }
-        Ok(FetchOutcome::NotFound) => Err(format!("{service} does not exist")),
-        Err(e) => Err(format!("the control plane is unavailable: {e}")),
+        Ok(FetchOutcome::NotFound) => {
+            Err(NoPlacement::NoShell(format!("{service} does not exist")))
+        }
+        Err(e) => Err(Unavailable(format!(
+            "the control plane is unavailable: {e}"
+        ))),
     }
 }
 
-async fn placement_async(app: &Arc<App>, service: &ServiceId) -> Result<Placement, String> {
+async fn placement_async(app: &Arc<App>, service: &ServiceId) -> Result<Placement, NoPlacement> {
     let a = app.clone();
     let s = service.clone();
     tokio::task::spawn_blocking(move || placement(&a.cfg, &s))
         .await
-        .unwrap_or_else(|e| Err(format!("internal error: {e}")))
+        .unwrap_or_else(|e| Err(NoPlacement::Unavailable(format!("internal error: {e}"))))
 }
 
 async fn shell_page(
@@ -236,9 +258,10 @@ async fn shell_page(
     let listed = match placement_async(&app, &svc).await {
         Ok(Placement::Listed(l)) => Some(l),
         Ok(Placement::None) => None,
-        Err(s) => {
-            app.rejected(svc.as_str(), "placement", &s);
-            return refusal(StatusCode::SERVICE_UNAVAILABLE, &s);
+        Err(e) => {
+            let (status, code, s) = e.parts();
+            app.rejected(svc.as_str(), code, &s);
+            return refusal(status, &s);
         }
     };
     let (instances, random_choice): (Vec<String>, bool) = match (&ticket.instance, &listed) {
@@ -535,7 +558,11 @@ async fn run(
 ) {
     let placed = match placement_async(app, svc).await {
         Ok(p) => p,
-        Err(s) => return end(socket, close::REFUSED, &s).await,
+        Err(e) => {
+            let (_, code, s) = e.parts();
+            app.rejected(svc.as_str(), code, &s);
+            return end(socket, close::REFUSED, &s).await;
+        }
     };
     let target = match pick_target(&app.cfg, svc, placed, slug.as_deref()) {
         Ok(t) => t,
