@@ -16,6 +16,7 @@
 
 pub mod container;
 pub mod control_plane;
+pub mod netns;
 pub mod ssh;
 pub mod syslog;
 pub mod util;
@@ -82,6 +83,9 @@ pub struct TestHostOpts {
     pub config: Vec<(String, Value)>,
     /// Extra global lines for the test sshd_config (before Debian's own).
     pub sshd_lines: Vec<String>,
+    /// Run sshd (and this host's `ssh` clients) in this network namespace
+    /// of a [`netns::Fabric`]; sshd also listens on its address.
+    pub netns: Option<netns::Spot>,
 }
 
 impl Default for TestHostOpts {
@@ -93,6 +97,7 @@ impl Default for TestHostOpts {
             token: "porthole-test-token-0123456789".into(),
             config: Vec::new(),
             sshd_lines: Vec::new(),
+            netns: None,
         }
     }
 }
@@ -131,6 +136,12 @@ impl TestHostOpts {
         self.sshd_lines.push(line.into());
         self
     }
+
+    /// A host of its own on a private network (see [`netns`]).
+    pub fn on(mut self, spot: &netns::Spot) -> Self {
+        self.netns = Some(spot.clone());
+        self
+    }
 }
 
 /// Uids/gids of the accounts the harness adds (unused on the host).
@@ -164,6 +175,7 @@ pub struct TestHost {
     sshd_ns_pin: Option<fs::File>,
     sshd_lines: Vec<String>,
     keys: Mutex<HashMap<KeyKind, ClientKey>>,
+    netns: Option<netns::Spot>,
 }
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
@@ -300,6 +312,7 @@ impl TestHost {
             sshd_ns_pin: None,
             sshd_lines: opts.sshd_lines.clone(),
             keys: Mutex::new(HashMap::new()),
+            netns: opts.netns.clone(),
         };
         host.write_config();
         util::mkdir(&host.plain_home(), 0o755, ids.plain, ids.plain);
@@ -480,7 +493,16 @@ impl TestHost {
 
     /// A builder for one real `ssh` run against this sshd.
     pub fn ssh_cmd(&self, user: &str, key: &ClientKey) -> SshCmd {
-        SshCmd::new(self.port, user, &key.path)
+        let c = SshCmd::new(self.port, user, &key.path);
+        match &self.netns {
+            Some(spot) => c.nsenter(spot.nsenter_args()),
+            None => c,
+        }
+    }
+
+    /// This host's place on a private network, if it has one.
+    pub fn spot(&self) -> Option<&netns::Spot> {
+        self.netns.as_ref()
     }
 
     /// `ssh -l user -i key … 127.0.0.1 args…` with a 30 s guard.
@@ -558,6 +580,9 @@ impl TestHost {
              MaxStartups 200\n",
             self.dir.display()
         );
+        if let Some(spot) = &self.netns {
+            text.push_str(&format!("ListenAddress {}\n", spot.addr));
+        }
         for l in &self.sshd_lines {
             text.push_str(l);
             text.push('\n');
@@ -586,7 +611,20 @@ exec /usr/sbin/sshd -D -e -f /etc/ssh/sshd_config
                 .append(true)
                 .open(self.sshd_log_path())
                 .expect("sshd.log");
-            let mut child = Command::new("unshare")
+            let mut start = match &self.netns {
+                Some(spot) => {
+                    let mut c = Command::new("nsenter");
+                    c.args(spot.nsenter_args()).arg("unshare");
+                    c
+                }
+                None => Command::new("unshare"),
+            };
+            let spot = self.netns.clone();
+            let banner = move || match &spot {
+                Some(s) => s.on_net(move || ssh_banner(port)),
+                None => ssh_banner(port),
+            };
+            let mut child = start
                 .args(["-m", "--propagation", "private", "sh", "-c", SCRIPT, "sh"])
                 .arg(&self.dir)
                 .stdin(Stdio::null())
@@ -599,7 +637,7 @@ exec /usr/sbin/sshd -D -e -f /etc/ssh/sshd_config
                 if let Ok(Some(_)) = child.try_wait() {
                     return Some(false);
                 }
-                ssh_banner(port).then_some(true)
+                banner().then_some(true)
             });
             match up {
                 Some(true) => {
