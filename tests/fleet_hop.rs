@@ -707,3 +707,75 @@ fn a_front_door_without_placement_refuses_with_a_sentence() {
     );
     let _ = &r.host_ca;
 }
+
+// ----- the admin's view ------------------------------------------------------------
+
+fn doctor(host: &TestHost, extra: &[&str]) -> (bool, String) {
+    let mut args = vec![env!("CARGO_BIN_EXE_porthole"), "doctor"];
+    args.extend_from_slice(extra);
+    let out = host.in_ns(&args);
+    (
+        out.status.success(),
+        format!("{}{}", util::lossy(&out.stdout), util::lossy(&out.stderr)),
+    )
+}
+
+#[test]
+fn doctor_checks_each_roles_setup_and_a_nodes_host_certificate() {
+    let mut r = region();
+    let node1 = format!("{}:{}", node_name(0), r.nodes[0].port());
+    let (ok, text) = doctor(&r.front, &["--node", &node1]);
+    assert!(ok, "{text}");
+    for want in [
+        "front_door (known to placement as fd.fleet.test)",
+        "a front door accepts no hops",
+        "signs the hops; only root can read it",
+        "signed by the host CA for node-1.fleet.test",
+    ] {
+        assert!(text.contains(want), "{want:?} missing:\n{text}");
+    }
+    let (ok, text) = doctor(&r.nodes[0], &[]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("srv-* logins accept certificates of 1 CA key(s)"),
+        "{text}"
+    );
+    // Broken pieces, each named: a readable CA key on the front door, a
+    // node whose sshd no longer trusts the CA, a node with a rogue host
+    // certificate, a node that is down.
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&r.user_ca, fs::Permissions::from_mode(0o644)).unwrap();
+    let (ok, text) = doctor(&r.front, &[]);
+    assert!(!ok && text.contains("[FAIL] user CA key"), "{text}");
+    fs::set_permissions(&r.user_ca, fs::Permissions::from_mode(0o600)).unwrap();
+    let drop_in = r.nodes[0]
+        .dir()
+        .join("etc/ssh/sshd_config.d/10-porthole.conf");
+    let text = fs::read_to_string(&drop_in).unwrap();
+    fs::write(
+        &drop_in,
+        text.replace("\tTrustedUserCAKeys", "\t#TrustedUserCAKeys"),
+    )
+    .unwrap();
+    let (ok, text) = doctor(&r.nodes[0], &[]);
+    assert!(
+        !ok && text.contains("sshd does not trust /etc/porthole/user_ca.pub"),
+        "{text}"
+    );
+    let rogue = r.nodes[1].dir().join("keys/rogue_ca");
+    keygen(&rogue);
+    certify_host(&mut r.nodes[1], &rogue, &node_name(1));
+    r.nodes[1].restart_sshd();
+    let node2 = format!("{}:{}", node_name(1), r.nodes[1].port());
+    let (ok, text) = doctor(&r.front, &["--node", &node2]);
+    assert!(
+        !ok && text.contains("not the host CA") && text.contains("hops will refuse it"),
+        "{text}"
+    );
+    r.nodes[1].stop_sshd();
+    let (ok, text) = doctor(&r.front, &["--node", &node2]);
+    assert!(
+        !ok && text.contains("unreachable within fleet.hop_timeout_ms"),
+        "{text}"
+    );
+}

@@ -529,10 +529,12 @@ impl TestHost {
     /// Runs a command in sshd's mount namespace (sees the test /etc and /run).
     pub fn in_ns(&self, args: &[&str]) -> Output {
         let mut c = Command::new("nsenter");
-        c.arg("-t")
-            .arg(self.sshd_pid().to_string())
-            .arg("-m")
-            .arg("--");
+        c.arg("-t").arg(self.sshd_pid().to_string()).arg("-m");
+        if self.netns.is_some() {
+            // A host on a private network: its network too.
+            c.arg("-n");
+        }
+        c.arg("--");
         c.args(args);
         util::run_with_timeout(&mut c, None, Duration::from_secs(30)).output
     }
