@@ -17,6 +17,7 @@
 pub mod container;
 pub mod control_plane;
 pub mod netns;
+pub mod region;
 pub mod ssh;
 pub mod syslog;
 pub mod util;
