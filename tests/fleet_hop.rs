@@ -584,3 +584,59 @@ fn doctor_checks_each_roles_setup_and_a_nodes_host_certificate() {
         "{text}"
     );
 }
+
+#[test]
+fn a_host_of_both_roles_enters_its_own_instances_and_hops_to_the_others() {
+    let r = region();
+    // node-1 becomes "both": it also holds the user CA key and the host
+    // CA, and finds node-2 by name.
+    let n1 = &r.nodes[0];
+    let etc = n1.dir().join("etc/porthole");
+    fs::copy(&r.user_ca, etc.join("user_ca")).unwrap();
+    fs::copy(r.host_ca.with_extension("pub"), etc.join("host_ca.pub")).unwrap();
+    let mut hosts = fs::read_to_string(n1.dir().join("etc/hosts")).unwrap();
+    hosts.push_str(&format!("{} {}\n", r.spots[2].addr, node_name(1)));
+    fs::write(n1.dir().join("etc/hosts"), hosts).unwrap();
+    n1.set_config("fleet.role", "both");
+    n1.set_config("fleet.user_ca_key", "/etc/porthole/user_ca");
+    n1.set_config("fleet.host_ca_public_key", "/etc/porthole/host_ca.pub");
+    let on_n1 = |login: &str| n1.ssh(login, &r.key, &["hostname"]);
+    // Its own instance: entered here, no hop.
+    let out = on_n1(&format!("{SVC}-aaaaa"));
+    assert_eq!(
+        out.stdout_str().trim(),
+        "srv-web1-aaaaa",
+        "{}",
+        out.describe()
+    );
+    let local = n1.expect_event(
+        "local session.start",
+        |e| e.name() == "session.start" && e.str("instance") == Some("srv-web1-aaaaa"),
+        WAIT,
+    );
+    assert_eq!(local.get("via"), None, "not a hop");
+    assert_eq!(local.get("hop"), None, "not a hop");
+    // The other node's: hopped, node-2 names node-1 as the way in.
+    let out = on_n1(&format!("{SVC}-bbbbb"));
+    assert_eq!(
+        out.stdout_str().trim(),
+        "srv-web1-bbbbb",
+        "{}",
+        out.describe()
+    );
+    let there = r.nodes[1].expect_event(
+        "hopped session.start",
+        |e| e.name() == "session.start" && e.str("instance") == Some("srv-web1-bbbbb"),
+        WAIT,
+    );
+    assert_eq!(there.str("via"), Some(node_name(0).as_str()));
+    // Without a slug: either, decided by placement, both seen.
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..16 {
+        seen.insert(on_n1(SVC).stdout_str().trim().to_owned());
+    }
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        ["srv-web1-aaaaa", "srv-web1-bbbbb"]
+    );
+}

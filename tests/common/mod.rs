@@ -1106,10 +1106,13 @@ fn set_key(config: &mut BTreeMap<String, BTreeMap<String, Value>>, key: &str, v:
     let (section, k) = key
         .split_once('.')
         .unwrap_or_else(|| panic!("config key {key:?} must be section.key"));
-    config
-        .entry(section.to_owned())
-        .or_default()
-        .insert(k.to_owned(), v);
+    let section = config.entry(section.to_owned()).or_default();
+    // Null removes the key (back to the program's default).
+    if v.is_null() {
+        section.remove(k);
+    } else {
+        section.insert(k.to_owned(), v);
+    }
 }
 
 fn render_toml(config: &BTreeMap<String, BTreeMap<String, Value>>) -> String {
