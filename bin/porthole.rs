@@ -144,6 +144,11 @@ enum Command {
         /// sshd's main configuration file.
         #[arg(long, default_value = "/etc/ssh/sshd_config")]
         sshd_config: PathBuf,
+        /// A front door's check of a node (HOST or HOST:PORT): reachable in
+        /// the hop budget, with a host certificate of the host CA for that
+        /// name. Repeatable.
+        #[arg(long = "node", value_name = "HOST[:PORT]")]
+        nodes: Vec<String>,
     },
 }
 
@@ -343,6 +348,7 @@ fn run() -> Result<()> {
             instance,
             sshd,
             sshd_config,
+            nodes,
         } => {
             let paths = porthole::admin::doctor::Paths {
                 config: cli.config.clone(),
@@ -350,10 +356,16 @@ fn run() -> Result<()> {
                 sshd_config,
                 ..porthole::admin::doctor::Paths::default()
             };
-            let checks = match instance {
+            let mut checks = match instance {
                 Some(name) => porthole::admin::doctor::instance(&Config::load(&cli.config)?, &name),
                 None => porthole::admin::doctor::run(&paths),
             };
+            if !nodes.is_empty() {
+                let cfg = Config::load(&cli.config)?;
+                for n in &nodes {
+                    checks.extend(porthole::admin::fleet_checks::node(&cfg, n));
+                }
+            }
             let failed = checks.iter().filter(|c| !c.ok).count();
             for c in &checks {
                 say!(

@@ -847,6 +847,45 @@ fn bench_mint() -> Mint {
     Mint { mint, verify }
 }
 
+/// Figure 8: a login through a front door (issue 14) against the same
+/// login straight to the node, interleaved, in a region on this machine
+/// (`common::region`: each host its own network namespace and sshd). The
+/// difference is the hop: minting, the second handshake, the front door's
+/// session shell.
+fn bench_hop() -> Pair {
+    use common::region;
+    let r = region::region();
+    let login = format!("{}-aaaaa", region::SVC);
+    let through_front = || {
+        let (d, out) = timed(&mut r.cmd(&login).args(&["true"]).command());
+        must("ssh through the front door", &out);
+        d.as_secs_f64()
+    };
+    let to_node = || {
+        let (d, out) = timed(&mut r.nodes[0].ssh_cmd(&login, &r.key).args(&["true"]).command());
+        must("ssh to the node", &out);
+        d.as_secs_f64()
+    };
+    for _ in 0..3 {
+        through_front();
+        to_node();
+    }
+    let mut p = Pair {
+        subject: Samples::default(),
+        anchor: Samples::default(),
+    };
+    for i in 0..n(60, 6) {
+        if i % 2 == 0 {
+            p.anchor.push(to_node());
+            p.subject.push(through_front());
+        } else {
+            p.subject.push(through_front());
+            p.anchor.push(to_node());
+        }
+    }
+    p
+}
+
 #[test]
 #[ignore = "benchmark: run with bench/run"]
 fn bench_all() {
@@ -867,6 +906,7 @@ fn bench_all() {
     let pty = wanted("pty").then(|| bench_pty(&w));
     let mem = wanted("memory").then(|| bench_memory(&w));
     let mint = wanted("mint").then(bench_mint);
+    let hop = wanted("hop").then(bench_hop);
     let load_after = loadavg();
     let took = started.elapsed();
 
@@ -1089,6 +1129,22 @@ fn bench_all() {
                 ms(m.verify.pct(95.0)),
                 m.mint.median() / m.verify.median(),
                 verdict(m.mint.median() <= 0.001)
+            ),
+        );
+    }
+    if let Some(p) = &hop {
+        let ratio = p.subject.median() / p.anchor.median();
+        out(
+            &mut md,
+            &format!(
+                "| 8 | `ssh srv-…@front-door true`: a login hopped to the node (own network namespaces, veth bridge) | {} | {} | {} | the same login straight to the node's sshd | {} | {} | {:.2}× | ≤ 1.6× | {} |",
+                p.subject.len(),
+                ms(p.subject.median()),
+                ms(p.subject.pct(95.0)),
+                ms(p.anchor.median()),
+                ms(p.anchor.pct(95.0)),
+                ratio,
+                verdict(ratio <= 1.6)
             ),
         );
     }

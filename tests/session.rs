@@ -611,37 +611,13 @@ fn shell_refuses_to_run_outside_sshd() {
 
 // ----- scp, rsync and sftp when the image has them ----------------------------
 
-/// Copies host programs and the shared libraries they need into the
-/// instance's rootfs (an image "with openssh tools and rsync").
-fn with_host_programs(mut opts: InstanceOpts, programs: &[&str]) -> InstanceOpts {
-    let mut files = BTreeSet::new();
-    for p in programs {
-        files.insert(p.to_string());
-        let out = util::run_ok(std::process::Command::new("ldd").arg(p));
-        for l in util::lossy(&out.stdout).lines() {
-            // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)" or "/lib64/ld-linux… (0x…)"
-            if let Some(path) = l.split_whitespace().find(|w| w.starts_with('/')) {
-                files.insert(path.to_owned());
-            }
-        }
-    }
-    for f in files {
-        let bytes = std::fs::read(&f).unwrap_or_else(|e| panic!("{f}: {e}"));
-        opts = opts.file(&f, bytes, 0o755);
-    }
-    opts
-}
-
 fn transfer_world() -> (World, Instance) {
     let w = world();
-    let opts = with_host_programs(
-        app(InstanceOpts::default()),
-        &[
-            "/usr/bin/scp",
-            "/usr/bin/rsync",
-            "/usr/lib/openssh/sftp-server",
-        ],
-    );
+    let opts = app(InstanceOpts::default()).with_host_programs(&[
+        "/usr/bin/scp",
+        "/usr/bin/rsync",
+        "/usr/lib/openssh/sftp-server",
+    ]);
     let i = Instance::start(&w.host, "srv-web1", "aaaaa", opts);
     (w, i)
 }

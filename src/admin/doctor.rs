@@ -95,6 +95,10 @@ pub fn run(paths: &Paths) -> Vec<Check> {
         Err(failed) => out.push(failed.clone()),
     }
     out.push(session_shell(sshd.as_ref().ok(), session.as_ref()));
+    out.extend(crate::admin::fleet_checks::role(
+        &cfg,
+        sshd.as_ref().ok().map(|s| s.get("trustedusercakeys")),
+    ));
     out.push(control_plane(&cfg));
     out.push(runtime_roots(&cfg));
     out.push(cgroups());

@@ -13,4 +13,6 @@
 pub mod display;
 #[cfg(feature = "http")]
 pub mod doctor;
+#[cfg(feature = "http")]
+pub mod fleet_checks;
 pub mod hostkeys;

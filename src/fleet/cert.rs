@@ -312,8 +312,10 @@ fn write_new(path: &Path, data: &[u8]) -> std::io::Result<()> {
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)?;
-    f.write_all(data)?;
-    f.sync_all()
+    // No fsync: the files live for one `ssh` run that reads them at once,
+    // and are worthless after a minute; durability would only cost time
+    // on every hop.
+    f.write_all(data)
 }
 
 // ----- the key id -------------------------------------------------------------

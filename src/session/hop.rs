@@ -309,12 +309,23 @@ pub fn run(
         cmd.env("TERM", t);
     }
     // SAFETY: the closure runs in the forked child before exec and only
-    // makes the async-signal-safe setgroups(2) call.
+    // makes async-signal-safe calls (setgroups, sigprocmask, signal) on
+    // locals.
     unsafe {
         cmd.pre_exec(|| {
             if libc::setgroups(0, std::ptr::null()) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            // The session's signals are blocked in this process (they are
+            // read with sigtimedwait). ssh unblocks only what it inherited
+            // unblocked while it waits: with SIGWINCH still blocked, window
+            // changes would never reach the node.
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
             Ok(())
         });
     }

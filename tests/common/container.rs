@@ -134,6 +134,27 @@ impl InstanceOpts {
         self
     }
 
+    /// Copies host programs and the shared libraries they need into the
+    /// instance's rootfs (an image "with openssh tools and rsync").
+    pub fn with_host_programs(mut self, programs: &[&str]) -> Self {
+        let mut files = std::collections::BTreeSet::new();
+        for p in programs {
+            files.insert(p.to_string());
+            let out = util::run_ok(Command::new("ldd").arg(p));
+            for l in util::lossy(&out.stdout).lines() {
+                // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)" or "/lib64/ld-linux… (0x…)"
+                if let Some(path) = l.split_whitespace().find(|w| w.starts_with('/')) {
+                    files.insert(path.to_owned());
+                }
+            }
+        }
+        for f in files {
+            let bytes = std::fs::read(&f).unwrap_or_else(|e| panic!("{f}: {e}"));
+            self = self.file(&f, bytes, 0o755);
+        }
+        self
+    }
+
     pub fn file(mut self, path: &str, content: impl Into<Vec<u8>>, mode: u32) -> Self {
         self.files.push((path.into(), content.into(), mode));
         self

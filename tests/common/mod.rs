@@ -16,6 +16,8 @@
 
 pub mod container;
 pub mod control_plane;
+pub mod netns;
+pub mod region;
 pub mod ssh;
 pub mod syslog;
 pub mod util;
@@ -83,6 +85,9 @@ pub struct TestHostOpts {
     pub config: Vec<(String, Value)>,
     /// Extra global lines for the test sshd_config (before Debian's own).
     pub sshd_lines: Vec<String>,
+    /// Run sshd (and this host's `ssh` clients) in this network namespace
+    /// of a [`netns::Fabric`]; sshd also listens on its address.
+    pub netns: Option<netns::Spot>,
 }
 
 impl Default for TestHostOpts {
@@ -94,6 +99,7 @@ impl Default for TestHostOpts {
             token: "porthole-test-token-0123456789".into(),
             config: Vec::new(),
             sshd_lines: Vec::new(),
+            netns: None,
         }
     }
 }
@@ -132,6 +138,12 @@ impl TestHostOpts {
         self.sshd_lines.push(line.into());
         self
     }
+
+    /// A host of its own on a private network (see [`netns`]).
+    pub fn on(mut self, spot: &netns::Spot) -> Self {
+        self.netns = Some(spot.clone());
+        self
+    }
 }
 
 /// Uids/gids of the accounts the harness adds (unused on the host).
@@ -165,6 +177,7 @@ pub struct TestHost {
     sshd_ns_pin: Option<fs::File>,
     sshd_lines: Vec<String>,
     keys: Mutex<HashMap<KeyKind, ClientKey>>,
+    netns: Option<netns::Spot>,
 }
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
@@ -301,6 +314,7 @@ impl TestHost {
             sshd_ns_pin: None,
             sshd_lines: opts.sshd_lines.clone(),
             keys: Mutex::new(HashMap::new()),
+            netns: opts.netns.clone(),
         };
         host.write_config();
         util::mkdir(&host.plain_home(), 0o755, ids.plain, ids.plain);
@@ -481,7 +495,16 @@ impl TestHost {
 
     /// A builder for one real `ssh` run against this sshd.
     pub fn ssh_cmd(&self, user: &str, key: &ClientKey) -> SshCmd {
-        SshCmd::new(self.port, user, &key.path)
+        let c = SshCmd::new(self.port, user, &key.path);
+        match &self.netns {
+            Some(spot) => c.nsenter(spot.nsenter_args()),
+            None => c,
+        }
+    }
+
+    /// This host's place on a private network, if it has one.
+    pub fn spot(&self) -> Option<&netns::Spot> {
+        self.netns.as_ref()
     }
 
     /// `ssh -l user -i key … 127.0.0.1 args…` with a 30 s guard.
@@ -508,10 +531,12 @@ impl TestHost {
     /// Runs a command in sshd's mount namespace (sees the test /etc and /run).
     pub fn in_ns(&self, args: &[&str]) -> Output {
         let mut c = Command::new("nsenter");
-        c.arg("-t")
-            .arg(self.sshd_pid().to_string())
-            .arg("-m")
-            .arg("--");
+        c.arg("-t").arg(self.sshd_pid().to_string()).arg("-m");
+        if self.netns.is_some() {
+            // A host on a private network: its network too.
+            c.arg("-n");
+        }
+        c.arg("--");
         c.args(args);
         util::run_with_timeout(&mut c, None, Duration::from_secs(30)).output
     }
@@ -559,6 +584,9 @@ impl TestHost {
              MaxStartups 200\n",
             self.dir.display()
         );
+        if let Some(spot) = &self.netns {
+            text.push_str(&format!("ListenAddress {}\n", spot.addr));
+        }
         for l in &self.sshd_lines {
             text.push_str(l);
             text.push('\n');
@@ -587,7 +615,20 @@ exec /usr/sbin/sshd -D -e -f /etc/ssh/sshd_config
                 .append(true)
                 .open(self.sshd_log_path())
                 .expect("sshd.log");
-            let mut child = Command::new("unshare")
+            let mut start = match &self.netns {
+                Some(spot) => {
+                    let mut c = Command::new("nsenter");
+                    c.args(spot.nsenter_args()).arg("unshare");
+                    c
+                }
+                None => Command::new("unshare"),
+            };
+            let spot = self.netns.clone();
+            let banner = move || match &spot {
+                Some(s) => s.on_net(move || ssh_banner(port)),
+                None => ssh_banner(port),
+            };
+            let mut child = start
                 .args(["-m", "--propagation", "private", "sh", "-c", SCRIPT, "sh"])
                 .arg(&self.dir)
                 .stdin(Stdio::null())
@@ -600,7 +641,7 @@ exec /usr/sbin/sshd -D -e -f /etc/ssh/sshd_config
                 if let Ok(Some(_)) = child.try_wait() {
                     return Some(false);
                 }
-                ssh_banner(port).then_some(true)
+                banner().then_some(true)
             });
             match up {
                 Some(true) => {
@@ -1066,10 +1107,13 @@ fn set_key(config: &mut BTreeMap<String, BTreeMap<String, Value>>, key: &str, v:
     let (section, k) = key
         .split_once('.')
         .unwrap_or_else(|| panic!("config key {key:?} must be section.key"));
-    config
-        .entry(section.to_owned())
-        .or_default()
-        .insert(k.to_owned(), v);
+    let section = config.entry(section.to_owned()).or_default();
+    // Null removes the key (back to the program's default).
+    if v.is_null() {
+        section.remove(k);
+    } else {
+        section.insert(k.to_owned(), v);
+    }
 }
 
 fn render_toml(config: &BTreeMap<String, BTreeMap<String, Value>>) -> String {

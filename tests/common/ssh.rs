@@ -118,6 +118,8 @@ pub struct SshCmd {
     tty: bool,
     timeout: Duration,
     connect_timeout_secs: u32,
+    /// `nsenter` arguments to run the client with (empty: run it directly).
+    nsenter: Vec<String>,
 }
 
 /// The result of [`SshCmd::run`]; derefs to [`Output`].
@@ -185,7 +187,15 @@ impl SshCmd {
             tty: false,
             timeout: Duration::from_secs(30),
             connect_timeout_secs: 5,
+            nsenter: Vec::new(),
         }
+    }
+
+    /// Runs the client through `nsenter <args> ssh …` (a host on a private
+    /// network: see `netns::Spot::nsenter_args`).
+    pub fn nsenter(mut self, args: Vec<String>) -> SshCmd {
+        self.nsenter = args;
+        self
     }
 
     /// Remote command words (joined by ssh with spaces, run by the shell).
@@ -233,7 +243,13 @@ impl SshCmd {
 
     /// The `std::process::Command`, for tests that drive the child themselves.
     pub fn command(&self) -> Command {
-        let mut c = Command::new("ssh");
+        let mut c = if self.nsenter.is_empty() {
+            Command::new("ssh")
+        } else {
+            let mut c = Command::new("nsenter");
+            c.args(&self.nsenter).arg("ssh");
+            c
+        };
         c.args(["-F", "/dev/null"]);
         for o in [
             "StrictHostKeyChecking=no".to_owned(),
