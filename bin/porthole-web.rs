@@ -37,6 +37,12 @@ fn main() -> Result<()> {
     let ca = session::load_ca_key(ca_path).map_err(anyhow::Error::msg)?;
     std::fs::create_dir_all(&web.runtime_dir)
         .with_context(|| format!("creating {}", web.runtime_dir.display()))?;
+    // Each session's private key is written under it: nobody else may look.
+    std::fs::set_permissions(
+        &web.runtime_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .with_context(|| format!("making {} private (0700)", web.runtime_dir.display()))?;
     let log = Logger::new("porthole-web", &cfg.log.socket);
     log.emit(&Event::new("web.start", Severity::Notice).field("listen", web.listen.as_str()));
     let rt = tokio::runtime::Builder::new_multi_thread()
