@@ -2489,8 +2489,14 @@ fn web_socket_forged_grant_oversized_frame_and_bad_resizes() {
     let t = Duration::from_secs(20);
     // Pages are opened over blocking HTTP, outside the runtime.
     let mut grants: Vec<String> = (0..7).map(|_| web.grant(None)).collect();
+    let pinned = web.grant(Some("aaaaa"));
     rt.block_on(async {
         for (name, url, reason) in [
+            (
+                "another instance than the ticket's",
+                web.ws_url(&pinned, "bbbbb", 80, 24),
+                "instance_not_in_ticket",
+            ),
             (
                 "forged grant",
                 web.ws_url("0123456789abcdef0123456789abcdef", "", 80, 24),
