@@ -323,12 +323,22 @@ fn a_node_that_is_down_or_cut_off_is_refused_with_a_sentence_within_the_budget()
         "{}",
         res.describe()
     );
-    assert!(
-        res.elapsed < Duration::from_millis(3_500),
-        "{:?}: {}",
-        res.elapsed,
-        res.describe()
-    );
+    // The front door's own time for the refusal (its event's `ms`, from
+    // the session shell's start to the sentence) stays within the 3 s
+    // budget: the hop gives up after fleet.hop_timeout_ms (2 s). The
+    // client's total also holds the front door's own login, which a
+    // loaded test machine stretches, so it only gets a sanity bound.
+    let e = util::wait_for(WAIT, || {
+        r.front
+            .events()
+            .into_iter()
+            .filter(|e| e.is("session.rejected", &[("reason", "node_unreachable")]))
+            .find(|e| e.str("message").is_some_and(|m| m.contains("node-2")))
+    })
+    .expect("the refusal event for node-2");
+    let ms = e.u64("ms").unwrap();
+    assert!((2_000..3_000).contains(&ms), "{ms} ms: {}", e.raw);
+    assert!(res.elapsed < Duration::from_secs(10), "{}", res.describe());
     // Back on the network, the next logins get through again (once the
     // neighbour tables have noticed).
     r.fabric.reconnect(&r.spots[2]);
@@ -639,4 +649,75 @@ fn a_host_of_both_roles_enters_its_own_instances_and_hops_to_the_others() {
         seen.into_iter().collect::<Vec<_>>(),
         ["srv-web1-aaaaa", "srv-web1-bbbbb"]
     );
+}
+
+#[test]
+fn an_admin_ending_a_hopped_session_on_the_front_door_ends_it_with_the_message() {
+    let r = region();
+    let mut child = r.cmd(&format!("{SVC}-aaaaa")).args(&["sleep 60"]).spawn();
+    // Running on the node (so the hop is through), listed on the front door.
+    util::wait_for(WAIT, || {
+        (Region::sessions(&r.nodes[0]).len() == 1).then_some(())
+    })
+    .expect("the session runs on node-1");
+    let sessions = Region::sessions(&r.front);
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    let id = sessions[0]["id"].as_str().unwrap().to_owned();
+    let out = Region::porthole(
+        &r.front,
+        &["kill", &id, "--message", "closed by the on-call admin"],
+    );
+    assert!(out.status.success(), "{}", util::lossy(&out.stderr));
+    let (status, timed_out) = util::wait_deadline(&mut child, WAIT);
+    assert!(!timed_out, "the client was not let go");
+    assert_eq!(status.code(), Some(1));
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(err.contains("closed by the on-call admin"), "{err:?}");
+    let end = r.front.expect_event(
+        "front door session.end",
+        |e| e.name() == "session.end" && e.str("session_id") == Some(id.as_str()),
+        WAIT,
+    );
+    assert_eq!(end.str("reason"), Some("closed"));
+    // The node's side of the session ends too (its client went away).
+    r.nodes[0].expect_event(
+        "node session.end",
+        |e| e.name() == "session.end" && e.str("session_id") == Some(id.as_str()),
+        WAIT,
+    );
+    util::wait_for(WAIT, || {
+        Region::sessions(&r.nodes[0]).is_empty().then_some(())
+    })
+    .expect("nothing left on the node");
+}
+
+#[test]
+fn a_node_whose_sshd_does_not_trust_the_user_ca_refuses_the_hop_with_a_sentence() {
+    let mut r = region();
+    let drop_in = r.nodes[0]
+        .dir()
+        .join("etc/ssh/sshd_config.d/10-porthole.conf");
+    let text = fs::read_to_string(&drop_in).unwrap();
+    fs::write(
+        &drop_in,
+        text.replace("\tTrustedUserCAKeys", "\t#TrustedUserCAKeys"),
+    )
+    .unwrap();
+    r.nodes[0].restart_sshd();
+    r.publish(&r.placement());
+    let res = r.ssh(&format!("{SVC}-aaaaa"), &["true"]);
+    assert_eq!(res.code(), Some(1), "{}", res.describe());
+    assert!(
+        res.stderr_str()
+            .contains("node-1.fleet.test (the host running srv-web1-aaaaa) refused this front door's certificate"),
+        "{}",
+        res.describe()
+    );
+    let e = r.front.expect_event(
+        "hop_refused",
+        |e| e.is("session.rejected", &[("reason", "hop_refused")]),
+        WAIT,
+    );
+    assert_eq!(e.severity, 4, "a warning for the admin");
 }

@@ -753,6 +753,8 @@ mod tests {
                 "NSS module",
                 "sshd drop-in",
                 "session shell",
+                "fleet role",
+                "hop certificates",
                 "control plane",
                 "runtime roots",
                 "cgroups",
