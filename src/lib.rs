@@ -13,9 +13,14 @@
 //! - [`admin`]: root's command line (`porthole`);
 //! - [`fleet`]: hop certificates, minted by the front door's session shell
 //!   and read by the node's (pure, no HTTP: the setuid shell links it).
+//! - `web` (feature `web`): porthole-web, the dashboard's browser shell
+//!   (axum + tokio), run as its own unprivileged user; it reaches instances
+//!   only through sshd, with hop certificates of its own CA.
 //!
 //! The setuid shell links no HTTP code: `keys_hook` and `admin::doctor`
-//! exist only with the `http` feature, which `porthole-shell` does not use.
+//! exist only with the `http` feature, `web` only with the `web` feature,
+//! and `porthole-shell` references neither (tests/architecture.rs checks
+//! its symbols).
 
 pub mod config;
 pub mod log;
