@@ -1,0 +1,206 @@
+//! porthole-picker: the menu of `ssh srv@host` (issue 20). Never setuid:
+//! the session shell runs it as the session account, with the client's
+//! terminal on stdin/stdout/stderr, the menu's data (JSON) on fd 3 and a
+//! pipe on fd 4 for the one choice line. It holds no privilege and the
+//! shell checks its answer again; this program only draws and reads keys.
+
+use porthole::picker::menu::{self, Action, Menu};
+use porthole::picker::{self, Choice, MenuInput, Mode};
+use std::io::{BufRead, Read, Write};
+use std::os::fd::FromRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Largest menu input read from fd 3.
+const MAX_INPUT: u64 = 8 * 1024 * 1024;
+
+static RESIZED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_winch(_: libc::c_int) {
+    RESIZED.store(true, Ordering::SeqCst);
+}
+
+fn main() {
+    // Other processes of the session account (every service's picker runs
+    // as it) may not ptrace or read this one.
+    // SAFETY: a process-wide flag with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    let args: Vec<String> = std::env::args().collect();
+    let mode = match args.as_slice() {
+        [_, flag, m] if flag == "--mode" => Mode::parse(m),
+        _ => None,
+    };
+    let Some(mode) = mode else {
+        eprintln!("usage: porthole-picker --mode menu|dumb|table|json (run by porthole-shell)");
+        std::process::exit(2);
+    };
+    // SAFETY: fd 3 is the input the session shell set up for us; nothing
+    // else in this process owns it.
+    let input_file = unsafe { std::fs::File::from_raw_fd(picker::INPUT_FD) };
+    let mut text = Vec::new();
+    if input_file.take(MAX_INPUT).read_to_end(&mut text).is_err() {
+        eprintln!("porthole: the menu could not be read");
+        std::process::exit(1);
+    }
+    let input: MenuInput = match serde_json::from_slice(&text) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("porthole: the menu could not be read: {e}");
+            std::process::exit(1);
+        }
+    };
+    let choice = match mode {
+        Mode::Table => {
+            print!("{}", picker::table(&input));
+            None
+        }
+        Mode::Json => {
+            let text = serde_json::to_string_pretty(&picker::json(&input)).unwrap_or_default();
+            println!("{text}");
+            None
+        }
+        Mode::Dumb => dumb(&input),
+        Mode::Menu => run_menu(&input),
+    };
+    let _ = std::io::stdout().flush();
+    if let Some(c) = choice {
+        // SAFETY: fd 4 is the choice pipe the session shell set up for us.
+        let mut out = unsafe { std::fs::File::from_raw_fd(picker::CHOICE_FD) };
+        if out.write_all(c.line().as_bytes()).is_err() {
+            std::process::exit(1);
+        }
+    }
+}
+
+/// `TERM=dumb`: numbers typed on a line.
+fn dumb(input: &MenuInput) -> Option<Choice> {
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock();
+    let mut ask = |prompt: &str| -> Option<String> {
+        print!("{prompt}");
+        let _ = std::io::stdout().flush();
+        let mut line = String::new();
+        match lines.read_line(&mut line) {
+            Ok(0) | Err(_) => None,
+            Ok(_) if line.trim().eq_ignore_ascii_case("q") => None,
+            Ok(_) => Some(line),
+        }
+    };
+    let service = loop {
+        let line = ask(&menu::dumb_services(input))?;
+        match menu::dumb_answer(&line, input.services.len()).and_then(|i| input.services.get(i)) {
+            Some(s) if s.selectable => break s,
+            Some(s) => println!(
+                "{}",
+                picker::escape(s.reason.as_deref().unwrap_or("no SSH"), 300)
+            ),
+            None => println!("Type one of the numbers, or q."),
+        }
+    };
+    let id = porthole::names::ServiceId::parse(&service.id)?;
+    loop {
+        let line = ask(&menu::dumb_instances(service))?;
+        match menu::dumb_answer(&line, service.instances.len() + 1) {
+            Some(0) => {
+                return Some(Choice {
+                    service: id,
+                    slug: None,
+                })
+            }
+            Some(i) => {
+                return Some(Choice {
+                    service: id,
+                    slug: service.instances.get(i - 1).cloned(),
+                })
+            }
+            None => println!("Type one of the numbers, or q."),
+        }
+    }
+}
+
+fn window_size() -> (u16, u16) {
+    // SAFETY: TIOCGWINSZ writes one winsize into a valid local.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; fd 1 is our terminal (or the call fails).
+    let rc = unsafe { libc::ioctl(1, libc::TIOCGWINSZ, &mut ws) };
+    if rc == 0 && ws.ws_row > 0 && ws.ws_col > 0 {
+        (ws.ws_row, ws.ws_col)
+    } else {
+        (24, 80)
+    }
+}
+
+/// Puts the terminal back as it was, whatever way the menu ends.
+struct Restore(Option<nix::sys::termios::Termios>);
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        let mut out = std::io::stdout();
+        let _ = out.write_all(b"\x1b[0m\x1b[?25h\x1b[?1049l");
+        let _ = out.flush();
+        if let Some(t) = &self.0 {
+            let _ = nix::sys::termios::tcsetattr(
+                std::io::stdin(),
+                nix::sys::termios::SetArg::TCSANOW,
+                t,
+            );
+        }
+    }
+}
+
+/// Arrow keys and Enter; redrawn on every key and on SIGWINCH.
+fn run_menu(input: &MenuInput) -> Option<Choice> {
+    use nix::sys::termios;
+    let saved = termios::tcgetattr(std::io::stdin()).ok();
+    if let Some(t) = &saved {
+        let mut raw = t.clone();
+        termios::cfmakeraw(&mut raw);
+        let _ = termios::tcsetattr(std::io::stdin(), termios::SetArg::TCSANOW, &raw);
+    }
+    let _restore = Restore(saved);
+    let action = nix::sys::signal::SigAction::new(
+        nix::sys::signal::SigHandler::Handler(on_winch),
+        nix::sys::signal::SaFlags::empty(),
+        nix::sys::signal::SigSet::empty(),
+    );
+    // SAFETY: the handler only stores to an atomic (async-signal-safe).
+    let _ = unsafe { nix::sys::signal::sigaction(nix::sys::signal::Signal::SIGWINCH, &action) };
+    let mut out = std::io::stdout();
+    let _ = out.write_all(b"\x1b[?1049h\x1b[?25l");
+    let mut m = Menu::new(input);
+    let mut size = window_size();
+    let mut draw = |m: &Menu, size: (u16, u16)| {
+        let _ = out.write_all(m.render(size.0, size.1).as_bytes());
+        let _ = out.flush();
+    };
+    draw(&m, size);
+    let mut buf = [0u8; 256];
+    loop {
+        let mut fds = [libc::pollfd {
+            fd: 0,
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        // SAFETY: poll on one valid pollfd for at most 500 ms.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), 1, 500) };
+        let now = window_size();
+        if RESIZED.swap(false, Ordering::SeqCst) || now != size {
+            size = now;
+            draw(&m, size);
+        }
+        if ready <= 0 {
+            continue;
+        }
+        let n = match std::io::stdin().read(&mut buf) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => n,
+        };
+        for k in menu::parse_keys(buf.get(..n).unwrap_or_default()) {
+            match m.key(k) {
+                Action::Redraw => {}
+                Action::Quit => return None,
+                Action::Chosen(c) => return Some(c),
+            }
+        }
+        draw(&m, size);
+    }
+}
