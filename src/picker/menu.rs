@@ -90,16 +90,10 @@ pub struct Menu<'a> {
 
 impl<'a> Menu<'a> {
     pub fn new(input: &'a MenuInput) -> Menu<'a> {
-        // Start on the first service that can be chosen.
-        let cursor = input
-            .services
-            .iter()
-            .position(|s| s.selectable)
-            .unwrap_or(0);
         Menu {
             input,
             level: Level::Services,
-            cursor,
+            cursor: 0,
             message: None,
         }
     }

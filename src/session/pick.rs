@@ -33,14 +33,19 @@ use std::time::Instant;
 #[derive(Debug)]
 pub enum Picked {
     /// Continue as an ordinary login with this hand-over (its `USER` is
-    /// the chosen `<service>[-<slug>]`).
-    Login(Box<Handover>),
+    /// the chosen `<service>[-<slug>]`); the identity names the developer
+    /// in a refusal of that login.
+    Login(Box<Handover>, Identity),
     /// Nothing to enter: a listing was printed or the menu was left.
     Done(i32),
 }
 
 /// A refusal, with who it concerns when the key is known.
-pub type PickRefusal = (Refusal, Option<Identity>);
+pub type PickRefusal = Box<(Refusal, Option<Identity>)>;
+
+fn fail(r: Refusal, who: Option<Identity>) -> PickRefusal {
+    Box::new((r, who))
+}
 
 fn refuse(reason: RefusalReason, message: impl Into<String>) -> Refusal {
     Refusal {
@@ -63,7 +68,7 @@ pub fn choose(cfg: &Config, log: &Logger, h: &Handover) -> Result<Picked, PickRe
         .ok()
         .flatten()
         .ok_or_else(|| {
-            (
+            fail(
                 refuse(
                     RefusalReason::Setup,
                     format!("the session account {} does not exist", cfg.session.account),
@@ -73,7 +78,7 @@ pub fn choose(cfg: &Config, log: &Logger, h: &Handover) -> Result<Picked, PickRe
         })?;
     let (uid, gid) = (account.uid.as_raw(), account.gid.as_raw());
     if h.real_uid != uid {
-        return Err((
+        return Err(fail(
             refuse(
                 RefusalReason::WrongUid,
                 format!(
@@ -84,11 +89,11 @@ pub fn choose(cfg: &Config, log: &Logger, h: &Handover) -> Result<Picked, PickRe
             None,
         ));
     }
-    let known = known(cfg, h, uid).map_err(|r| (r, None))?;
+    let known = known(cfg, h, uid).map_err(|r| fail(r, None))?;
     let who = || Some(known.identity.clone());
     let mode = match classify_request(h, &cfg.session.sftp_server_paths) {
         Request::Sftp => {
-            return Err((
+            return Err(fail(
                 refuse(
                     RefusalReason::Picker,
                     "the service menu has no sftp; name the service: sftp srv-<id>@host",
@@ -122,7 +127,7 @@ pub fn choose(cfg: &Config, log: &Logger, h: &Handover) -> Result<Picked, PickRe
             .field("ms", elapsed_ms(started)),
     );
     let answer = run_picker(cfg, mode, &input, uid, gid).map_err(|e| {
-        (
+        fail(
             refuse(
                 RefusalReason::Picker,
                 format!("the service menu is not available right now ({e}); the platform team has been notified"),
@@ -138,7 +143,7 @@ pub fn choose(cfg: &Config, log: &Logger, h: &Handover) -> Result<Picked, PickRe
         return Ok(Picked::Done(0));
     };
     let choice = Choice::parse(&answer).ok_or_else(|| {
-        (
+        fail(
             refuse(
                 RefusalReason::Picker,
                 "the service menu gave back no valid choice",
@@ -163,7 +168,7 @@ pub fn choose(cfg: &Config, log: &Logger, h: &Handover) -> Result<Picked, PickRe
         .map(|s| selectable_reason(cfg, s, &known.identity))
         .is_some_and(|why| why.is_none());
     if !slug_offered || !still {
-        return Err((
+        return Err(fail(
             refuse(
                 RefusalReason::KeyNotListed,
                 format!(
@@ -199,12 +204,15 @@ pub fn choose(cfg: &Config, log: &Logger, h: &Handover) -> Result<Picked, PickRe
     // date (the picker's login never asked for it). A failed refresh is
     // not the answer: the login reads what the cache holds next.
     let _ = crate::session::revoke::refresh_blocking(cfg, &target.service);
-    Ok(Picked::Login(Box::new(Handover {
-        user: Some(login),
-        original_command: None,
-        dash_c: None,
-        ..h.clone()
-    })))
+    Ok(Picked::Login(
+        Box::new(Handover {
+            user: Some(login),
+            original_command: None,
+            dash_c: None,
+            ..h.clone()
+        }),
+        known.identity,
+    ))
 }
 
 /// The key from the auth info and its services from the cache.

@@ -597,23 +597,27 @@ fn hop_identity(
 pub fn run(cfg: &Config, log: &Logger, h: &Handover) -> i32 {
     // `ssh srv@host`: the menu chooses the login name, then the login is
     // an ordinary one to that name (src/session/pick.rs, issue 20).
-    let picked;
+    let (picked, picker_who);
     let h = if crate::names::is_picker(h.user.as_deref().unwrap_or("").as_bytes()) {
         match crate::session::pick::choose(cfg, log, h) {
-            Ok(crate::session::pick::Picked::Login(chosen)) => {
-                picked = chosen;
+            Ok(crate::session::pick::Picked::Login(chosen, who)) => {
+                (picked, picker_who) = (chosen, Some(who));
                 &*picked
             }
             Ok(crate::session::pick::Picked::Done(code)) => return code,
-            Err((r, who)) => return Context::new(cfg, log, h).reject(&r, who.as_ref()),
+            Err(refused) => {
+                let (r, who) = *refused;
+                return Context::new(cfg, log, h).reject(&r, who.as_ref());
+            }
         }
     } else {
+        picker_who = None;
         h
     };
     let cx = Context::new(cfg, log, h);
     let login = match authorize(cfg, h) {
         Ok(login) => login,
-        Err(r) => return cx.reject(&r, None),
+        Err(r) => return cx.reject(&r, picker_who.as_ref()),
     };
     // From here on the key is known: a refusal names its owner.
     let result = match destination(cfg, &login) {
