@@ -312,3 +312,66 @@ fn a_service_the_key_lost_between_menu_and_choice_is_refused_with_a_sentence() {
     w.event("picker.chosen");
     assert!(!w.host.events().iter().any(|e| e.name() == "session.start"));
 }
+
+#[test]
+fn the_keys_list_is_cached_per_key_and_served_stale_while_the_control_plane_is_down() {
+    let host = TestHost::start(TestHostOpts::default().set("cache.fresh_secs", 2));
+    let key = host.key(KeyKind::Ed25519);
+    host.control_plane().set_body(
+        "srv-web1",
+        &web_service("srv-web1", &[KeySpec::new(&key, OWNER)]),
+    );
+    for _ in 0..2 {
+        let r = host.ssh("srv", &key, &["--json"]);
+        assert!(r.success(), "{}", r.describe());
+    }
+    // Two logins (four hook calls): one question, the rest from the cache.
+    assert_eq!(host.control_plane().key_requests(&key.fingerprint), 1);
+    let entries: Vec<String> = std::fs::read_dir(host.cache_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("key-") && n.ends_with(".json"))
+        .collect();
+    assert_eq!(entries.len(), 1, "one entry for the key: {entries:?}");
+    std::thread::sleep(Duration::from_millis(2100));
+    host.control_plane().stop();
+    let r = host.ssh("srv", &key, &["--json"]);
+    assert!(r.success(), "stale list served: {}", r.describe());
+    host.expect_event(
+        "keys.decision from the stale cache",
+        |e| {
+            e.name() == "keys.decision"
+                && e.str("user") == Some("srv")
+                && e.str("source") == Some("stale-cache")
+                && e.str("outcome") == Some("accepted")
+        },
+        WAIT,
+    );
+}
+
+#[test]
+fn the_file_source_answers_by_scanning_its_directory() {
+    let host = TestHost::start(TestHostOpts::default().source(KeysSource::Files));
+    let key = host.key(KeyKind::Ed25519);
+    let other = host.new_key(KeyKind::Ed25519, "bob");
+    host.write_service_file(
+        "srv-web1",
+        &web_service("srv-web1", &[KeySpec::new(&key, OWNER)]),
+    );
+    host.write_service_file(
+        "srv-web2",
+        &web_service("srv-web2", &[KeySpec::new(&other, "bob@example.com")]),
+    );
+    let r = host.ssh("srv", &key, &["--json"]);
+    assert!(r.success(), "{}", r.describe());
+    let doc: Value = serde_json::from_str(&r.stdout_str()).unwrap();
+    let ids: Vec<&str> = doc["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["srv-web1"]);
+    let stranger = host.new_key(KeyKind::Ed25519, "stranger");
+    assert!(host.ssh("srv", &stranger, &["--json"]).denied());
+}
