@@ -140,12 +140,18 @@ fn the_setuid_shell_links_no_menu_code() {
     let menu = b"6picker4menu";
     let has = |bin: &[u8]| bin.windows(menu.len()).any(|w| w == menu);
     // Control: the picker does link the menu, and the check sees it.
-    assert!(has(&picker), "control: no picker::menu symbol in porthole-picker");
+    assert!(
+        has(&picker),
+        "control: no picker::menu symbol in porthole-picker"
+    );
     assert!(
         !has(&shell),
         "porthole-shell links picker::menu: the menu belongs in porthole-picker"
     );
     for krate in NETWORK_CRATES {
-        assert!(!links_crate(&picker, krate), "porthole-picker links {krate}");
+        assert!(
+            !links_crate(&picker, krate),
+            "porthole-picker links {krate}"
+        );
     }
 }
