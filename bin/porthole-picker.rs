@@ -25,12 +25,17 @@ fn main() {
     // SAFETY: a process-wide flag with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     let args: Vec<String> = std::env::args().collect();
-    let mode = match args.as_slice() {
-        [_, flag, m] if flag == "--mode" => Mode::parse(m),
+    let parsed = match args.as_slice() {
+        [_, flag, m] if flag == "--mode" => Mode::parse(m).map(|m| (m, 0)),
+        [_, flag, m, idle, secs] if flag == "--mode" && idle == "--idle-secs" => {
+            Mode::parse(m).zip(secs.parse::<u64>().ok())
+        }
         _ => None,
     };
-    let Some(mode) = mode else {
-        eprintln!("usage: porthole-picker --mode menu|dumb|table|json (run by porthole-shell)");
+    let Some((mode, idle_secs)) = parsed else {
+        eprintln!(
+            "usage: porthole-picker --mode menu|dumb|table|json [--idle-secs N] (run by porthole-shell)"
+        );
         std::process::exit(2);
     };
     // SAFETY: fd 3 is the input the session shell set up for us; nothing
@@ -59,7 +64,7 @@ fn main() {
             None
         }
         Mode::Dumb => dumb(&input),
-        Mode::Menu => run_menu(&input),
+        Mode::Menu => run_menu(&input, idle_secs),
     };
     let _ = std::io::stdout().flush();
     if let Some(c) = choice {
@@ -147,8 +152,18 @@ impl Drop for Restore {
     }
 }
 
-/// Arrow keys and Enter; redrawn on every key and on SIGWINCH.
-fn run_menu(input: &MenuInput) -> Option<Choice> {
+/// Arrow keys and Enter; redrawn on every key and on SIGWINCH. Left
+/// alone for `idle_secs` (0: never), it leaves like `q`.
+fn run_menu(input: &MenuInput, idle_secs: u64) -> Option<Choice> {
+    let choice = menu_loop(input, idle_secs);
+    if let Err(secs) = choice {
+        eprintln!("porthole: the menu was left alone for {secs} s; closing it");
+        return None;
+    }
+    choice.ok().flatten()
+}
+
+fn menu_loop(input: &MenuInput, idle_secs: u64) -> Result<Option<Choice>, u64> {
     use nix::sys::termios;
     let saved = termios::tcgetattr(std::io::stdin()).ok();
     if let Some(t) = &saved {
@@ -174,7 +189,11 @@ fn run_menu(input: &MenuInput) -> Option<Choice> {
     };
     draw(&m, size);
     let mut buf = [0u8; 256];
+    let mut last_key = std::time::Instant::now();
     loop {
+        if idle_secs > 0 && last_key.elapsed().as_secs() >= idle_secs {
+            return Err(idle_secs);
+        }
         let mut fds = [libc::pollfd {
             fd: 0,
             events: libc::POLLIN,
@@ -191,14 +210,15 @@ fn run_menu(input: &MenuInput) -> Option<Choice> {
             continue;
         }
         let n = match std::io::stdin().read(&mut buf) {
-            Ok(0) | Err(_) => return None,
+            Ok(0) | Err(_) => return Ok(None),
             Ok(n) => n,
         };
+        last_key = std::time::Instant::now();
         for k in menu::parse_keys(buf.get(..n).unwrap_or_default()) {
             match m.key(k) {
                 Action::Redraw => {}
-                Action::Quit => return None,
-                Action::Chosen(c) => return Some(c),
+                Action::Quit => return Ok(None),
+                Action::Chosen(c) => return Ok(Some(c)),
             }
         }
         draw(&m, size);

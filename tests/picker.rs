@@ -375,3 +375,50 @@ fn the_file_source_answers_by_scanning_its_directory() {
     let stranger = host.new_key(KeyKind::Ed25519, "stranger");
     assert!(host.ssh("srv", &stranger, &["--json"]).denied());
 }
+
+#[test]
+fn a_menu_left_alone_closes_after_the_idle_timeout() {
+    let host = TestHost::start(TestHostOpts::default().set("limits.idle_timeout_secs", 2));
+    let key = host.key(KeyKind::Ed25519);
+    host.control_plane().set_body(
+        "srv-web1",
+        &web_service("srv-web1", &[KeySpec::new(&key, OWNER)]),
+    );
+    let mut c = host
+        .ssh_cmd("srv", &key)
+        .tty(true)
+        .term("xterm")
+        .spawn_pty(24, 80);
+    assert!(c.wait_for("[web_service]", WAIT), "{}", c.screen());
+    let st = c.wait(WAIT).expect("the menu closes on its own");
+    assert_eq!(st.code(), Some(0));
+    assert!(c.screen().contains("left alone for 2 s"), "{}", c.screen());
+    assert!(!host.events().iter().any(|e| e.name() == "session.start"));
+}
+
+/// Not a check: what the picker costs. Run with
+/// `cargo test --test picker measure -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn measure_the_listing_against_a_direct_login() {
+    let w = world();
+    let median = |user: &str, args: &[&str]| {
+        let mut ms: Vec<u128> = (0..11)
+            .map(|_| {
+                let r = w.host.ssh(user, &w.key, args);
+                assert!(r.success(), "{}", r.describe());
+                r.elapsed.as_millis()
+            })
+            .collect();
+        ms.sort();
+        ms[ms.len() / 2]
+    };
+    // Warm both cache entries first, then interleave.
+    let _ = median("srv", &["--json"]);
+    let direct = median("srv-web1-aaaaa", &["true"]);
+    let listing = median("srv", &["--json"]);
+    let direct2 = median("srv-web1-aaaaa", &["true"]);
+    println!(
+        "median of 11: ssh srv@host --json {listing} ms; ssh srv-web1-aaaaa@host true {direct} ms / {direct2} ms"
+    );
+}

@@ -135,8 +135,10 @@ pub fn choose(cfg: &Config, log: &Logger, h: &Handover) -> Result<Picked, PickRe
             who(),
         )
     })?;
+    let (status, answer) = answer;
     if !mode.interactive() {
-        return Ok(Picked::Done(0));
+        // A listing: the picker's own exit status (it said why on stderr).
+        return Ok(Picked::Done(status));
     }
     let Some(answer) = answer.filter(|a| !a.is_empty()) else {
         // q, Ctrl-C or a closed terminal: nothing chosen, nothing refused.
@@ -161,7 +163,7 @@ pub fn choose(cfg: &Config, log: &Logger, h: &Handover) -> Result<Picked, PickRe
         (None, Some(_)) => true,
         (Some(slug), Some(s)) => s.instances.contains(slug),
     };
-    let now_known = known_again(cfg, &known, uid);
+    let now_known = known_again(cfg, &known);
     let still = now_known
         .as_ref()
         .and_then(|k| k.services.iter().find(|s| s.id == choice.service))
@@ -281,7 +283,7 @@ fn known(cfg: &Config, h: &Handover, session_uid: u32) -> Result<Known, Refusal>
 }
 
 /// The list as the cache holds it now (after the menu), for the same key.
-fn known_again(cfg: &Config, before: &Known, _session_uid: u32) -> Option<Known> {
+fn known_again(cfg: &Config, before: &Known) -> Option<Known> {
     let keys_uid = keys_uid(cfg).ok()?;
     let now = crate::time::now_unix();
     let (fetched_at, services) = key_services::read_cached(
@@ -402,19 +404,28 @@ fn menu_input(cfg: &Config, h: &Handover, known: &Known) -> MenuInput {
 }
 
 /// Runs `porthole-picker --mode <mode>` as the session account and waits
-/// for it; returns what it wrote on the choice pipe (at most one line).
+/// for it; returns its exit status and what it wrote on the choice pipe
+/// (at most one line).
 fn run_picker(
     cfg: &Config,
     mode: Mode,
     input: &MenuInput,
     uid: u32,
     gid: u32,
-) -> Result<Option<Vec<u8>>, String> {
+) -> Result<(i32, Option<Vec<u8>>), String> {
     let path = crate::session::revoke::check_command(&cfg.session.picker_command)
         .map_err(|e| e.to_string())?;
     let cs = |s: &str| CString::new(s).map_err(|_| "NUL in an argument".to_owned());
     let prog = cs(&path.to_string_lossy())?;
-    let args = [prog.clone(), cs("--mode")?, cs(mode.as_str())?];
+    // The menu leaves when left alone as long as an idle session would be.
+    let idle = cfg.limits.idle_timeout_secs.to_string();
+    let args = [
+        prog.clone(),
+        cs("--mode")?,
+        cs(mode.as_str())?,
+        cs("--idle-secs")?,
+        cs(&idle)?,
+    ];
     let env = [
         cs("PATH=/usr/bin:/bin")?,
         cs("LANG=C.UTF-8")?,
@@ -482,6 +493,11 @@ fn run_picker(
     if libc::WIFEXITED(st) && libc::WEXITSTATUS(st) >= 126 {
         return Err(format!("{} could not start", path.display()));
     }
+    let status = if libc::WIFEXITED(st) {
+        libc::WEXITSTATUS(st)
+    } else {
+        128 + libc::WTERMSIG(st)
+    };
     // Non-blocking: a grandchild holding the pipe open must not hang us.
     let _ = nix::fcntl::fcntl(
         choice_r.as_raw_fd(),
@@ -491,7 +507,7 @@ fn run_picker(
     let _ = std::fs::File::from(choice_r)
         .take(crate::picker::MAX_CHOICE_LINE as u64 + 1)
         .read_to_end(&mut answer);
-    Ok(Some(answer))
+    Ok((status, Some(answer)))
 }
 
 /// The forked child: drops to the session account, puts the menu on fd 3
