@@ -55,12 +55,12 @@ fn main() {
     };
     let choice = match mode {
         Mode::Table => {
-            print!("{}", picker::table(&input));
+            say(&picker::table(&input));
             None
         }
         Mode::Json => {
             let text = serde_json::to_string_pretty(&picker::json(&input)).unwrap_or_default();
-            println!("{text}");
+            say(&format!("{text}\n"));
             None
         }
         Mode::Dumb => dumb(&input),
@@ -76,12 +76,25 @@ fn main() {
     }
 }
 
+/// Writes to stdout; a client that went away (EPIPE) is not an error
+/// worth more than ending quietly (`print!` would panic).
+fn say(text: &str) {
+    let mut out = std::io::stdout().lock();
+    if out
+        .write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .is_err()
+    {
+        std::process::exit(1);
+    }
+}
+
 /// `TERM=dumb`: numbers typed on a line.
 fn dumb(input: &MenuInput) -> Option<Choice> {
     let stdin = std::io::stdin();
     let mut lines = stdin.lock();
     let mut ask = |prompt: &str| -> Option<String> {
-        print!("{prompt}");
+        say(prompt);
         let _ = std::io::stdout().flush();
         let mut line = String::new();
         match lines.read_line(&mut line) {
@@ -94,11 +107,11 @@ fn dumb(input: &MenuInput) -> Option<Choice> {
         let line = ask(&menu::dumb_services(input))?;
         match menu::dumb_answer(&line, input.services.len()).and_then(|i| input.services.get(i)) {
             Some(s) if s.selectable => break s,
-            Some(s) => println!(
-                "{}",
+            Some(s) => say(&format!(
+                "{}\n",
                 picker::escape(s.reason.as_deref().unwrap_or("no SSH"), 300)
-            ),
-            None => println!("Type one of the numbers, or q."),
+            )),
+            None => say("Type one of the numbers, or q.\n"),
         }
     };
     let id = porthole::names::ServiceId::parse(&service.id)?;
@@ -117,7 +130,7 @@ fn dumb(input: &MenuInput) -> Option<Choice> {
                     slug: service.instances.get(i - 1).cloned(),
                 })
             }
-            None => println!("Type one of the numbers, or q."),
+            None => say("Type one of the numbers, or q.\n"),
         }
     }
 }
