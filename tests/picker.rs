@@ -422,3 +422,71 @@ fn measure_the_listing_against_a_direct_login() {
         "median of 11: ssh srv@host --json {listing} ms; ssh srv-web1-aaaaa@host true {direct} ms / {direct2} ms"
     );
 }
+
+#[test]
+fn from_restricted_listings_are_offered_only_when_this_connection_matches() {
+    let host = TestHost::start(TestHostOpts::default());
+    let key = host.key(KeyKind::Ed25519);
+    let cp = host.control_plane();
+    let restricted = |svc: &str, from: &[&str]| {
+        cp.set_body(
+            svc,
+            &web_service(svc, &[KeySpec::new(&key, OWNER).from(from)]),
+        )
+    };
+    restricted("srv-here", &["127.0.0.0/8"]);
+    restricted("srv-there", &["10.0.0.0/8"]);
+    restricted("srv-named", &["*.example.com"]);
+    let _i = Instance::start(
+        &host,
+        "srv-here",
+        "aaaaa",
+        InstanceOpts::default().app_user(),
+    );
+    let r = host.ssh("srv", &key, &["--json"]);
+    assert!(r.success(), "{}", r.describe());
+    let doc: Value = serde_json::from_str(&r.stdout_str()).unwrap();
+    let by_id = |id: &str| {
+        doc["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"] == id)
+            .unwrap_or_else(|| panic!("{id} missing: {doc}"))
+            .clone()
+    };
+    assert_eq!(by_id("srv-here")["ssh_capable"], true);
+    let there = by_id("srv-there");
+    assert_eq!(there["ssh_capable"], false);
+    assert!(
+        there["reason"]
+            .as_str()
+            .unwrap()
+            .contains("other addresses"),
+        "{there}"
+    );
+    let named = by_id("srv-named");
+    assert_eq!(named["ssh_capable"], false);
+    assert!(
+        named["reason"]
+            .as_str()
+            .unwrap()
+            .contains("log in with its name"),
+        "{named}"
+    );
+    // Chosen from the menu, the restricted-but-matching one is entered.
+    let mut c = host
+        .ssh_cmd("srv", &key)
+        .tty(true)
+        .term("xterm")
+        .spawn_pty(24, 80);
+    assert!(c.wait_for("srv-here", WAIT), "{}", c.screen());
+    c.send("\r");
+    assert!(c.wait_for("instances of srv-here", WAIT), "{}", c.screen());
+    c.send("\r");
+    std::thread::sleep(Duration::from_millis(500));
+    c.send("echo HOST=$(hostname)\n");
+    assert!(c.wait_for("HOST=srv-here-aaaaa", WAIT), "{}", c.screen());
+    c.send("exit\n");
+    c.wait(WAIT).expect("the client exits");
+}

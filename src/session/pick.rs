@@ -167,7 +167,7 @@ pub fn choose(cfg: &Config, log: &Logger, h: &Handover) -> Result<Picked, PickRe
     let still = now_known
         .as_ref()
         .and_then(|k| k.services.iter().find(|s| s.id == choice.service))
-        .map(|s| selectable_reason(cfg, s, &known.identity))
+        .map(|s| selectable_reason(cfg, s, &known.identity, client.as_deref()))
         .is_some_and(|why| why.is_none());
     if !slug_offered || !still {
         return Err(fail(
@@ -316,8 +316,49 @@ fn keys_uid(cfg: &Config) -> Result<u32, Refusal> {
         })
 }
 
+/// Whether sshd's `from=` would admit `client` for these patterns, when
+/// that can be decided here: every pattern a plain IP address or an
+/// address/prefix network (no negation, wildcard or host name, no host
+/// bits set). `None`: not decidable, so the menu does not offer it.
+fn from_admits(patterns: &[String], client: Option<&str>) -> Option<bool> {
+    use std::net::IpAddr;
+    let ip: IpAddr = client?.parse().ok()?;
+    let mut admitted = false;
+    for p in patterns {
+        let (addr, len) = match p.split_once('/') {
+            Some((a, l)) => (a, Some(l.parse::<u32>().ok()?)),
+            None => (p.as_str(), None),
+        };
+        let net: IpAddr = addr.parse().ok()?;
+        let (net_bits, ip_bits, width): (u128, Option<u128>, u32) = match (net, ip) {
+            (IpAddr::V4(n), IpAddr::V4(i)) => (u32::from(n).into(), Some(u32::from(i).into()), 32),
+            (IpAddr::V6(n), IpAddr::V6(i)) => (u128::from(n), Some(u128::from(i)), 128),
+            (IpAddr::V4(n), IpAddr::V6(_)) => (u32::from(n).into(), None, 32),
+            (IpAddr::V6(n), IpAddr::V4(_)) => (u128::from(n), None, 128),
+        };
+        let len = len.unwrap_or(width);
+        if len > width {
+            return None;
+        }
+        // The low `width - len` bits (all 128 for `::/0`).
+        let host_mask: u128 = 1u128.checked_shl(width - len).map_or(u128::MAX, |b| b - 1);
+        if net_bits & host_mask != 0 {
+            return None;
+        }
+        if ip_bits.is_some_and(|i| i & !host_mask == net_bits) {
+            admitted = true;
+        }
+    }
+    Some(admitted)
+}
+
 /// Why the service cannot be entered from the menu, or `None` when it can.
-fn selectable_reason(cfg: &Config, s: &KeyService, identity: &Identity) -> Option<String> {
+fn selectable_reason(
+    cfg: &Config,
+    s: &KeyService,
+    identity: &Identity,
+    client: Option<&str>,
+) -> Option<String> {
     let now = crate::time::now_unix();
     let Some((entry, _)) = find_listed_key(&s.doc, &identity.key_type, &identity.key_base64, now)
     else {
@@ -329,13 +370,25 @@ fn selectable_reason(cfg: &Config, s: &KeyService, identity: &Identity) -> Optio
     if let ShellPolicy::Refused(why) = shell_policy(&s.doc.service) {
         return Some(why);
     }
-    if entry.from.is_some() {
+    if let Some(patterns) = &entry.from {
         // sshd checked the addresses of one of the key's lines, not
-        // necessarily this service's: the menu does not judge them.
-        return Some(format!(
-            "your key may enter {} only from certain addresses; log in with its name instead",
-            s.id
-        ));
+        // necessarily this service's: checked here for plain addresses
+        // and networks, else left to a direct login.
+        match from_admits(patterns, client) {
+            Some(true) => {}
+            Some(false) => {
+                return Some(format!(
+                    "your key may enter {} only from other addresses than this connection's",
+                    s.id
+                ))
+            }
+            None => {
+                return Some(format!(
+                "your key may enter {} only from certain addresses; log in with its name instead",
+                s.id
+            ))
+            }
+        }
     }
     if cfg.fleet.role == Role::FrontDoor && s.doc.placement().is_none() {
         return Some(format!(
@@ -349,10 +402,11 @@ fn selectable_reason(cfg: &Config, s: &KeyService, identity: &Identity) -> Optio
 /// What the menu shows: every listed service, the selectable ones with
 /// their running instances.
 fn menu_input(cfg: &Config, h: &Handover, known: &Known) -> MenuInput {
+    let client = h.connection.as_deref().and_then(|c| c.split(' ').next());
     let mut local: Option<Vec<crate::session::runtime::Instance>> = None;
     let mut services = Vec::new();
     for s in &known.services {
-        let reason = selectable_reason(cfg, s, &known.identity);
+        let reason = selectable_reason(cfg, s, &known.identity, client);
         let instances = if reason.is_some() {
             Vec::new()
         } else if let Some(placed) = s.doc.placement() {
@@ -562,5 +616,48 @@ unsafe fn picker_child(
         }
         libc::execve(prog.as_ptr(), argv.as_ptr(), envp.as_ptr());
         fail(127)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::from_admits;
+
+    fn p(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn from_patterns_are_judged_only_when_they_are_plain_addresses() {
+        let c = Some("192.0.2.7");
+        assert_eq!(from_admits(&p(&["192.0.2.0/24"]), c), Some(true));
+        assert_eq!(from_admits(&p(&["192.0.2.7"]), c), Some(true));
+        assert_eq!(
+            from_admits(&p(&["10.0.0.0/8", "192.0.2.7/32"]), c),
+            Some(true)
+        );
+        assert_eq!(from_admits(&p(&["10.0.0.0/8"]), c), Some(false));
+        assert_eq!(from_admits(&p(&["2001:db8::/32"]), c), Some(false));
+        assert_eq!(from_admits(&p(&["0.0.0.0/0"]), c), Some(true));
+        assert_eq!(from_admits(&p(&["::/0"]), Some("2001:db8::1")), Some(true));
+        assert_eq!(from_admits(&p(&["::/0"]), c), Some(false));
+        assert_eq!(
+            from_admits(&p(&["2001:db8::/32"]), Some("2001:db8::1")),
+            Some(true)
+        );
+        // Undecidable here: negation, wildcards, names, host bits, junk.
+        for bad in [
+            &["!192.0.2.7"][..],
+            &["192.0.2.*"],
+            &["*.example.com"],
+            &["gw.example.com"],
+            &["192.0.2.7/24"],
+            &["192.0.2.0/33"],
+            &["192.0.2.0/x"],
+        ] {
+            assert_eq!(from_admits(&p(bad), c), None, "{bad:?}");
+        }
+        assert_eq!(from_admits(&p(&["192.0.2.0/24"]), None), None);
+        assert_eq!(from_admits(&p(&["192.0.2.0/24"]), Some("junk")), None);
     }
 }
