@@ -47,7 +47,9 @@ fn main() {
             .unwrap_or_else(|| PathBuf::from("/dev/log"));
         Logger::new("porthole-keys", &socket)
     };
-    if porthole::names::Target::parse(&args.user).is_none() {
+    // A service or instance name, or the picker's `srv` (not refreshable).
+    let picker = porthole::names::is_picker(args.user.as_bytes()) && !args.refresh;
+    if porthole::names::Target::parse(&args.user).is_none() && !picker {
         early_log().emit(
             &Event::new("keys.decision", Severity::Notice)
                 .field("user", args.user.as_str())

@@ -133,6 +133,10 @@ pub struct Session {
     pub sftp_server_paths: Vec<String>,
     /// Root-owned runtime directory: live sessions, slots, drains.
     pub state_dir: PathBuf,
+    /// The picker (`ssh srv@host`, issue 20): the session shell runs it
+    /// as the session account with the menu's data and the client's
+    /// terminal, and takes back one choice.
+    pub picker_command: PathBuf,
 }
 
 /// Session limits. Every one can be overridden per service by the
@@ -577,6 +581,7 @@ impl Default for Session {
                 "/usr/libexec/openssh/sftp-server".into(),
             ],
             state_dir: "/run/porthole".into(),
+            picker_command: "/usr/lib/porthole/porthole-picker".into(),
         }
     }
 }
@@ -672,6 +677,7 @@ impl Config {
             ("log.socket", &self.log.socket),
             ("session.state_dir", &self.session.state_dir),
             ("session.keys_command", &self.session.keys_command),
+            ("session.picker_command", &self.session.picker_command),
         ];
         if let Some(t) = &cp.token_file {
             paths.push(("control_plane.token_file", t));

@@ -11,6 +11,8 @@
 //!   keys user, the only code that speaks HTTP (`http` feature);
 //! - [`session`]: the setuid-root session shell, the whole privileged path;
 //! - [`admin`]: root's command line (`porthole`);
+//! - [`picker`]: the menu of `ssh srv@host` (issue 20), run by the
+//!   unprivileged `porthole-picker`; the shell uses only its protocol;
 //! - [`fleet`]: hop certificates, minted by the front door's session shell
 //!   and read by the node's (pure, no HTTP: the setuid shell links it).
 //! - `web` (feature `web`): porthole-web, the dashboard's browser shell
@@ -32,6 +34,7 @@ pub mod control_plane;
 pub mod fleet;
 #[cfg(feature = "http")]
 pub mod keys_hook;
+pub mod picker;
 pub mod session;
 #[cfg(feature = "web")]
 pub mod web;

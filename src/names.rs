@@ -62,6 +62,23 @@ pub fn is_ours(name: &[u8]) -> bool {
     split_name(name).is_some()
 }
 
+/// The picker's login name: `ssh srv@host` shows a menu of the services
+/// the key may enter (issue 20). Bare `srv` is inside the grammar's
+/// prefix and is not itself a service (a service ID needs at least one
+/// character after `srv-`), so it can never name a tenant.
+pub const PICKER_LOGIN: &str = "srv";
+
+/// True for exactly the picker's login name.
+pub fn is_picker(name: &[u8]) -> bool {
+    name == PICKER_LOGIN.as_bytes()
+}
+
+/// Every name sshd may accept for porthole: a service, an instance, or
+/// the picker. The NSS module resolves exactly these.
+pub fn is_login_name(name: &[u8]) -> bool {
+    is_ours(name) || is_picker(name)
+}
+
 /// A checked service ID (`srv-abc123`). Holding one proves the grammar was
 /// applied, so it is safe to use in paths and URLs.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -165,6 +182,24 @@ mod tests {
         let too_long = format!("srv-{}", "a".repeat(41));
         assert!(!is_ours(too_long.as_bytes()));
         assert!(!is_ours("srv-".repeat(1024).as_bytes()));
+    }
+
+    #[test]
+    fn the_picker_name_is_a_login_name_but_no_service() {
+        assert!(is_picker(b"srv") && is_login_name(b"srv"));
+        assert!(!is_ours(b"srv"), "srv is no service or instance");
+        assert!(Target::parse("srv").is_none() && ServiceId::parse("srv").is_none());
+        for bad in [
+            &b"srv-"[..],
+            b"SRV",
+            b"srv ",
+            b"srv\0",
+            b"srvx",
+            b"srv-picker-",
+        ] {
+            assert!(!is_picker(bad) && !is_login_name(bad), "{bad:?}");
+        }
+        assert!(is_login_name(b"srv-abc123") && is_login_name(b"srv-abc123-d4e5f"));
     }
 
     #[test]

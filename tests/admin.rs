@@ -30,6 +30,21 @@ fn doctor_passes_on_a_working_bastion() {
         "{text}"
     );
     assert!(line(&text, "NSS module").starts_with("[ ok ]"), "{text}");
+    assert!(line(&text, "picker").starts_with("[ ok ]"), "{text}");
+}
+
+#[test]
+fn doctor_names_a_setuid_picker() {
+    let host = TestHost::start(TestHostOpts::default());
+    let picker = host.bin_dir().join("porthole-picker");
+    std::fs::set_permissions(&picker, std::fs::Permissions::from_mode(0o4755)).unwrap();
+    let (ok, text) = doctor(&host);
+    assert!(!ok, "{text}");
+    assert!(line(&text, "picker").starts_with("[FAIL]"), "{text}");
+    assert!(
+        line(&text, "picker").contains("must not be setuid"),
+        "{text}"
+    );
 }
 
 #[test]

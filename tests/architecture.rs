@@ -139,3 +139,28 @@ fn privileged_calls_live_only_in_the_session_folder() {
     // Control: the session folder does use them.
     assert!(seen_in_session >= privileged.len(), "{seen_in_session}");
 }
+
+/// The menu of `ssh srv@host` is drawn by the unprivileged picker binary;
+/// the setuid shell uses only the picker's protocol (issue 20).
+#[test]
+fn the_setuid_shell_links_no_menu_code() {
+    let shell = fs::read(env!("CARGO_BIN_EXE_porthole-shell")).unwrap();
+    let picker = fs::read(env!("CARGO_BIN_EXE_porthole-picker")).unwrap();
+    let menu = b"6picker4menu";
+    let has = |bin: &[u8]| bin.windows(menu.len()).any(|w| w == menu);
+    // Control: the picker does link the menu, and the check sees it.
+    assert!(
+        has(&picker),
+        "control: no picker::menu symbol in porthole-picker"
+    );
+    assert!(
+        !has(&shell),
+        "porthole-shell links picker::menu: the menu belongs in porthole-picker"
+    );
+    for krate in NETWORK_CRATES {
+        assert!(
+            !links_crate(&picker, krate),
+            "porthole-picker links {krate}"
+        );
+    }
+}

@@ -149,7 +149,7 @@ fn shipped_drop_in_names_the_installed_paths() {
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .collect();
-    assert_eq!(active.first().copied(), Some("Match User srv-*"));
+    assert_eq!(active.first().copied(), Some("Match User srv-*,srv"));
     assert!(active.contains(&"AuthorizedKeysCommand /usr/lib/porthole/porthole-keys %u %f %t %k"));
     assert!(active.contains(&"ForceCommand /usr/lib/porthole/porthole-shell"));
     assert!(active.contains(&"AuthorizedKeysCommandUser porthole"));

@@ -721,3 +721,46 @@ fn a_node_whose_sshd_does_not_trust_the_user_ca_refuses_the_hop_with_a_sentence(
     );
     assert_eq!(e.severity, 4, "a warning for the admin");
 }
+
+// ----- the picker at the front door (issue 20) ---------------------------------
+
+/// `ssh srv@front-door`: the menu lists the instances placement gives,
+/// and the chosen one is reached through the hop like a direct login.
+#[test]
+fn the_picker_at_the_front_door_lists_placement_and_hops_to_the_chosen_instance() {
+    let r = region();
+    let out = r.ssh("srv", &["--json"]);
+    assert!(out.success(), "{}", out.describe());
+    let doc: Value = serde_json::from_str(&out.stdout_str()).unwrap();
+    let logins: Vec<&str> = doc["services"][0]["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["login"].as_str().unwrap())
+        .collect();
+    assert_eq!(logins, [format!("{SVC}-aaaaa"), format!("{SVC}-bbbbb")]);
+    let mut c = r.cmd("srv").tty(true).term("xterm").spawn_pty(24, 80);
+    assert!(c.wait_for("[web_service]", WAIT), "{}", c.screen());
+    c.send("\r");
+    assert!(c.wait_for("instances of srv-web1", WAIT), "{}", c.screen());
+    c.send("\x1b[B\x1b[B");
+    assert!(c.wait_for("> srv-web1-bbbbb", WAIT), "{}", c.screen());
+    c.send("\r");
+    std::thread::sleep(Duration::from_millis(1000));
+    c.send("echo HOST=$(hostname)\n");
+    assert!(c.wait_for("HOST=srv-web1-bbbbb", WAIT), "{}", c.screen());
+    c.send("exit\n");
+    c.wait(WAIT).expect("the client exits");
+    let ev = r.nodes[1].expect_event(
+        "node session.start",
+        |e| e.name() == "session.start" && e.str("instance") == Some("srv-web1-bbbbb"),
+        WAIT,
+    );
+    assert_eq!(ev.str("owner"), Some(OWNER));
+    assert_eq!(ev.str("via"), Some(FRONT));
+    r.front.expect_event(
+        "front door picker.chosen",
+        |e| e.name() == "picker.chosen" && e.str("instance") == Some("srv-web1-bbbbb"),
+        WAIT,
+    );
+}

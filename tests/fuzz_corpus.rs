@@ -82,6 +82,11 @@ fn corpus_names() {
 }
 
 #[test]
+fn corpus_picker() {
+    replay("picker");
+}
+
+#[test]
 fn corpus_api() {
     replay("api");
 }

@@ -2758,3 +2758,69 @@ fn certificate_at_a_node_whose_porthole_toml_trusts_no_ca() {
     b.rejected("certificate");
     assert!(!i.rootfs().join("tmp/entered").exists());
 }
+
+// ----- the picker's menu (issue 20) ------------------------------------------
+
+/// A control plane (or a tenant who named their service) puts terminal
+/// escapes in the service's name and the key's owner: the picker shows
+/// them escaped in the table, the menu and the numbered list, and the
+/// session that follows is ordinary.
+#[test]
+fn picker_service_name_and_owner_with_terminal_escapes_are_shown_escaped() {
+    let (b, _i) = shell_world();
+    let evil_owner = "mallory\u{1b}]0;pwned\u{7}\u{1b}[2J";
+    let evil_name = "api\u{1b}[31mRED\u{202e}txt\u{9b}";
+    let mut body = web_service(SVC, &[KeySpec::new(&b.key, evil_owner)]);
+    body["service"]["name"] = json!(evil_name);
+    b.host.control_plane().set_body(SVC, &body);
+    // Without a pty: the table.
+    let r = b.host.ssh("srv", &b.key, &[]);
+    assert!(r.success(), "{}", r.describe());
+    let table = r.stdout_str();
+    assert!(
+        !table.contains('\u{1b}') && !table.contains('\u{9b}') && !table.contains('\u{202e}'),
+        "{table:?}"
+    );
+    assert!(table.contains("mallory\\u{1b}]0;pwned\\u{7}"), "{table}");
+    assert!(
+        table.contains("api\\u{1b}[31mRED\\u{202e}txt\\u{9b}"),
+        "{table}"
+    );
+    // --json: JSON's own escaping, and the text kept exact.
+    let r = b.host.ssh("srv", &b.key, &["--json"]);
+    assert!(!r.stdout_str().contains('\u{1b}'), "{:?}", r.stdout_str());
+    let doc: Value = serde_json::from_str(&r.stdout_str()).unwrap();
+    assert_eq!(doc["owner"], evil_owner);
+    assert_eq!(doc["services"][0]["name"], evil_name);
+    // The menu: the picker's own escapes only (none from the name).
+    let mut c = b
+        .host
+        .ssh_cmd("srv", &b.key)
+        .tty(true)
+        .term("xterm")
+        .spawn_pty(24, 80);
+    assert!(c.wait_for("[web_service]", WAIT), "{}", c.screen());
+    let screen = c.screen();
+    assert!(!screen.contains("]0;pwned\u{7}"), "{screen:?}");
+    assert!(!screen.contains("\u{1b}[31m"), "{screen:?}");
+    assert!(screen.contains("api\\u{1b}[31mRED"), "{screen:?}");
+    c.send("\r");
+    assert!(c.wait_for("instances of srv-web1", WAIT), "{}", c.screen());
+    c.send("\r");
+    std::thread::sleep(Duration::from_millis(500));
+    c.send("echo HOST=$(hostname)\n");
+    assert!(
+        c.wait_for(&format!("HOST={INSTANCE}"), WAIT),
+        "{}",
+        c.screen()
+    );
+    c.send("exit\n");
+    c.wait(WAIT).expect("the client exits");
+    // The audit keeps the owner exact in one JSON field.
+    let e = b
+        .host
+        .expect_event("picker.chosen", |e| e.name() == "picker.chosen", WAIT);
+    assert_eq!(e.str("owner"), Some(evil_owner));
+    assert_eq!(e.str("service"), Some(SVC), "any instance");
+    assert!(!e.raw.contains('\u{1b}'));
+}

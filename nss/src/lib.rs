@@ -17,7 +17,8 @@
 //! `getent passwd porthole-session`.
 //!
 //! What is answered:
-//! - `getpwnam(srv-…)`: the account, named as asked, password field `*`
+//! - `getpwnam(srv-…)` and `getpwnam(srv)` (the picker's login, issue 20):
+//!   the account, named as asked, password field `*`
 //!   (not `x`: pam_unix would look for a shadow entry and refuse).
 //! - `getpwuid`: NOTFOUND. The session uid is already answered by `files`
 //!   with its one canonical name, `porthole-session`; answering it here too
@@ -153,7 +154,7 @@ pub unsafe fn getpwnam_in(
     // SAFETY: name is non-null and NUL-terminated per the caller contract.
     let name = unsafe { std::ffi::CStr::from_ptr(name) }.to_bytes();
     // The grammar check comes first: every other name costs nothing.
-    if !names::is_ours(name) {
+    if !names::is_login_name(name) {
         // SAFETY: errnop is non-null and writable.
         unsafe { *errnop = libc::ENOENT };
         return NssStatus::NotFound;
@@ -387,7 +388,7 @@ porthole-session:x:990:991:porthole session:/var/lib/porthole/home:/usr/lib/port
     #[test]
     fn service_and_instance_names_get_the_session_account() {
         let f = passwd_file(GOOD);
-        for name in ["srv-abc123", "srv-abc123-d4e5f"] {
+        for name in ["srv-abc123", "srv-abc123-d4e5f", "srv"] {
             let (st, _, pw, _buf) = lookup(f.path(), name.as_bytes(), 1024);
             assert_eq!(st, NssStatus::Success);
             let pw = pw.unwrap();
@@ -406,6 +407,9 @@ porthole-session:x:990:991:porthole session:/var/lib/porthole/home:/usr/lib/port
         for name in [
             "root",
             "srv-",
+            "srv ",
+            "SRV",
+            "srvx",
             "srv-../..",
             "srv-ABC",
             "srv-abc-1234",

@@ -95,6 +95,7 @@ pub fn run(paths: &Paths) -> Vec<Check> {
         Err(failed) => out.push(failed.clone()),
     }
     out.push(session_shell(sshd.as_ref().ok(), session.as_ref()));
+    out.push(picker(&cfg));
     out.extend(crate::admin::fleet_checks::role(
         &cfg,
         sshd.as_ref().ok().map(|s| s.get("trustedusercakeys")),
@@ -700,6 +701,35 @@ fn shell_mode_check(path: &Path, session_gid: Option<u32>) -> Check {
     }
 }
 
+/// The picker of `ssh srv@host` (issue 20): a program only root can
+/// replace, and never setuid or setgid (the shell runs it unprivileged).
+fn picker(cfg: &Config) -> Check {
+    let path = &cfg.session.picker_command;
+    match crate::session::revoke::check_command(path) {
+        Err(e) => check(
+            "picker",
+            false,
+            format!("{e} (`ssh srv@host` shows no menu; fix: reinstall the package or set session.picker_command)"),
+        ),
+        Ok(real) => {
+            let mode = std::fs::metadata(&real).map(|m| m.mode() & 0o7777).unwrap_or(0);
+            let ok = mode & 0o6000 == 0;
+            check(
+                "picker",
+                ok,
+                if ok {
+                    format!("{} runs the menu of `ssh srv@host` unprivileged", real.display())
+                } else {
+                    format!(
+                        "{} is mode {mode:o}: it must not be setuid or setgid (fix: chmod 0755)",
+                        real.display()
+                    )
+                },
+            )
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -753,6 +783,7 @@ mod tests {
                 "NSS module",
                 "sshd drop-in",
                 "session shell",
+                "picker",
                 "fleet role",
                 "hop certificates",
                 "control plane",

@@ -101,8 +101,51 @@ impl std::fmt::Display for CacheError {
 
 impl std::error::Error for CacheError {}
 
-fn entry_path(dir: &Path, service: &ServiceId) -> PathBuf {
-    dir.join(format!("{}.json", service.as_str()))
+/// What a cache entry is named after: a service's answer (`srv-…`), or
+/// the list of services one key may enter (`key-…`, the picker's answer,
+/// issue 20). Both kinds share the directory, the ledger and its caps.
+pub trait EntryName {
+    /// The file name without extension: only `[a-z0-9-]`, never `.`/`/`.
+    fn stem(&self) -> &str;
+}
+
+impl EntryName for ServiceId {
+    fn stem(&self) -> &str {
+        self.as_str()
+    }
+}
+
+/// The cache name of one key's services list: `key-` and the SHA-256 of
+/// its fingerprint in hex (the fingerprint's base64 has `/` and `+`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyListName(String);
+
+impl KeyListName {
+    pub fn for_fingerprint(fingerprint: &str) -> KeyListName {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(fingerprint.as_bytes());
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        KeyListName(format!("key-{hex}"))
+    }
+
+    /// True for a stem [`for_fingerprint`](Self::for_fingerprint) makes.
+    fn is_stem(stem: &str) -> bool {
+        stem.strip_prefix("key-").is_some_and(|h| {
+            h.len() == 64
+                && h.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        })
+    }
+}
+
+impl EntryName for KeyListName {
+    fn stem(&self) -> &str {
+        &self.0
+    }
+}
+
+fn entry_path(dir: &Path, service: &(impl EntryName + ?Sized)) -> PathBuf {
+    dir.join(format!("{}.json", service.stem()))
 }
 
 /// Reads the cached answer for `service`. `Ok(None)` when there is none.
@@ -113,7 +156,38 @@ pub fn read(
     service: &ServiceId,
     trusted_owner: Option<u32>,
 ) -> Result<Option<CachedAnswer>, CacheError> {
-    let path = entry_path(dir, service);
+    let Some((path, raw)) = read_raw(dir, service, trusted_owner)? else {
+        return Ok(None);
+    };
+    let doc = match raw.body {
+        Some(body) => Some(
+            ServiceDoc::from_value(body, service)
+                .map_err(|e| CacheError::Corrupt(path, e.to_string()))?,
+        ),
+        None => None,
+    };
+    Ok(Some(CachedAnswer {
+        fetched_at: raw.fetched_at,
+        doc,
+    }))
+}
+
+/// A cached entry before its body is interpreted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawAnswer {
+    pub fetched_at: i64,
+    /// `None`: the control plane said there is nothing (404, or for a key
+    /// an empty list).
+    pub body: Option<Value>,
+}
+
+/// Reads any entry with the checks of [`read`]; the caller parses the body.
+pub fn read_raw(
+    dir: &Path,
+    name: &(impl EntryName + ?Sized),
+    trusted_owner: Option<u32>,
+) -> Result<Option<(PathBuf, RawAnswer)>, CacheError> {
+    let path = entry_path(dir, name);
     let file = match File::options()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY)
@@ -153,12 +227,13 @@ pub fn read(
     file.take(MAX_CACHE_BYTES)
         .read_to_end(&mut bytes)
         .map_err(|e| CacheError::Io(path.clone(), e))?;
-    parse_entry(&bytes, service)
-        .map(Some)
-        .map_err(|why| CacheError::Corrupt(path, why))
+    match parse_entry(&bytes) {
+        Ok(raw) => Ok(Some((path, raw))),
+        Err(why) => Err(CacheError::Corrupt(path, why)),
+    }
 }
 
-fn parse_entry(bytes: &[u8], service: &ServiceId) -> Result<CachedAnswer, String> {
+fn parse_entry(bytes: &[u8]) -> Result<RawAnswer, String> {
     let v: Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
     if v.get("version").and_then(Value::as_u64) != Some(FORMAT_VERSION) {
         return Err("unknown format version".into());
@@ -167,15 +242,12 @@ fn parse_entry(bytes: &[u8], service: &ServiceId) -> Result<CachedAnswer, String
         .get("fetched_at")
         .and_then(Value::as_i64)
         .ok_or("no fetched_at")?;
-    let doc = match v.get("status").and_then(Value::as_str) {
-        Some("found") => {
-            let body = v.get("body").cloned().ok_or("no body")?;
-            Some(ServiceDoc::from_value(body, service).map_err(|e| e.to_string())?)
-        }
+    let body = match v.get("status").and_then(Value::as_str) {
+        Some("found") => Some(v.get("body").cloned().ok_or("no body")?),
         Some("not_found") => None,
         _ => return Err("unknown status".into()),
     };
-    Ok(CachedAnswer { fetched_at, doc })
+    Ok(RawAnswer { fetched_at, body })
 }
 
 /// Replaces the cached answer atomically. `body` is the control plane's
@@ -184,7 +256,7 @@ fn parse_entry(bytes: &[u8], service: &ServiceId) -> Result<CachedAnswer, String
 /// the admin's log.
 pub fn write(
     cfg: &crate::config::Cache,
-    service: &ServiceId,
+    service: &(impl EntryName + ?Sized),
     fetched_at: i64,
     body: Option<&Value>,
 ) -> Result<Option<Sweep>, CacheError> {
@@ -197,7 +269,7 @@ pub fn write(
     };
     let bytes = entry.to_string().into_bytes();
     let path = entry_path(dir, service);
-    let tmp = dir.join(format!(".{}.{}.tmp", service.as_str(), std::process::id()));
+    let tmp = dir.join(format!(".{}.{}.tmp", service.stem(), std::process::id()));
     let io = |e| CacheError::Io(tmp.clone(), e);
     let result = (|| {
         // Written and synced before the ledger is taken: the lock is held
@@ -566,7 +638,7 @@ enum Kind {
 }
 
 fn classify(name: &str) -> Kind {
-    let service = |stem: &str| ServiceId::parse(stem).is_some();
+    let service = |stem: &str| ServiceId::parse(stem).is_some() || KeyListName::is_stem(stem);
     if name == LEDGER_NAME {
         return Kind::Ledger;
     }
@@ -599,28 +671,38 @@ pub enum Freshness {
 
 /// The one place that turns ages into decisions.
 pub fn freshness(answer: &CachedAnswer, now: i64, cfg: &crate::config::Cache) -> Freshness {
-    let age = answer.age(now);
-    let fresh_for = if answer.doc.is_some() {
+    freshness_of(answer.fetched_at, answer.doc.is_some(), now, cfg)
+}
+
+/// [`freshness`] of any entry: `found` is false for a negative one.
+pub fn freshness_of(
+    fetched_at: i64,
+    found: bool,
+    now: i64,
+    cfg: &crate::config::Cache,
+) -> Freshness {
+    let age = now.saturating_sub(fetched_at).max(0);
+    let fresh_for = if found {
         cfg.fresh_secs
     } else {
         cfg.negative_secs
     };
     let fresh_for = i64::try_from(fresh_for).unwrap_or(i64::MAX);
     let stale_for = i64::try_from(cfg.stale_secs).unwrap_or(i64::MAX);
-    if answer.fetched_at > now + 60 {
+    if fetched_at > now + 60 {
         // From the future: the clock jumped back. Do not trust it as fresh.
         Freshness::Stale
     } else if age < fresh_for {
         Freshness::Fresh
-    } else if age <= stale_for && answer.doc.is_some() {
+    } else if age <= stale_for && found {
         Freshness::Stale
     } else {
         Freshness::Expired
     }
 }
 
-fn failure_path(dir: &Path, service: &ServiceId) -> PathBuf {
-    dir.join(format!("{}.failed", service.as_str()))
+fn failure_path(dir: &Path, service: &(impl EntryName + ?Sized)) -> PathBuf {
+    dir.join(format!("{}.failed", service.stem()))
 }
 
 /// Remembers that the control plane failed for `service` at `now`.
@@ -628,7 +710,7 @@ fn failure_path(dir: &Path, service: &ServiceId) -> PathBuf {
 /// a failing control plane would otherwise leave one each).
 pub fn note_failure(
     cfg: &crate::config::Cache,
-    service: &ServiceId,
+    service: &(impl EntryName + ?Sized),
     now: i64,
 ) -> Result<Option<Sweep>, CacheError> {
     let path = failure_path(&cfg.dir, service);
@@ -654,7 +736,7 @@ pub fn note_failure(
 /// Forgets a remembered failure (the control plane answered). Not taken
 /// off the ledger: its counts may only be too high, which at worst brings
 /// the next sweep forward.
-pub fn clear_failure(dir: &Path, service: &ServiceId) {
+pub fn clear_failure(dir: &Path, service: &(impl EntryName + ?Sized)) {
     let _ = std::fs::remove_file(failure_path(dir, service));
 }
 
@@ -662,7 +744,12 @@ pub fn clear_failure(dir: &Path, service: &ServiceId) {
 /// less than `window_secs` ago. A missing, unreadable, empty (being
 /// written) or future-dated record counts as no failure: it can only ever
 /// save a request, never refuse a login the control plane would allow.
-pub fn recent_failure(dir: &Path, service: &ServiceId, now: i64, window_secs: u64) -> Option<i64> {
+pub fn recent_failure(
+    dir: &Path,
+    service: &(impl EntryName + ?Sized),
+    now: i64,
+    window_secs: u64,
+) -> Option<i64> {
     if window_secs == 0 {
         return None;
     }
@@ -754,10 +841,10 @@ fn still_at(file: &File, path: &Path) -> bool {
 /// still asking; the caller serves whatever the cache has by then).
 pub fn lock(
     dir: &Path,
-    service: &ServiceId,
+    service: &(impl EntryName + ?Sized),
     deadline: Instant,
 ) -> Result<Option<FlightLock>, CacheError> {
-    let path = dir.join(format!("{}.lock", service.as_str()));
+    let path = dir.join(format!("{}.lock", service.stem()));
     loop {
         let file = open_lock_file(&path)?;
         if !flock_until(&file, &path, deadline)? {
@@ -974,6 +1061,15 @@ mod tests {
         assert_eq!(classify("srv-a1.lock"), Kind::Lock);
         assert_eq!(classify(".srv-a1.4242.tmp"), Kind::Temp);
         assert_eq!(classify(".ledger"), Kind::Ledger);
+        let key = KeyListName::for_fingerprint("SHA256:abc/+=");
+        assert_eq!(key.stem().len(), 4 + 64);
+        assert_eq!(classify(&format!("{}.json", key.stem())), Kind::Entry);
+        assert_eq!(classify(&format!("{}.lock", key.stem())), Kind::Lock);
+        assert_eq!(classify("key-abc.json"), Kind::Other);
+        assert_eq!(
+            classify(&format!("key-{}.json", "A".repeat(64))),
+            Kind::Other
+        );
         for other in [
             "notes.txt",
             "srv-A1.json",

@@ -10,4 +10,5 @@
 
 pub mod api;
 pub mod cache;
+pub mod key_services;
 pub mod keys;

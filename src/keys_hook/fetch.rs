@@ -81,6 +81,50 @@ pub fn fetch(
             max,
         );
     }
+    let path = format!("/v1/services/{}/ssh", service.as_str());
+    get(cfg, &path, deadline)
+}
+
+/// Asks which services the key with this fingerprint (`SHA256:…`) may
+/// enter (the picker's question). `file://` answers by scanning its
+/// directory; the body is always `{"services": […]}`.
+pub fn fetch_key_services(
+    cfg: &ControlPlane,
+    fingerprint: &str,
+    deadline: Instant,
+) -> Result<FetchOutcome, FetchError> {
+    if let Some(dir) = cfg.url.strip_prefix("file://") {
+        let now = crate::time::now_unix();
+        return crate::control_plane::key_services::scan_dir(
+            std::path::Path::new(dir),
+            fingerprint,
+            cfg.max_body_bytes,
+            now,
+        )
+        .map(|v| FetchOutcome::Found(v.to_string().into_bytes()))
+        .map_err(|e| FetchError::Config(format!("{dir}: {e}")));
+    }
+    let path = format!("/v1/keys/{}/services", percent_encode(fingerprint));
+    get(cfg, &path, deadline)
+}
+
+/// Everything but unreserved characters (RFC 3986) escaped: the
+/// fingerprint's base64 has `/` and `+`.
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// One GET of `path` under the control plane's URL, within the deadline.
+fn get(cfg: &ControlPlane, path: &str, deadline: Instant) -> Result<FetchOutcome, FetchError> {
+    let max = cfg.max_body_bytes;
     let left = deadline.saturating_duration_since(Instant::now());
     if left < Duration::from_millis(10) {
         return Err(FetchError::Unavailable("no time left in the budget".into()));
@@ -91,11 +135,7 @@ pub fn fetch(
         return Err(FetchError::Config(why));
     }
     let token = read_token(cfg)?;
-    let url = format!(
-        "{}/v1/services/{}/ssh",
-        cfg.url.trim_end_matches('/'),
-        service.as_str()
-    );
+    let url = format!("{}{path}", cfg.url.trim_end_matches('/'));
     let client = reqwest::blocking::Client::builder()
         .timeout(left)
         .connect_timeout(left)
@@ -279,6 +319,23 @@ mod tests {
             fetch(&cfg(url), &sid(), soon()),
             Err(FetchError::Unavailable(_))
         ));
+    }
+
+    #[test]
+    fn key_services_ask_with_the_fingerprint_escaped() {
+        let (url, h) = serve(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 15\r\n\r\n{\"services\":[]}".to_vec(),
+            None,
+        );
+        assert_eq!(
+            fetch_key_services(&cfg(url), "SHA256:ab/c+d=", soon()),
+            Ok(FetchOutcome::Found(br#"{"services":[]}"#.to_vec()))
+        );
+        let head = h.join().unwrap();
+        assert!(
+            head.starts_with("GET /v1/keys/SHA256%3Aab%2Fc%2Bd%3D/services HTTP/1.1"),
+            "{head}"
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod fetch;
+pub mod picker;
 
 use crate::config::Config;
 use crate::control_plane::api::ServiceDoc;
@@ -67,6 +68,9 @@ enum Answer {
 
 /// Runs one call; returns the lines to print (empty: sshd denies).
 pub fn run(cfg: &Config, log: &Logger, call: &Call, started: Instant) -> Vec<String> {
+    if crate::names::is_picker(call.user.as_bytes()) {
+        return picker::run(cfg, log, call, started);
+    }
     let Some(target) = Target::parse(&call.user) else {
         log.emit(
             &Event::new("keys.decision", Severity::Notice)

@@ -25,6 +25,7 @@ pub mod container;
 pub mod enter;
 pub mod hop;
 pub mod limits;
+pub mod pick;
 pub mod registry;
 pub mod revoke;
 pub mod runtime;

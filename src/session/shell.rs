@@ -163,6 +163,9 @@ pub enum RefusalReason {
     HopRefused,
     /// The hop failed for another reason (the OpenSSH client's words).
     HopFailed,
+    /// The service menu (`ssh srv@host`) could not run or answered
+    /// nothing usable.
+    Picker,
 }
 
 impl RefusalReason {
@@ -200,6 +203,7 @@ impl RefusalReason {
             RefusalReason::NodeHostKey => "node_host_key",
             RefusalReason::HopRefused => "hop_refused",
             RefusalReason::HopFailed => "hop_failed",
+            RefusalReason::Picker => "picker",
         }
     }
 
@@ -241,7 +245,8 @@ impl RefusalReason {
             | RefusalReason::NoPlacement
             | RefusalReason::Elsewhere
             | RefusalReason::NodeUnreachable
-            | RefusalReason::HopFailed => Severity::Notice,
+            | RefusalReason::HopFailed
+            | RefusalReason::Picker => Severity::Notice,
         }
     }
 }
@@ -590,10 +595,29 @@ fn hop_identity(
 /// Returns only on refusal or error (with the exit code); a session that
 /// ran exits like its process did.
 pub fn run(cfg: &Config, log: &Logger, h: &Handover) -> i32 {
+    // `ssh srv@host`: the menu chooses the login name, then the login is
+    // an ordinary one to that name (src/session/pick.rs, issue 20).
+    let (picked, picker_who);
+    let h = if crate::names::is_picker(h.user.as_deref().unwrap_or("").as_bytes()) {
+        match crate::session::pick::choose(cfg, log, h) {
+            Ok(crate::session::pick::Picked::Login(chosen, who)) => {
+                (picked, picker_who) = (chosen, Some(who));
+                &*picked
+            }
+            Ok(crate::session::pick::Picked::Done(code)) => return code,
+            Err(refused) => {
+                let (r, who) = *refused;
+                return Context::new(cfg, log, h).reject(&r, who.as_ref());
+            }
+        }
+    } else {
+        picker_who = None;
+        h
+    };
     let cx = Context::new(cfg, log, h);
     let login = match authorize(cfg, h) {
         Ok(login) => login,
-        Err(r) => return cx.reject(&r, None),
+        Err(r) => return cx.reject(&r, picker_who.as_ref()),
     };
     // From here on the key is known: a refusal names its owner.
     let result = match destination(cfg, &login) {
@@ -1768,7 +1792,7 @@ mod tests {
 
     /// The codes as they were strings, before the enum: admins' alerts
     /// and the integration tests match on exactly these.
-    const OLD_CODES: [(RefusalReason, &str); 31] = [
+    const OLD_CODES: [(RefusalReason, &str); 32] = [
         (RefusalReason::BadName, "bad_name"),
         (RefusalReason::Setup, "setup"),
         (RefusalReason::WrongUid, "wrong_uid"),
@@ -1800,6 +1824,7 @@ mod tests {
         (RefusalReason::NodeHostKey, "node_host_key"),
         (RefusalReason::HopRefused, "hop_refused"),
         (RefusalReason::HopFailed, "hop_failed"),
+        (RefusalReason::Picker, "picker"),
     ];
 
     /// Fails to compile when a reason is added, pointing here: the new
@@ -1837,6 +1862,7 @@ mod tests {
             RefusalReason::NodeHostKey => 28,
             RefusalReason::HopRefused => 29,
             RefusalReason::HopFailed => 30,
+            RefusalReason::Picker => 31,
         }
     }
 

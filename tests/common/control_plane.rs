@@ -1,5 +1,7 @@
 //! A real HTTP/1.1 control plane on 127.0.0.1 (std only, one thread per
-//! connection) serving `GET /v1/services/{id}/ssh` with programmable replies.
+//! connection) serving `GET /v1/services/{id}/ssh` with programmable replies,
+//! and `GET /v1/keys/{fingerprint}/services` (the picker's question),
+//! derived from those replies unless set per fingerprint.
 
 use super::ssh::ClientKey;
 use serde_json::{json, Value};
@@ -145,6 +147,8 @@ pub struct Request {
     pub path: String,
     /// Set when the path is `/v1/services/{id}/ssh`.
     pub service: Option<String>,
+    /// Set when the path is `/v1/keys/{fingerprint}/services` (decoded).
+    pub key: Option<String>,
     pub authorization: Option<String>,
     pub user_agent: Option<String>,
     pub at: Instant,
@@ -155,6 +159,9 @@ struct State {
     token: String,
     /// Per service: replies served in order; the last one repeats.
     replies: HashMap<String, (Vec<Reply>, usize)>,
+    /// Per key fingerprint: the reply to `/v1/keys/{fp}/services`, when
+    /// set; otherwise it is derived from the service replies.
+    key_replies: HashMap<String, Reply>,
     requests: Vec<Request>,
 }
 
@@ -213,6 +220,21 @@ impl ControlPlane {
     /// 200 with `body` (usually from [`v1_body`]).
     pub fn set_body(&self, service: &str, body: &Value) {
         self.set_reply(service, Reply::json(body));
+    }
+
+    /// Answer `/v1/keys/{fingerprint}/services` with `reply` (instead of
+    /// the list derived from the service answers).
+    pub fn set_key_services(&self, fingerprint: &str, reply: Reply) {
+        self.lock().key_replies.insert(fingerprint.into(), reply);
+    }
+
+    /// Requests for the services of the key with this fingerprint so far.
+    pub fn key_requests(&self, fingerprint: &str) -> usize {
+        self.lock()
+            .requests
+            .iter()
+            .filter(|r| r.key.as_deref() == Some(fingerprint))
+            .count()
     }
 
     /// Back to the default answer (404) for `service`.
@@ -351,6 +373,58 @@ fn service_of(path: &str) -> Option<String> {
     (!id.is_empty() && !id.contains('/')).then(|| id.to_owned())
 }
 
+/// `/v1/keys/{fingerprint}/services` → the fingerprint, percent-decoded.
+fn key_of(path: &str) -> Option<String> {
+    let path = path.split('?').next().unwrap_or("");
+    let enc = path.strip_prefix("/v1/keys/")?.strip_suffix("/services")?;
+    let mut out = Vec::new();
+    let b = enc.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    let s = String::from_utf8(out).ok()?;
+    (!s.is_empty()).then_some(s)
+}
+
+/// What the platform would answer for the key: every service whose
+/// current 200 answer lists it, with only its entries of this key.
+fn derived_key_services(st: &State, fingerprint: &str) -> Reply {
+    let mut ids: Vec<&String> = st.replies.keys().collect();
+    ids.sort();
+    let mut services = Vec::new();
+    for id in ids {
+        let (list, next) = &st.replies[id];
+        let r = &list[(*next).min(list.len() - 1)];
+        if r.status != 200 {
+            continue;
+        }
+        let Ok(mut v) = serde_json::from_slice::<Value>(&r.body) else {
+            continue;
+        };
+        let Some(Value::Array(keys)) = v.get_mut("keys") else {
+            continue;
+        };
+        keys.retain(|k| {
+            k.get("public_key")
+                .and_then(Value::as_str)
+                .and_then(|p| porthole::control_plane::keys::validate_public_key(p).ok())
+                .is_some_and(|key| key.fingerprint == fingerprint)
+        });
+        if !keys.is_empty() {
+            services.push(v);
+        }
+    }
+    Reply::json(&json!({ "services": services }))
+}
+
 /// Sleeps `d` in small steps; false when the server is stopping.
 fn nap(d: Duration, stop: &AtomicBool) -> bool {
     let deadline = Instant::now() + d;
@@ -400,12 +474,14 @@ fn handle(conn: TcpStream, state: &Mutex<State>, stop: &AtomicBool) {
         }
     }
     let service = service_of(&path);
+    let key = key_of(&path);
     let reply = {
         let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
         st.requests.push(Request {
             method: method.clone(),
             path: path.clone(),
             service: service.clone(),
+            key: key.clone(),
             authorization: authorization.clone(),
             user_agent,
             at: Instant::now(),
@@ -415,6 +491,11 @@ fn handle(conn: TcpStream, state: &Mutex<State>, stop: &AtomicBool) {
             Reply::status(405)
         } else if authorization.as_deref() != Some(expected.as_str()) {
             Reply::status(401)
+        } else if let Some(fp) = key {
+            match st.key_replies.get(&fp) {
+                Some(r) => r.clone(),
+                None => derived_key_services(&st, &fp),
+            }
         } else {
             match service.and_then(|s| st.replies.get_mut(&s)) {
                 Some((list, next)) => {

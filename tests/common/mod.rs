@@ -294,6 +294,11 @@ impl TestHost {
             "session.keys_command",
             d("bin/porthole-keys").display().to_string().into(),
         );
+        // The menu of `ssh srv@host` (issue 20).
+        put(
+            "session.picker_command",
+            d("bin/porthole-picker").display().to_string().into(),
+        );
         for (k, v) in &opts.config {
             put(k, v.clone());
         }
@@ -926,6 +931,9 @@ fn install_binaries(dir: &Path, ids: Ids) {
     let keys = bin.join("porthole-keys");
     fs::copy(env!("CARGO_BIN_EXE_porthole-keys"), &keys).expect("copy porthole-keys");
     util::set_owner_mode(&keys, 0o755, 0, 0);
+    let picker = bin.join("porthole-picker");
+    fs::copy(env!("CARGO_BIN_EXE_porthole-picker"), &picker).expect("copy porthole-picker");
+    util::set_owner_mode(&picker, 0o755, 0, 0);
     let shell = bin.join("porthole-shell");
     fs::copy(env!("CARGO_BIN_EXE_porthole-shell"), &shell).expect("copy porthole-shell");
     util::set_owner_mode(&shell, 0o4750, 0, ids.session);

@@ -120,6 +120,8 @@ pub struct SshCmd {
     connect_timeout_secs: u32,
     /// `nsenter` arguments to run the client with (empty: run it directly).
     nsenter: Vec<String>,
+    /// The client's `TERM`, when set (else the test's own).
+    term: Option<String>,
 }
 
 /// The result of [`SshCmd::run`]; derefs to [`Output`].
@@ -188,6 +190,7 @@ impl SshCmd {
             timeout: Duration::from_secs(30),
             connect_timeout_secs: 5,
             nsenter: Vec::new(),
+            term: None,
         }
     }
 
@@ -229,6 +232,12 @@ impl SshCmd {
         self
     }
 
+    /// The client's `TERM` (what it asks the remote pty for).
+    pub fn term(mut self, t: &str) -> SshCmd {
+        self.term = Some(t.into());
+        self
+    }
+
     /// Force a remote pty (`-tt`).
     pub fn tty(mut self, on: bool) -> SshCmd {
         self.tty = on;
@@ -251,6 +260,9 @@ impl SshCmd {
             c
         };
         c.args(["-F", "/dev/null"]);
+        if let Some(t) = &self.term {
+            c.env("TERM", t);
+        }
         for o in [
             "StrictHostKeyChecking=no".to_owned(),
             "UserKnownHostsFile=/dev/null".to_owned(),

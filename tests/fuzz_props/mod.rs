@@ -625,6 +625,47 @@ pub fn check_config(data: &[u8]) {
     assert_eq!(again, cfg);
 }
 
+/// The picker (issue 20): the one choice line the setuid shell takes back
+/// from the unprivileged picker, the `/v1/keys/{fp}/services` answer, and
+/// the escaping of control-plane text for a terminal.
+pub fn check_picker(data: &[u8]) {
+    use porthole::picker::{escape, Choice, MAX_CHOICE_LINE};
+    // The login names: exactly the grammar plus `srv`.
+    assert_eq!(
+        names::is_login_name(data),
+        names::is_ours(data) || data == b"srv"
+    );
+    // A choice line is accepted only exactly as the picker writes it.
+    if let Some(c) = Choice::parse(data) {
+        assert!(data.len() <= MAX_CHOICE_LINE);
+        assert_eq!(c.line().as_bytes(), data, "round trip");
+        assert!(names::is_ours(c.service.as_str().as_bytes()));
+        assert!(c.slug.as_deref().map_or(true, names::is_slug));
+        assert_eq!(data.iter().filter(|&&b| b == b'\n').count(), 1);
+    }
+    // Escaped text has no character a terminal would act on.
+    let text = String::from_utf8_lossy(data);
+    let shown = escape(&text, 200);
+    assert!(
+        !shown.chars().any(|c| c.is_control()
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')),
+        "{shown:?}"
+    );
+    assert!(shown.chars().count() <= 200 * 11 + 1);
+    // The key's services: only well-formed services that list the key.
+    // The fingerprint of the ed25519 key in the corpus seeds.
+    const FP: &str = "SHA256:+DiY3wvvV6TuJJhbpZisF/zLDA0zPMSvHdkr4UvCOqU";
+    if let Ok((kept, _)) = porthole::control_plane::key_services::parse(data, FP, NOW) {
+        let mut seen = HashSet::new();
+        for s in &kept {
+            assert!(seen.insert(s.id.clone()), "{} kept twice", s.id);
+            assert_eq!(s.doc.service.id, s.id.as_str());
+            assert!(keys::find_listed_fingerprint(&s.doc, FP, NOW).is_some());
+        }
+        assert!(kept.len() <= porthole::control_plane::key_services::MAX_SERVICES);
+    }
+}
+
 /// A property check over raw fuzzer input.
 pub type Check = fn(&[u8]);
 
@@ -639,4 +680,5 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("user_auth", check_user_auth),
     ("runtime", check_runtime),
     ("config", check_config),
+    ("picker", check_picker),
 ];

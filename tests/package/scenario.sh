@@ -234,6 +234,7 @@ snapshot base
 step "install $V1"
 dpkg-deb -c "$DEB1" | tee "$L/dpkg-deb-c.txt"
 check "deb: porthole-keys 0755 root in /usr/lib/porthole" in_deb -rwxr-xr-x 0/0 ./usr/lib/porthole/porthole-keys
+check "deb: porthole-picker 0755 root in /usr/lib/porthole (never setuid)" in_deb -rwxr-xr-x 0/0 ./usr/lib/porthole/porthole-picker
 check "deb: porthole-shell shipped 0755 root (setuid only through dpkg-statoverride)" \
 	in_deb -rwxr-xr-x 0/0 ./usr/lib/porthole/porthole-shell
 check "deb: porthole 0755 root in /usr/sbin" in_deb -rwxr-xr-x 0/0 ./usr/sbin/porthole
