@@ -14,3 +14,4 @@ pub mod display;
 #[cfg(feature = "http")]
 pub mod doctor;
 pub mod hostkeys;
+pub mod replay;

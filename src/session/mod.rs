@@ -24,6 +24,7 @@ pub mod confine;
 pub mod container;
 pub mod enter;
 pub mod limits;
+pub mod record;
 pub mod registry;
 pub mod revoke;
 pub mod runtime;
