@@ -217,6 +217,21 @@ fn interactive_session_is_recorded_as_played_and_hashed_into_its_end_event() {
         out.replace("\u{1b}[6n", "")
     );
 
+    // asciinema plays the file unchanged, every output byte as recorded
+    // (.ci/run installs it).
+    match std::process::Command::new("asciinema")
+        .args(["play", "-s", "1000", "-i", "0.01"])
+        .arg(&path)
+        .stdin(std::process::Stdio::null())
+        .output()
+    {
+        Ok(p) => {
+            assert!(p.status.success(), "{}", String::from_utf8_lossy(&p.stderr));
+            assert_eq!(String::from_utf8_lossy(&p.stdout), out);
+        }
+        Err(e) => eprintln!("skipped the asciinema check: {e}"),
+    }
+
     // … and `porthole sessions --history` lists it.
     let h = w.porthole(&["sessions", "--history"]);
     let text = String::from_utf8_lossy(&h.stdout);

@@ -721,6 +721,132 @@ mod tests {
         assert_eq!(incomplete_tail(b"\xff"), 0);
     }
 
+    fn meta(id: &str) -> Meta {
+        Meta {
+            session_id: id.into(),
+            service: "srv-a1".into(),
+            instance: "srv-a1-aaaaa".into(),
+            owner: "a@x".into(),
+            fingerprint: "SHA256:x".into(),
+            client: None,
+            command: "shell".into(),
+            size: Some((80, 24)),
+            started_unix: 1,
+        }
+    }
+
+    fn lines(p: &Path) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn writer_keeps_characters_whole_hashes_and_caps() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: the recordings directory must be root's");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = Recording {
+            dir: tmp.path().join("rec"),
+            ..Recording::default()
+        };
+        let log = Logger::stderr("test");
+        let sock = tmp.path().join("nosock");
+        let mut r = start(
+            &cfg,
+            &log,
+            &sock,
+            RecordingMode::Full,
+            &meta("00000000000000aa"),
+        )
+        .unwrap();
+        let euro = "€".as_bytes();
+        r.output(b"a");
+        r.output(&euro[..1]);
+        r.output(&euro[1..]);
+        r.output(b"\xffb");
+        r.input(b"pw\n");
+        r.resize(100, 30);
+        let f = r
+            .finish(&EndInfo {
+                reason: "exit".into(),
+                exit_status: Some(0),
+                signal: None,
+                bytes_in: 3,
+                bytes_out: 6,
+            })
+            .unwrap();
+        assert_eq!(f.status, "complete");
+        assert_eq!(f.sha256, sha256_of(&f.path).unwrap());
+        let l = lines(&f.path);
+        assert_eq!(l[0]["version"], 2);
+        let out: String = l[1..]
+            .iter()
+            .filter(|e| e[1] == "o")
+            .map(|e| e[2].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(out, "a€\u{fffd}b");
+        assert!(l.iter().any(|e| e[1] == "i" && e[2] == "pw\n"));
+        assert!(l.iter().any(|e| e[1] == "r" && e[2] == "100x30"));
+        assert!(l.last().unwrap()[2]
+            .as_str()
+            .unwrap()
+            .starts_with(END_PREFIX));
+        // O_EXCL: a second recording of the same id is refused.
+        assert!(start(
+            &cfg,
+            &log,
+            &sock,
+            RecordingMode::Output,
+            &meta("00000000000000aa")
+        )
+        .is_none());
+
+        let capped = Recording {
+            max_bytes: 4096,
+            ..cfg.clone()
+        };
+        let mut r = start(
+            &capped,
+            &log,
+            &sock,
+            RecordingMode::Output,
+            &meta("00000000000000bb"),
+        )
+        .unwrap();
+        for _ in 0..100 {
+            r.output(&[b'x'; 100]);
+        }
+        let end = EndInfo {
+            reason: "exit".into(),
+            exit_status: Some(0),
+            signal: None,
+            bytes_in: 0,
+            bytes_out: 10_000,
+        };
+        let f = r.finish(&end).unwrap();
+        assert_eq!(f.status, "truncated");
+        assert!(f.bytes <= 4096 + 400, "{}", f.bytes);
+        let l = lines(&f.path);
+        let n = l.len();
+        assert!(l[n - 2][2].as_str().unwrap().contains("size limit"));
+
+        // Off: nothing at all.
+        assert!(start(
+            &cfg,
+            &log,
+            &sock,
+            RecordingMode::Off,
+            &meta("00000000000000cc")
+        )
+        .is_none());
+        assert!(!cfg.dir.join("00000000000000cc.cast").exists());
+    }
+
     #[test]
     fn names() {
         assert!(is_recording_name("0123456789abcdef.cast"));
