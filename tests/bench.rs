@@ -8,7 +8,7 @@
 //! (the one command in the README) builds release binaries and runs
 //! `bench_all`, which writes `BENCHMARKS.md` at the repository root.
 //! `PORTHOLE_BENCH_QUICK=1` shrinks every sample count (development);
-//! `PORTHOLE_BENCH_OUT=path` writes elsewhere; `PORTHOLE_BENCH_ONLY=login,pty`
+//! `PORTHOLE_BENCH_OUT=path` writes elsewhere; `PORTHOLE_BENCH_ONLY=login,pty,recording`
 //! runs a subset.
 
 mod common;
@@ -505,8 +505,18 @@ impl Echo {
             stdin,
             stdout,
         };
-        // The first echo proves the session is up.
-        e.round_trip();
+        // The first echo proves the session is up; waiting for a byte no
+        // notice contains (the recording notice comes first) keeps every
+        // later round trip in step with its own echo.
+        e.stdin.write_all(b"Z").unwrap();
+        e.stdin.flush().unwrap();
+        let mut seen = Vec::new();
+        while !seen.contains(&b'Z') {
+            let mut b = [0u8; 256];
+            let r = e.stdout.read(&mut b).unwrap();
+            assert!(r > 0, "session closed before its first echo");
+            seen.extend_from_slice(&b[..r]);
+        }
         e
     }
 
@@ -580,6 +590,125 @@ fn bench_pty(w: &World) -> Pair {
         }
     }
     p
+}
+
+// ----- 8. recording on vs off ------------------------------------------------
+
+/// Subject: the session recorded (mode "output"); anchor: recording off;
+/// both porthole sessions into the same instance, in the same run.
+struct RecordingBench {
+    echo: Pair,
+    bulk: Pair,
+    bulk_bytes: u64,
+}
+
+/// `ssh -tt srv cat /big.txt`, read to the end; seconds.
+fn pty_cat(w: &World, total: u64) -> f64 {
+    let mut child = w.ssh(&w.srv()).tty(true).args(&["cat /big.txt"]).spawn();
+    let mut stdout = child.stdout.take().unwrap();
+    let t = Instant::now();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut got = 0u64;
+    loop {
+        let r = stdout.read(&mut buf).expect("read from ssh");
+        if r == 0 {
+            break;
+        }
+        got += r as u64;
+    }
+    let st = child.wait().unwrap();
+    let elapsed = t.elapsed().as_secs_f64();
+    assert!(st.success(), "ssh -tt cat: {st}");
+    // The pty turns each \n into \r\n.
+    assert!(got >= total, "got {got} of {total} bytes");
+    elapsed
+}
+
+fn recording_mode(w: &World, mode: &str) {
+    w.host.set_config("recording.mode", mode);
+}
+
+fn clear_recordings(w: &World) {
+    if let Ok(d) = fs::read_dir(w.host.recordings_dir()) {
+        for e in d.flatten() {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
+fn bench_recording(w: &World) -> RecordingBench {
+    // No cap: every byte of the 1 GiB is recorded (the worst case).
+    w.host.set_config("recording.max_bytes", 0);
+    recording_mode(w, "off");
+    let mut off = Echo::start(w, &w.srv());
+    recording_mode(w, "output");
+    let mut on = Echo::start(w, &w.srv());
+    for _ in 0..20 {
+        on.round_trip();
+        off.round_trip();
+    }
+    let mut echo = Pair {
+        subject: Samples::default(),
+        anchor: Samples::default(),
+    };
+    for i in 0..n(1000, 50) {
+        if i % 2 == 0 {
+            echo.anchor.push(off.round_trip());
+            echo.subject.push(on.round_trip());
+        } else {
+            echo.subject.push(on.round_trip());
+            echo.anchor.push(off.round_trip());
+        }
+    }
+    drop((on, off));
+
+    // A text file of `total` bytes, 100-byte lines, inside the instance.
+    let total = if quick() { 64 << 20 } else { GIB };
+    let big = w.inst.rootfs().join("big.txt");
+    {
+        let line = format!("{}\n", "porthole recording benchmark line 0123456789 abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTU");
+        let block = line.repeat((1 << 20) / line.len());
+        let mut f = std::io::BufWriter::new(fs::File::create(&big).unwrap());
+        let mut left = total;
+        while left > 0 {
+            let k = left.min(block.len() as u64) as usize;
+            f.write_all(&block.as_bytes()[..k]).unwrap();
+            left -= k as u64;
+        }
+    }
+    let mut bulk = Pair {
+        subject: Samples::default(),
+        anchor: Samples::default(),
+    };
+    let sample = |on: bool, p: &mut Pair| {
+        recording_mode(w, if on { "output" } else { "off" });
+        let t = pty_cat(w, total);
+        clear_recordings(w);
+        if on {
+            p.subject.push(t);
+        } else {
+            p.anchor.push(t);
+        }
+    };
+    sample(
+        true,
+        &mut Pair {
+            subject: Samples::default(),
+            anchor: Samples::default(),
+        },
+    );
+    for i in 0..n(3, 1) {
+        sample(i % 2 == 1, &mut bulk);
+        sample(i % 2 == 0, &mut bulk);
+    }
+    let _ = fs::remove_file(&big);
+    recording_mode(w, "output");
+    w.host.set_config("recording.max_bytes", 256 * 1024 * 1024);
+    RecordingBench {
+        echo,
+        bulk,
+        bulk_bytes: total,
+    }
 }
 
 // ----- 6. memory --------------------------------------------------------------------
@@ -867,6 +996,7 @@ fn bench_all() {
     let pty = wanted("pty").then(|| bench_pty(&w));
     let mem = wanted("memory").then(|| bench_memory(&w));
     let mint = wanted("mint").then(bench_mint);
+    let rec = wanted("recording").then(|| bench_recording(&w));
     let load_after = loadavg();
     let took = started.elapsed();
 
@@ -1092,6 +1222,29 @@ fn bench_all() {
             ),
         );
     }
+    if let Some(r) = &rec {
+        time_row(
+            &mut md,
+            "8a",
+            "pty echo round trip, session recorded (`recording.mode = \"output\"`)",
+            &r.echo.subject,
+            "the same, recording off",
+            &r.echo.anchor,
+            ("1.05", 1.05),
+        );
+        time_row(
+            &mut md,
+            "8b",
+            &format!(
+                "{} MiB of pty output (`ssh -tt srv-bench-aaaaa cat /big.txt`), recorded, no size cap",
+                r.bulk_bytes >> 20
+            ),
+            &r.bulk.subject,
+            "the same, recording off",
+            &r.bulk.anchor,
+            ("1.05", 1.05),
+        );
+    }
     out(&mut md, "");
     if let Some(m) = &mem {
         out(
@@ -1185,4 +1338,12 @@ reaped exit (blocking `waitpid`, no polling).
    session (the `[priv]` monitor and the `user@notty` process). RSS counts
    shared library and binary pages in full in every process; PSS divides
    them among the processes sharing them; USS is what one more session
-   really adds.";
+   really adds.
+7. **Minting**: see the row.
+8. **Recording**: two live `ssh -tt … cat` sessions into the same instance,
+   one recorded (`recording.mode = \"output\"`), one not, echo round trips
+   interleaved as in 5; then `ssh -tt … cat /big.txt` of a 1 GiB text file
+   (100-byte lines) inside the instance, read to the end by the client,
+   recorded (no size cap: every byte goes to the file) and not, interleaved;
+   recordings are deleted between samples. Figure 5 is taken with the
+   default configuration, which records pty sessions.";
