@@ -219,6 +219,7 @@ pub fn start(
         failed: None,
         carry_o: Vec::new(),
         carry_i: Vec::new(),
+        scratch: Vec::new(),
         socket: socket.to_path_buf(),
         session_id: meta.session_id.clone(),
         instance: meta.instance.clone(),
@@ -393,6 +394,8 @@ struct Writer {
     /// An incomplete UTF-8 character at the end of the last chunk.
     carry_o: Vec<u8>,
     carry_i: Vec<u8>,
+    /// The line being built (reused).
+    scratch: Vec<u8>,
     socket: PathBuf,
     session_id: String,
     instance: String,
@@ -432,19 +435,29 @@ impl Writer {
     /// An output or input chunk: whole UTF-8 characters now, a split one
     /// with the next chunk.
     fn text(&mut self, secs: f64, code: char, data: &[u8]) {
+        if self.failed.is_some() || self.capped {
+            return;
+        }
         let carry = if code == 'o' {
             std::mem::take(&mut self.carry_o)
         } else {
             std::mem::take(&mut self.carry_i)
         };
-        let mut bytes = carry;
-        bytes.extend_from_slice(data);
-        let keep = incomplete_tail(&bytes);
-        let rest = bytes.split_off(bytes.len() - keep);
-        let s = String::from_utf8_lossy(&bytes);
-        if !s.is_empty() {
+        // Most chunks have no carry: no copy of them then.
+        let joined;
+        let bytes: &[u8] = if carry.is_empty() {
+            data
+        } else {
+            joined = [carry.as_slice(), data].concat();
+            &joined
+        };
+        let keep = incomplete_tail(bytes);
+        let (whole, rest) = bytes.split_at(bytes.len() - keep);
+        if !whole.is_empty() {
+            let s = String::from_utf8_lossy(whole);
             self.line(secs, code, &s, false);
         }
+        let rest = rest.to_vec();
         if code == 'o' {
             self.carry_o = rest;
         } else {
@@ -457,9 +470,14 @@ impl Writer {
         if (self.capped && !end) || self.failed.is_some() {
             return;
         }
-        let text = serde_json::Value::String(data.to_owned()).to_string();
-        let line = format!("[{secs:.6}, \"{code}\", {text}]\n");
+        let mut line = std::mem::take(&mut self.scratch);
+        line.clear();
+        let _ = write!(line, "[{secs:.6}, \"{code}\", ");
+        // Escapes straight into the line (a Vec cannot fail to take it).
+        let _ = serde_json::to_writer(&mut line, data);
+        line.extend_from_slice(b"]\n");
         if !end && self.max > 0 && self.written + line.len() as u64 > self.max {
+            self.scratch = line;
             self.capped = true;
             let marker = format!(
                 "[{secs:.6}, \"m\", \"porthole: recording stopped: the size limit of {} bytes was reached; the session went on\"]\n",
@@ -473,7 +491,8 @@ impl Writer {
             );
             return;
         }
-        self.put(line.as_bytes());
+        self.put(&line);
+        self.scratch = line;
     }
 
     fn put(&mut self, bytes: &[u8]) {
