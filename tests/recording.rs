@@ -172,20 +172,18 @@ fn interactive_session_is_recorded_as_played_and_hashed_into_its_end_event() {
     assert_eq!(end_json["reason"], "exit");
     assert_eq!(end_json["exit_status"], 4);
 
-    // The output, concatenated, is what the client received (after the
-    // notice; ssh itself adds its "Connection ... closed" line at the end).
+    // The output, concatenated, is what the client received, porthole's
+    // notice first (ssh itself adds its "Connection ... closed" line).
     let out = output_of(&events);
+    assert!(out.starts_with(NOTICE), "{out:?}");
     assert!(out.contains("MARK-42") && out.contains("40 120"), "{out:?}");
     assert!(
         out.contains("\u{1b}[1;31mRED\u{1b}[0m-Ünïcødé"),
         "the escape sequence, as sent: {out:?}"
     );
-    let rest = screen
-        .strip_prefix(NOTICE)
-        .unwrap_or_else(|| panic!("{screen:?}"));
-    let tail = rest
+    let tail = screen
         .strip_prefix(out.as_str())
-        .unwrap_or_else(|| panic!("client saw\n{rest:?}\nrecording has\n{out:?}"));
+        .unwrap_or_else(|| panic!("client saw\n{screen:?}\nrecording has\n{out:?}"));
     assert!(
         tail.is_empty() || tail.trim().starts_with("Connection to"),
         "only ssh's own line after the session: {tail:?}"

@@ -725,6 +725,10 @@ impl<'a> Supervisor<'a> {
         };
         let fd = if self.relay.master.is_some() { 1 } else { 2 };
         write_all_fd(fd, line.as_bytes());
+        // The recording holds what the client saw, porthole's lines too.
+        if let Some(r) = &mut self.recorder {
+            r.output(line.as_bytes());
+        }
         (self.controls.on_notice)("recording", text);
     }
 
@@ -1041,6 +1045,9 @@ impl<'a> Supervisor<'a> {
         };
         let fd = if self.relay.master.is_some() { 1 } else { 2 };
         let _ = write_fd(fd, line.as_bytes());
+        if let Some(r) = &mut self.recorder {
+            r.output(line.as_bytes());
+        }
         (self.controls.on_notice)(n.kind(), &text);
     }
 
