@@ -330,6 +330,24 @@ fn commands_without_a_terminal_record_their_output_and_full_mode_records_input()
         .collect();
     assert_eq!(input, "typed-secret\n");
 
+    // "metadata": who, what, when and how it ended; none of its bytes.
+    body["recording"] = "metadata".into();
+    w.host.control_plane().set_body("srv-web1", &body);
+    let r = w.cmd().args(&["echo secret-output"]).run();
+    assert!(r.success(), "{}", r.describe());
+    assert!(
+        r.stderr_str().contains("metadata is recorded"),
+        "{}",
+        r.describe()
+    );
+    let idm = w.last_session_id();
+    w.end_of(&idm);
+    let (header, events) = parse_cast(&cast_path(&w, &idm));
+    assert_eq!(header["porthole"]["mode"], "metadata");
+    assert_eq!(header["command"], "echo secret-output");
+    assert_eq!(events.len(), 1, "only the end line: {events:?}");
+    assert!(events[0].2.starts_with("porthole.end "));
+
     // "off": no file, no notice, no recording fields.
     body["recording"] = "off".into();
     w.host.control_plane().set_body("srv-web1", &body);
