@@ -330,11 +330,14 @@ fn summarize(path: &Path, name: &str) -> Result<HistoryEntry, ReplayError> {
         .unwrap_or_default();
     let f = r.get_mut();
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let from = len.saturating_sub(MAX_LINE as u64);
+    // A finished recording ends with its short end line: the last 64 KiB
+    // hold it (a longer last line is an unfinished recording's output).
+    const TAIL: u64 = 64 * 1024;
+    let from = len.saturating_sub(TAIL);
     let mut tail = Vec::new();
     let _ = f
         .seek(SeekFrom::Start(from))
-        .and_then(|_| f.take(MAX_LINE as u64).read_to_end(&mut tail));
+        .and_then(|_| f.take(TAIL).read_to_end(&mut tail));
     let last = tail
         .split(|b| *b == b'\n')
         .rev()
