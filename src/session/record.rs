@@ -473,8 +473,7 @@ impl Writer {
         let mut line = std::mem::take(&mut self.scratch);
         line.clear();
         let _ = write!(line, "[{secs:.6}, \"{code}\", ");
-        // Escapes straight into the line (a Vec cannot fail to take it).
-        let _ = serde_json::to_writer(&mut line, data);
+        json_string(&mut line, data);
         line.extend_from_slice(b"]\n");
         if !end && self.max > 0 && self.written + line.len() as u64 > self.max {
             self.scratch = line;
@@ -559,6 +558,41 @@ impl Writer {
             },
         }
     }
+}
+
+/// Appends `s` as a JSON string. Runs of bytes that need no escape are
+/// copied whole: this is the writer's inner loop (a GiB of output is a GiB
+/// through here), and the release profile optimizes for size.
+fn json_string(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let b = s.as_bytes();
+    out.reserve(b.len() + 2);
+    out.push(b'"');
+    let mut start = 0;
+    for (i, &c) in b.iter().enumerate() {
+        if c >= 0x20 && c != b'"' && c != b'\\' {
+            continue;
+        }
+        out.extend_from_slice(&b[start..i]);
+        match c {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            c => out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(c >> 4)],
+                HEX[usize::from(c & 15)],
+            ]),
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&b[start..]);
+    out.push(b'"');
 }
 
 /// How many bytes at the end of `b` start a UTF-8 character that is not
@@ -864,6 +898,26 @@ mod tests {
         )
         .is_none());
         assert!(!cfg.dir.join("00000000000000cc.cast").exists());
+    }
+
+    #[test]
+    fn json_strings_match_serde_json() {
+        for s in [
+            "",
+            "plain",
+            "a\"b\\c\nd\re\tf",
+            "\u{1b}[1;31mred\u{0}\u{7f}\u{1f}",
+            "Ünïcødé € 😀 \u{9b}",
+        ] {
+            let mut mine = Vec::new();
+            json_string(&mut mine, s);
+            let back: String = serde_json::from_slice(&mine).unwrap();
+            assert_eq!(back, s);
+            assert_eq!(
+                String::from_utf8(mine).unwrap(),
+                serde_json::Value::String(s.into()).to_string()
+            );
+        }
     }
 
     #[test]
