@@ -73,11 +73,27 @@ enum Command {
     },
     /// List the running instances porthole can see, per service.
     Instances,
-    /// List live SSH sessions on this host.
+    /// List live SSH sessions on this host (`--history`: recorded ones).
     Sessions {
         /// One JSON object per session, in an array.
         #[arg(long)]
         json: bool,
+        /// The recorded sessions (recording.dir), oldest first: owner,
+        /// instance, start, duration, end reason, size.
+        #[arg(long)]
+        history: bool,
+    },
+    /// Play a session's recording in this terminal at its pace (escape
+    /// sequences that would act on the terminal beyond drawing are dropped).
+    Replay {
+        /// Session id (from `porthole sessions --history`).
+        session_id: String,
+        /// Play this many times faster (0.1 to 1000).
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// Shorten longer pauses to this many seconds.
+        #[arg(long)]
+        idle_limit: Option<f64>,
     },
     /// End one session now.
     Kill {
@@ -379,7 +395,66 @@ fn run() -> Result<()> {
                 bail!("{failed} check(s) failed");
             }
         }
-        Command::Sessions { json } => {
+        Command::Sessions {
+            json,
+            history: true,
+        } => {
+            let cfg = Config::load(&cli.config)?;
+            let list = porthole::admin::replay::history(&cfg.recording.dir)?;
+            if json {
+                let text = serde_json::to_string_pretty(&list)?;
+                println!("{}", json_printable(&text));
+            } else if list.is_empty() {
+                println!("no recorded sessions in {}", cfg.recording.dir.display());
+            } else {
+                println!(
+                    "{:<16} {:<24} {:<24} {:<20} {:>9} {:<18} {:>10}",
+                    "ID", "OWNER", "INSTANCE", "START (UTC)", "DURATION", "END", "SIZE"
+                );
+                for e in list {
+                    println!(
+                        "{:<16} {:<24} {:<24} {:<20} {:>8.1}s {:<18} {:>10}",
+                        printable(&e.session_id),
+                        printable(&e.owner),
+                        printable(&e.instance),
+                        e.start
+                            .map(porthole::time::format_utc)
+                            .unwrap_or_else(|| "-".into()),
+                        e.duration_secs,
+                        printable(&e.end_reason),
+                        e.bytes
+                    );
+                }
+            }
+        }
+        Command::Replay {
+            session_id,
+            speed,
+            idle_limit,
+        } => {
+            use porthole::admin::replay;
+            if !(0.1..=1000.0).contains(&speed) {
+                bail!("--speed must be between 0.1 and 1000");
+            }
+            if idle_limit.is_some_and(|l| !(l >= 0.0 && l.is_finite())) {
+                bail!("--idle-limit must be a number of seconds");
+            }
+            let cfg = Config::load(&cli.config)?;
+            let path = replay::path_of(&cfg.recording.dir, &session_id)?;
+            let mut r = replay::open(&path)?;
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            replay::play(
+                &mut r,
+                &mut out,
+                replay::Pace {
+                    speed,
+                    idle_limit,
+                    sleep: true,
+                },
+            )?;
+        }
+        Command::Sessions { json, .. } => {
             let cfg = Config::load(&cli.config)?;
             let sessions = registry::list(&cfg.session.state_dir);
             if json {

@@ -58,6 +58,7 @@ pub struct Config {
     pub log: Log,
     pub fleet: Fleet,
     pub web: Web,
+    pub recording: Recording,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -467,6 +468,99 @@ impl Fleet {
     }
 }
 
+/// What of a session is recorded (`[recording] mode`, or the control
+/// plane's per-service `"recording"`).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordingMode {
+    /// No recording file (the audit events still say who ran what).
+    Off,
+    /// A recording file without the session's bytes: who, what, when, the
+    /// window sizes and how it ended.
+    Metadata,
+    /// The session's output as well (what the user saw).
+    #[default]
+    Output,
+    /// Output and the client's input (keystrokes, including passwords
+    /// typed at prompts that do not echo).
+    Full,
+}
+
+impl RecordingMode {
+    /// The mode named `s`, as in porthole.toml; None for anything else.
+    pub fn parse(s: &str) -> Option<RecordingMode> {
+        match s {
+            "off" => Some(RecordingMode::Off),
+            "metadata" => Some(RecordingMode::Metadata),
+            "output" => Some(RecordingMode::Output),
+            "full" => Some(RecordingMode::Full),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordingMode::Off => "off",
+            RecordingMode::Metadata => "metadata",
+            RecordingMode::Output => "output",
+            RecordingMode::Full => "full",
+        }
+    }
+}
+
+/// `[recording]`: session recordings (src/session/record.rs).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Recording {
+    /// The host's mode; the control plane may name another per service.
+    pub mode: RecordingMode,
+    /// Also record sessions without a terminal (`ssh host command`, scp,
+    /// rsync), per the mode; the notice then goes to their stderr. Off:
+    /// their audit events (command, exit status, byte counts) are all.
+    pub commands: bool,
+    /// Root-only directory (0700) the recordings are written to, on the
+    /// host side: never inside a container.
+    pub dir: PathBuf,
+    /// Largest recording of one session, in bytes; a marker line ends it
+    /// there and the session goes on (0 = no cap).
+    pub max_bytes: u64,
+    /// Recordings older than this are removed (days; 0 = kept).
+    pub max_age_days: u64,
+    /// Most MiB all recordings may take; beyond, the oldest are removed
+    /// (0 = no limit).
+    pub max_total_mib: u64,
+}
+
+impl Default for Recording {
+    fn default() -> Self {
+        Recording {
+            mode: RecordingMode::Output,
+            commands: false,
+            dir: "/var/log/porthole/sessions".into(),
+            max_bytes: 256 * 1024 * 1024,
+            max_age_days: 90,
+            max_total_mib: 10 * 1024,
+        }
+    }
+}
+
+impl Recording {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !self.dir.is_absolute() || self.dir == Path::new("/") {
+            return Err(ConfigError::Invalid(format!(
+                "recording.dir {} must be an absolute path below /",
+                self.dir.display()
+            )));
+        }
+        if self.max_bytes != 0 && self.max_bytes < 4096 {
+            return Err(ConfigError::Invalid(
+                "recording.max_bytes must be 0 (no cap) or at least 4096".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for ControlPlane {
     fn default() -> Self {
         ControlPlane {
@@ -705,7 +799,8 @@ impl Config {
             ));
         }
         self.fleet.validate()?;
-        self.web.validate()
+        self.web.validate()?;
+        self.recording.validate()
     }
 
     /// Loads the file at `path` after checking it is safe to trust.

@@ -8,7 +8,7 @@
 //! (the one command in the README) builds release binaries and runs
 //! `bench_all`, which writes `BENCHMARKS.md` at the repository root.
 //! `PORTHOLE_BENCH_QUICK=1` shrinks every sample count (development);
-//! `PORTHOLE_BENCH_OUT=path` writes elsewhere; `PORTHOLE_BENCH_ONLY=login,pty`
+//! `PORTHOLE_BENCH_OUT=path` writes elsewhere; `PORTHOLE_BENCH_ONLY=login,pty,recording`
 //! runs a subset.
 
 mod common;
@@ -505,8 +505,18 @@ impl Echo {
             stdin,
             stdout,
         };
-        // The first echo proves the session is up.
-        e.round_trip();
+        // The first echo proves the session is up; waiting for a byte no
+        // notice contains (the recording notice comes first) keeps every
+        // later round trip in step with its own echo.
+        e.stdin.write_all(b"Z").unwrap();
+        e.stdin.flush().unwrap();
+        let mut seen = Vec::new();
+        while !seen.contains(&b'Z') {
+            let mut b = [0u8; 256];
+            let r = e.stdout.read(&mut b).unwrap();
+            assert!(r > 0, "session closed before its first echo");
+            seen.extend_from_slice(&b[..r]);
+        }
         e
     }
 
@@ -580,6 +590,215 @@ fn bench_pty(w: &World) -> Pair {
         }
     }
     p
+}
+
+// ----- 8. recording on vs off ------------------------------------------------
+
+/// Subject: the session recorded (mode "output"); anchor: recording off;
+/// both porthole sessions into the same instance, in the same run.
+struct RecordingBench {
+    echo: Pair,
+    bulk: Pair,
+    bulk_bytes: u64,
+    /// In process: CPU seconds (all threads) per GiB of pty-like output
+    /// through a `Recorder` into a file, and the wall seconds per GiB.
+    cpu_per_gib: f64,
+    wall_per_gib: f64,
+}
+
+/// Process CPU time (user + system, every thread), seconds.
+fn cpu_seconds() -> f64 {
+    // SAFETY: rusage is plain data filled by getrusage.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to one rusage.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    t(ru.ru_utime) + t(ru.ru_stime)
+}
+
+/// 256 MiB of 100-byte text lines, in 4 KiB reads as a pty gives them,
+/// through the library's recorder into a file under the target directory.
+fn recorder_in_process(w: &World) -> (f64, f64) {
+    use porthole::config::{Recording, RecordingMode};
+    use porthole::session::record;
+    let dir = w.host.dir().join("rec-inproc");
+    let cfg = Recording {
+        dir: dir.clone(),
+        max_bytes: 0,
+        ..Recording::default()
+    };
+    let log = porthole::log::Logger::stderr("bench");
+    let meta = record::Meta {
+        session_id: "00000000000000be".into(),
+        service: SERVICE.into(),
+        instance: format!("{SERVICE}-{SLUG}"),
+        owner: OWNER.into(),
+        fingerprint: "SHA256:bench".into(),
+        client: None,
+        command: "cat".into(),
+        size: Some((80, 24)),
+        started_unix: 0,
+    };
+    let line = format!("{}\r\n", "porthole recording benchmark line 0123456789 abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRST");
+    let chunk = line.repeat(4096 / line.len());
+    let total: u64 = 256 << 20;
+    let (c0, t0) = (cpu_seconds(), Instant::now());
+    let mut r = record::start(
+        &cfg,
+        &log,
+        Path::new("/nonexistent"),
+        RecordingMode::Output,
+        &meta,
+    )
+    .expect("recorder");
+    let mut sent = 0u64;
+    while sent < total {
+        r.output(chunk.as_bytes());
+        r.tick();
+        sent += chunk.len() as u64;
+    }
+    let f = r
+        .finish(&record::EndInfo {
+            reason: "exit".into(),
+            exit_status: Some(0),
+            signal: None,
+            bytes_in: 0,
+            bytes_out: sent,
+        })
+        .expect("finished");
+    let (cpu, wall) = (cpu_seconds() - c0, t0.elapsed().as_secs_f64());
+    assert_eq!(f.status, "complete");
+    let _ = fs::remove_dir_all(&dir);
+    let gib = sent as f64 / GIB as f64;
+    (cpu / gib, wall / gib)
+}
+
+/// `ssh -tt srv cat /big.txt`, read to the end; seconds.
+fn pty_cat(w: &World, total: u64) -> f64 {
+    let mut child = w.ssh(&w.srv()).tty(true).args(&["cat /big.txt"]).spawn();
+    let mut stdout = child.stdout.take().unwrap();
+    let t = Instant::now();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut got = 0u64;
+    loop {
+        let r = stdout.read(&mut buf).expect("read from ssh");
+        if r == 0 {
+            break;
+        }
+        got += r as u64;
+    }
+    let st = child.wait().unwrap();
+    let elapsed = t.elapsed().as_secs_f64();
+    assert!(st.success(), "ssh -tt cat: {st}");
+    // The pty turns each \n into \r\n.
+    assert!(got >= total, "got {got} of {total} bytes");
+    elapsed
+}
+
+fn recording_mode(w: &World, mode: &str) {
+    w.host.set_config("recording.mode", mode);
+}
+
+/// Removes the recordings as sshd's namespace sees them (a tmpfs there
+/// with PORTHOLE_BENCH_REC_TMPFS).
+fn clear_recordings(w: &World) {
+    let dir = w.host.recordings_dir();
+    let script = format!("rm -f {}/*.cast", dir.display());
+    w.host.in_ns(&["sh", "-c", &script]);
+}
+
+fn bench_recording(w: &World) -> RecordingBench {
+    // No cap: every byte of the 1 GiB is recorded (the worst case).
+    w.host.set_config("recording.max_bytes", 0);
+    recording_mode(w, "off");
+    let mut off = Echo::start(w, &w.srv());
+    recording_mode(w, "output");
+    let mut on = Echo::start(w, &w.srv());
+    for _ in 0..20 {
+        on.round_trip();
+        off.round_trip();
+    }
+    let mut echo = Pair {
+        subject: Samples::default(),
+        anchor: Samples::default(),
+    };
+    for i in 0..n(1000, 50) {
+        if i % 2 == 0 {
+            echo.anchor.push(off.round_trip());
+            echo.subject.push(on.round_trip());
+        } else {
+            echo.subject.push(on.round_trip());
+            echo.anchor.push(off.round_trip());
+        }
+    }
+    drop((on, off));
+
+    // PORTHOLE_BENCH_REC_TMPFS=1: recordings on a tmpfs (in sshd's mount
+    // namespace only), to tell the disk's share from the CPU's.
+    if std::env::var_os("PORTHOLE_BENCH_REC_TMPFS").is_some() {
+        let dir = w.host.recordings_dir();
+        let _ = fs::create_dir_all(&dir);
+        let m = w.host.in_ns(&[
+            "mount",
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=3g,mode=0700",
+            "tmpfs",
+            dir.to_str().unwrap(),
+        ]);
+        must("mount tmpfs over the recordings", &m);
+    }
+    // A text file of `total` bytes, 100-byte lines, inside the instance.
+    let total = if quick() { 64 << 20 } else { GIB };
+    let big = w.inst.rootfs().join("big.txt");
+    {
+        let line = format!("{}\n", "porthole recording benchmark line 0123456789 abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTU");
+        let block = line.repeat((1 << 20) / line.len());
+        let mut f = std::io::BufWriter::new(fs::File::create(&big).unwrap());
+        let mut left = total;
+        while left > 0 {
+            let k = left.min(block.len() as u64) as usize;
+            f.write_all(&block.as_bytes()[..k]).unwrap();
+            left -= k as u64;
+        }
+    }
+    let mut bulk = Pair {
+        subject: Samples::default(),
+        anchor: Samples::default(),
+    };
+    let sample = |on: bool, p: &mut Pair| {
+        recording_mode(w, if on { "output" } else { "off" });
+        let t = pty_cat(w, total);
+        clear_recordings(w);
+        if on {
+            p.subject.push(t);
+        } else {
+            p.anchor.push(t);
+        }
+    };
+    sample(
+        true,
+        &mut Pair {
+            subject: Samples::default(),
+            anchor: Samples::default(),
+        },
+    );
+    for i in 0..n(3, 1) {
+        sample(i % 2 == 1, &mut bulk);
+        sample(i % 2 == 0, &mut bulk);
+    }
+    let _ = fs::remove_file(&big);
+    let (cpu_per_gib, wall_per_gib) = recorder_in_process(w);
+    recording_mode(w, "output");
+    w.host.set_config("recording.max_bytes", 256 * 1024 * 1024);
+    RecordingBench {
+        echo,
+        bulk,
+        bulk_bytes: total,
+        cpu_per_gib,
+        wall_per_gib,
+    }
 }
 
 // ----- 6. memory --------------------------------------------------------------------
@@ -847,7 +1066,7 @@ fn bench_mint() -> Mint {
     Mint { mint, verify }
 }
 
-/// Figure 8: a login through a front door (issue 14) against the same
+/// Figure 9: a login through a front door (issue 14) against the same
 /// login straight to the node, interleaved, in a region on this machine
 /// (`common::region`: each host its own network namespace and sshd). The
 /// difference is the hop: minting, the second handshake, the front door's
@@ -906,6 +1125,7 @@ fn bench_all() {
     let pty = wanted("pty").then(|| bench_pty(&w));
     let mem = wanted("memory").then(|| bench_memory(&w));
     let mint = wanted("mint").then(bench_mint);
+    let rec = wanted("recording").then(|| bench_recording(&w));
     let hop = wanted("hop").then(bench_hop);
     let load_after = loadavg();
     let took = started.elapsed();
@@ -1132,12 +1352,42 @@ fn bench_all() {
             ),
         );
     }
+    if let Some(r) = &rec {
+        time_row(
+            &mut md,
+            "8a",
+            "pty echo round trip, session recorded (`recording.mode = \"output\"`)",
+            &r.echo.subject,
+            "the same, recording off",
+            &r.echo.anchor,
+            ("1.05", 1.05),
+        );
+        time_row(
+            &mut md,
+            "8b",
+            &format!(
+                "{} MiB of pty output (`ssh -tt srv-bench-aaaaa cat /big.txt`), recorded, no size cap",
+                r.bulk_bytes >> 20
+            ),
+            &r.bulk.subject,
+            "the same, recording off",
+            &r.bulk.anchor,
+            ("1.05", 1.05),
+        );
+        out(
+            &mut md,
+            &format!(
+                "| 8c | the recorder alone, in process: 256 MiB of 4 KiB pty-like reads batched, JSON-encoded, hashed and written to a file (target dir) | 1 | {:.2} s CPU per GiB | – | – | {:.2} s wall per GiB | – | – | – | |",
+                r.cpu_per_gib, r.wall_per_gib
+            ),
+        );
+    }
     if let Some(p) = &hop {
         let ratio = p.subject.median() / p.anchor.median();
         out(
             &mut md,
             &format!(
-                "| 8 | `ssh srv-…@front-door true`: a login hopped to the node (own network namespaces, veth bridge) | {} | {} | {} | the same login straight to the node's sshd | {} | {} | {:.2}× | ≤ 1.6× | {} |",
+                "| 9 | `ssh srv-…@front-door true`: a login hopped to the node (own network namespaces, veth bridge) | {} | {} | {} | the same login straight to the node's sshd | {} | {} | {:.2}× | ≤ 1.6× | {} |",
                 p.subject.len(),
                 ms(p.subject.median()),
                 ms(p.subject.pct(95.0)),
@@ -1241,4 +1491,12 @@ reaped exit (blocking `waitpid`, no polling).
    session (the `[priv]` monitor and the `user@notty` process). RSS counts
    shared library and binary pages in full in every process; PSS divides
    them among the processes sharing them; USS is what one more session
-   really adds.";
+   really adds.
+7. **Minting**: see the row.
+8. **Recording**: two live `ssh -tt … cat` sessions into the same instance,
+   one recorded (`recording.mode = \"output\"`), one not, echo round trips
+   interleaved as in 5; then `ssh -tt … cat /big.txt` of a 1 GiB text file
+   (100-byte lines) inside the instance, read to the end by the client,
+   recorded (no size cap: every byte goes to the file) and not, interleaved;
+   recordings are deleted between samples. Figure 5 is taken with the
+   default configuration, which records pty sessions.";

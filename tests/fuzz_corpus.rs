@@ -111,6 +111,11 @@ fn corpus_config() {
     replay("config");
 }
 
+#[test]
+fn corpus_replay() {
+    replay("replay");
+}
+
 /// The key-rendering corpus: every property, and every rendered line read
 /// back by `ssh-keygen -l -f` with the fingerprint porthole computed.
 #[test]

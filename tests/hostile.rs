@@ -2824,3 +2824,170 @@ fn picker_service_name_and_owner_with_terminal_escapes_are_shown_escaped() {
     assert_eq!(e.str("service"), Some(SVC), "any instance");
     assert!(!e.raw.contains('\u{1b}'));
 }
+
+// ----- issue 18: recordings, as root's replay reads them -------------------------------
+//
+// A recording holds what a tenant's processes printed, and the file may be
+// damaged (disk full, a crash, an edit): `porthole replay` and `porthole
+// sessions --history` run as root on an admin's terminal. Each case: the
+// admin is told what is wrong (with the line), nothing but the
+// recording is read, and nothing reaches the terminal that acts on it.
+
+const CAST_ID: &str = "0123456789abcdef";
+const CAST_HEADER: &str = r#"{"version":2,"width":80,"height":24,"timestamp":1700000000,"porthole":{"session_id":"0123456789abcdef","owner":"alice@example.com","instance":"srv-web1-aaaaa","mode":"output"}}"#;
+
+/// A root-only configuration whose recording.dir holds `<CAST_ID>.cast`
+/// with `body` (unless None), and the admin CLI run against it.
+struct Recordings {
+    dir: tempfile::TempDir,
+}
+
+impl Recordings {
+    fn with(body: Option<&[u8]>) -> Recordings {
+        let dir = tempfile::tempdir().unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700)).unwrap();
+        let rec = dir.path().join("rec");
+        fs::create_dir(&rec).unwrap();
+        fs::set_permissions(&rec, fs::Permissions::from_mode(0o700)).unwrap();
+        fs::write(
+            dir.path().join("porthole.toml"),
+            format!("[recording]\ndir = \"{}\"\n", rec.display()),
+        )
+        .unwrap();
+        if let Some(b) = body {
+            fs::write(rec.join(format!("{CAST_ID}.cast")), b).unwrap();
+        }
+        Recordings { dir }
+    }
+
+    fn rec(&self) -> PathBuf {
+        self.dir.path().join("rec")
+    }
+
+    fn porthole(&self, args: &[&str]) -> (Output, String, String) {
+        let o = Command::new(env!("CARGO_BIN_EXE_porthole"))
+            .arg("--config")
+            .arg(self.dir.path().join("porthole.toml"))
+            .args(args)
+            .output()
+            .unwrap();
+        let (out, err) = out_str(&o);
+        (o, out, err)
+    }
+
+    fn replay(&self, id: &str) -> (Output, String, String) {
+        self.porthole(&["replay", id, "--speed", "1000"])
+    }
+}
+
+use std::os::unix::fs::PermissionsExt;
+
+#[test]
+fn replay_recording_truncated_mid_line() {
+    let body = format!("{CAST_HEADER}\n[0.1, \"o\", \"before the cut\\r\\n\"]\n[0.2, \"o\", \"aft");
+    let r = Recordings::with(Some(body.as_bytes()));
+    let (o, out, err) = r.replay(CAST_ID);
+    assert!(!o.status.success());
+    assert_eq!(out, "before the cut\r\n", "what was whole is played");
+    assert!(
+        err.contains("line 3 is not a recording event") && err.contains("cut short"),
+        "{err}"
+    );
+    // The history still lists it, as unfinished.
+    let (o, out, _) = r.porthole(&["sessions", "--history"]);
+    assert!(o.status.success());
+    let row = out.lines().find(|l| l.starts_with(CAST_ID)).unwrap();
+    assert!(
+        row.contains("unfinished") && row.contains("alice@example.com"),
+        "{row}"
+    );
+}
+
+#[test]
+fn replay_recording_that_is_not_json() {
+    let r = Recordings::with(Some(b"<html><body>502 Bad Gateway</body></html>\n"));
+    let (o, out, err) = r.replay(CAST_ID);
+    assert!(!o.status.success());
+    assert!(out.is_empty(), "{out:?}");
+    assert!(err.contains("not an asciicast v2 recording"), "{err}");
+    let (o, out, _) = r.porthole(&["sessions", "--history"]);
+    assert!(o.status.success());
+    assert!(!out.contains(CAST_ID), "left out of the history: {out}");
+}
+
+#[test]
+fn replay_recording_with_a_huge_line() {
+    let mut body = format!("{CAST_HEADER}\n[0.1, \"o\", \"").into_bytes();
+    body.extend(std::iter::repeat(b'A').take(64 * 1024 * 1024));
+    body.extend_from_slice(b"\"]\n");
+    let r = Recordings::with(Some(&body));
+    let t = Instant::now();
+    let (o, out, err) = r.replay(CAST_ID);
+    assert!(!o.status.success());
+    assert!(out.is_empty(), "nothing of the line is played");
+    assert!(err.contains("line 2 is longer than 1048576 bytes"), "{err}");
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "stops at the cap, not the end"
+    );
+}
+
+#[test]
+fn replay_recording_with_terminal_answerback_and_title_sequences() {
+    // Cursor and attribute reports a terminal answers as if typed, a title,
+    // a clipboard write, a DCS request, an 8-bit CSI: all dropped; colours stay.
+    let data = "\u{1b}[31mred\u{1b}[0m \u{1b}[6n\u{1b}[c\u{1b}[21t\u{1b}]0;pwned\u{7}\u{1b}]52;c;cm0gLXJmIH4K\u{1b}\\\u{1b}P$q\"p\u{1b}\\\u{9b}6n!";
+    let body = format!(
+        "{CAST_HEADER}\n[0.1, \"o\", {}]\n",
+        serde_json::Value::String(data.into())
+    );
+    let r = Recordings::with(Some(body.as_bytes()));
+    let (o, out, err) = r.replay(CAST_ID);
+    assert!(o.status.success(), "{err}");
+    assert_eq!(out, "\u{1b}[31mred\u{1b}[0m 6n!");
+}
+
+#[test]
+fn replay_session_id_with_path_traversal() {
+    let r = Recordings::with(None);
+    for id in [
+        "../../../etc/shadow",
+        "0123456789abcdef/../x",
+        "0123456789ABCDEG",
+        "",
+    ] {
+        let (o, out, err) = r.replay(id);
+        assert!(!o.status.success(), "{id}");
+        assert!(out.is_empty());
+        assert!(err.contains("is not a session id"), "{id}: {err}");
+    }
+}
+
+#[test]
+fn replay_recording_planted_as_a_symlink() {
+    let r = Recordings::with(None);
+    symlink("/etc/shadow", r.rec().join(format!("{CAST_ID}.cast"))).unwrap();
+    let (o, out, err) = r.replay(CAST_ID);
+    assert!(!o.status.success());
+    assert!(out.is_empty() && !err.contains("root:"), "{out}{err}");
+    assert!(
+        err.contains("cannot read") && err.contains("symbolic links"),
+        "{err}"
+    );
+}
+
+#[test]
+fn history_with_escape_sequences_in_the_header() {
+    let header = CAST_HEADER.replace("alice@example.com", "alice\\u001b]0;pwned\\u0007");
+    let body = format!(
+        "{header}\n[0.5, \"m\", \"porthole.end {{\\\"reason\\\":\\\"exit\\\\u001b[2J\\\"}}\"]\n"
+    );
+    let r = Recordings::with(Some(body.as_bytes()));
+    let (o, out, err) = r.porthole(&["sessions", "--history"]);
+    assert!(o.status.success(), "{err}");
+    assert!(!out.contains('\u{1b}') && !out.contains('\u{7}'), "{out:?}");
+    assert!(
+        out.contains("alice\\e]0;pwned\\x07") && out.contains("exit\\e[2J"),
+        "{out}"
+    );
+}

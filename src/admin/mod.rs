@@ -16,3 +16,4 @@ pub mod doctor;
 #[cfg(feature = "http")]
 pub mod fleet_checks;
 pub mod hostkeys;
+pub mod replay;

@@ -48,6 +48,11 @@ pub struct ServiceDoc {
     /// no `instances` field, Part-1 behaviour). Each entry is checked
     /// alone, like keys: one malformed entry is skipped and logged.
     pub instances: Option<Vec<Result<Instance, InstanceReject>>>,
+    /// The service's recording mode (`"recording": "off" | "metadata" |
+    /// "output" | "full"`), overriding the host's `[recording] mode`.
+    /// Anything else (another type, an unknown name) is ignored: the host's
+    /// mode applies, and the rest of the answer stands.
+    pub recording: Option<crate::config::RecordingMode>,
 }
 
 /// Longest host name accepted in placement (a DNS name's limit). The host
@@ -377,11 +382,15 @@ impl ServiceDoc {
             // answer, not "no placement" (which would fall back to Part 1).
             Some(_) => return Err(DocError::Malformed("\"instances\" is not an array".into())),
         };
+        let recording = obj
+            .remove("recording")
+            .and_then(|v| v.as_str().and_then(crate::config::RecordingMode::parse));
         Ok(ServiceDoc {
             service,
             keys,
             limits,
             instances,
+            recording,
         })
     }
 }
@@ -447,6 +456,33 @@ mod tests {
             "wrong JSON type is one bad key, not a bad doc"
         );
         assert!(doc.limits.is_some());
+    }
+
+    #[test]
+    fn recording_override_is_additive_and_lenient() {
+        let doc = |extra: &str| {
+            let body =
+                format!(r#"{{"service":{{"id":"srv-a1","type":"web_service"}},"keys":[]{extra}}}"#);
+            ServiceDoc::parse(body.as_bytes(), &sid("srv-a1")).unwrap()
+        };
+        use crate::config::RecordingMode;
+        assert_eq!(doc("").recording, None, "old answers: the host's mode");
+        assert_eq!(
+            doc(r#","recording":"full""#).recording,
+            Some(RecordingMode::Full)
+        );
+        assert_eq!(
+            doc(r#","recording":"off""#).recording,
+            Some(RecordingMode::Off)
+        );
+        for bad in [
+            r#","recording":"FULL""#,
+            r#","recording":3"#,
+            r#","recording":null"#,
+            r#","recording":{"mode":"off"}"#,
+        ] {
+            assert_eq!(doc(bad).recording, None, "{bad} is ignored");
+        }
     }
 
     #[test]

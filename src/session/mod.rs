@@ -26,6 +26,7 @@ pub mod enter;
 pub mod hop;
 pub mod limits;
 pub mod pick;
+pub mod record;
 pub mod registry;
 pub mod revoke;
 pub mod runtime;

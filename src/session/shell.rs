@@ -371,6 +371,8 @@ pub struct Authorized {
     /// The certificate of a hop (front door or web shell), when the login
     /// came that way: its owner, front door and session id.
     pub hop: Option<crate::fleet::cert::HopClaim>,
+    /// The control plane's recording mode for the service, if it names one.
+    pub recording: Option<crate::config::RecordingMode>,
 }
 
 /// Everything up to the choice of instance. Pure checks, no side effects.
@@ -452,6 +454,7 @@ pub fn authorize(cfg: &Config, h: &Handover) -> Result<Authorized, Refusal> {
             .placement()
             .map(|listed| listed.into_iter().cloned().collect()),
         hop,
+        recording: doc.recording,
     })
 }
 
@@ -845,7 +848,11 @@ fn enter_and_supervise(cx: &Context<'_>, login: &Authorized) -> Result<i32, Refu
     let record = session_record(cx, login, &instance, &plan);
     let session_id = record.id.clone();
     let mut registration = register(cx, &record)?;
+    let recorded = record.clone();
     let spawned = spawn(&pinned, &plan, &instance, &mut registration, record)?;
+    // After the fork: the recorder's writer is a thread (entering forks a
+    // single-threaded process).
+    let recorder = crate::session::record::for_session(cx.cfg, cx.log, login.recording, &recorded);
     announce(
         cx,
         login,
@@ -856,7 +863,7 @@ fn enter_and_supervise(cx: &Context<'_>, login: &Authorized) -> Result<i32, Refu
         spawned.outer_pid,
     );
     let controls = controls(cx, login, &instance, &session_id, &limits);
-    let outcome = supervise::run(spawned, &pinned.pidfd, controls);
+    let outcome = supervise::run_recorded(spawned, &pinned.pidfd, controls, recorder);
     drop(admitted);
     Ok(end(
         cx,
@@ -1747,7 +1754,26 @@ fn end(
             .opt("signal", signal)
             .field("bytes_in", outcome.bytes_in)
             .field("bytes_out", outcome.bytes_out)
-            .field("duration_ms", elapsed_ms(cx.started)),
+            .field("duration_ms", elapsed_ms(cx.started))
+            .opt(
+                "recording",
+                outcome
+                    .recording
+                    .as_ref()
+                    .map(|r| r.path.display().to_string()),
+            )
+            .opt(
+                "recording_sha256",
+                outcome.recording.as_ref().map(|r| r.sha256.clone()),
+            )
+            .opt(
+                "recording_bytes",
+                outcome.recording.as_ref().map(|r| r.bytes),
+            )
+            .opt(
+                "recording_status",
+                outcome.recording.as_ref().map(|r| r.status),
+            ),
     );
     match outcome.reason {
         EndReason::Exit | EndReason::ClientDisconnect | EndReason::Signal => {

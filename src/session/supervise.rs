@@ -26,6 +26,7 @@
 mod clock;
 
 use crate::session::enter::{pidfd_open, SessionIo, Spawned};
+use crate::session::record::{self, Recorder};
 use clock::{Notice, SessionClock};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
@@ -86,6 +87,8 @@ pub struct Outcome {
     pub bytes_out: u64,
     /// What to tell the user about the end (closed, drained, limits).
     pub message: Option<String>,
+    /// The session's recording, closed and hashed (None: not recorded).
+    pub recording: Option<record::Finished>,
 }
 
 /// One direction of the relay.
@@ -270,6 +273,29 @@ fn read_fd(fd: RawFd, buf: &mut [u8]) -> isize {
 fn write_fd(fd: RawFd, buf: &[u8]) -> isize {
     // SAFETY: buf is valid for buf.len() bytes.
     unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) }
+}
+
+/// Writes all of `buf` to a (possibly non-blocking) fd, waiting for room;
+/// gives up on an error other than EAGAIN/EINTR.
+fn write_all_fd(fd: RawFd, mut buf: &[u8]) {
+    while !buf.is_empty() {
+        let w = write_fd(fd, buf);
+        if w > 0 {
+            buf = &buf[w as usize..];
+            continue;
+        }
+        if w < 0 && (errno() == libc::EAGAIN || errno() == libc::EINTR) {
+            let mut p = libc::pollfd {
+                fd,
+                events: libc::POLLOUT,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            unsafe { libc::poll(&mut p, 1, 1000) };
+            continue;
+        }
+        return;
+    }
 }
 
 fn errno() -> i32 {
@@ -482,7 +508,20 @@ pub fn human(d: Duration) -> String {
 
 /// Relays until the session ends; returns how it ended.
 pub fn run(spawned: Spawned, init_pidfd: &OwnedFd, controls: Controls<'_>) -> Outcome {
-    Supervisor::new(spawned, init_pidfd, controls).run()
+    run_recorded(spawned, init_pidfd, controls, None)
+}
+
+/// [`run`], feeding `recorder` (output, input when it wants it, window
+/// sizes, the end) and telling the user first that the session is recorded.
+pub fn run_recorded(
+    spawned: Spawned,
+    init_pidfd: &OwnedFd,
+    controls: Controls<'_>,
+    recorder: Option<Recorder>,
+) -> Outcome {
+    let mut s = Supervisor::new(spawned, init_pidfd, controls, recorder);
+    s.announce_recording();
+    s.run()
 }
 
 /// The relay between sshd's stdio (fds 0, 1, 2) and the session's fds.
@@ -501,7 +540,16 @@ struct Relay {
 }
 
 impl Relay {
-    fn new(io: SessionIo) -> Relay {
+    /// `copy_out`/`copy_in`: relay those pipes through our buffer (not
+    /// splice) so that the recorder sees their bytes.
+    fn new(io: SessionIo, copy_out: bool, copy_in: bool) -> Relay {
+        let pump = |src: RawFd, dst: RawFd, eof: bool, copy: bool| {
+            if copy {
+                Pump::new(src, dst, eof)
+            } else {
+                Pump::spliced(src, dst, eof)
+            }
+        };
         let mut relay = match io {
             SessionIo::Pipes {
                 stdin,
@@ -509,9 +557,9 @@ impl Relay {
                 stderr,
             } => Relay {
                 pumps: vec![
-                    Pump::spliced(0, stdin.as_raw_fd(), true),
-                    Pump::spliced(stdout.as_raw_fd(), 1, false),
-                    Pump::spliced(stderr.as_raw_fd(), 2, false),
+                    pump(0, stdin.as_raw_fd(), true, copy_in),
+                    pump(stdout.as_raw_fd(), 1, false, copy_out),
+                    pump(stderr.as_raw_fd(), 2, false, copy_out),
                 ],
                 owned: vec![stdin, stdout, stderr],
                 master: None,
@@ -609,13 +657,24 @@ struct Supervisor<'a> {
     exited_at: Option<Instant>,
     /// The session's processes were sent SIGKILL.
     killed: bool,
+    /// Gets copies of what the relay passes on, when recorded.
+    recorder: Option<Recorder>,
 }
 
 impl<'a> Supervisor<'a> {
-    fn new(spawned: Spawned, init_pidfd: &'a OwnedFd, controls: Controls<'a>) -> Supervisor<'a> {
+    fn new(
+        spawned: Spawned,
+        init_pidfd: &'a OwnedFd,
+        controls: Controls<'a>,
+        recorder: Option<Recorder>,
+    ) -> Supervisor<'a> {
         let outer_pidfd = pidfd_open(spawned.outer_pid).ok();
         let sigfd = signal_fd();
-        let relay = Relay::new(spawned.io);
+        let relay = Relay::new(
+            spawned.io,
+            recorder.as_ref().is_some_and(Recorder::wants_output),
+            recorder.as_ref().is_some_and(Recorder::wants_input),
+        );
         let interactive = relay.master.is_some();
         let clock = SessionClock::new(clock::Limits {
             max_duration: controls.max_duration,
@@ -643,7 +702,34 @@ impl<'a> Supervisor<'a> {
             status: ExitStatus::Unknown,
             exited_at: None,
             killed: false,
+            recorder,
         }
+    }
+
+    /// Tells the user (and the audit log) that the session is recorded.
+    fn announce_recording(&mut self) {
+        let Some(r) = &self.recorder else {
+            return;
+        };
+        let text = if r.wants_input() {
+            "this session is recorded (what you see and what you type)"
+        } else if r.wants_output() {
+            "this session is recorded (what you see)"
+        } else {
+            "this session's metadata is recorded (who, when, which command)"
+        };
+        let line = if self.relay.master.is_some() {
+            format!("porthole: {text}\r\n")
+        } else {
+            format!("porthole: {text}\n")
+        };
+        let fd = if self.relay.master.is_some() { 1 } else { 2 };
+        write_all_fd(fd, line.as_bytes());
+        // The recording holds what the client saw, porthole's lines too.
+        if let Some(r) = &mut self.recorder {
+            r.output(line.as_bytes());
+        }
+        (self.controls.on_notice)("recording", text);
     }
 
     fn run(mut self) -> Outcome {
@@ -672,6 +758,9 @@ impl<'a> Supervisor<'a> {
             self.relay.pass_eof();
             self.on_pty_hangup();
             self.kill_if_ending();
+            if let Some(r) = &mut self.recorder {
+                r.tick();
+            }
         }
         self.finish()
     }
@@ -760,6 +849,11 @@ impl<'a> Supervisor<'a> {
         } else {
             tick
         };
+        // A pending recording batch is handed on when it is due.
+        let wait = match self.recorder.as_ref().and_then(Recorder::due_in) {
+            Some(d) => wait.min(d),
+            None => wait,
+        };
         // Rounded up: waking a fraction of a millisecond early would only
         // spin until the deadline.
         let ms = wait.as_nanos().div_ceil(1_000_000);
@@ -782,11 +876,23 @@ impl<'a> Supervisor<'a> {
     fn on_readable(&mut self, i: usize) {
         let p = &mut self.relay.pumps[i];
         let before = p.count;
+        let at = p.end;
         let dst_ok = if p.splice {
             p.splice_once()
         } else {
             p.read_through()
         };
+        if let (Some(r), false) = (&mut self.recorder, p.splice) {
+            // The bytes just read: flushing moves the indices, not them.
+            let n = usize::try_from(p.count - before).unwrap_or(0);
+            if let Some(bytes) = p.buf.get(at..at + n) {
+                if p.src == 0 {
+                    r.input(bytes);
+                } else {
+                    r.output(bytes);
+                }
+            }
+        }
         let (to_client, input) = (p.to_client(), p.src == 0 && p.count > before);
         if !dst_ok && to_client {
             self.end(EndReason::ClientDisconnect);
@@ -851,6 +957,9 @@ impl<'a> Supervisor<'a> {
                 libc::SIGWINCH => {
                     if let Some(m) = self.relay.master {
                         copy_window_size(0, m);
+                        if let (Some(r), Some(ws)) = (&mut self.recorder, window_size(0)) {
+                            r.resize(ws.cols, ws.rows);
+                        }
                     }
                 }
                 libc::SIGTERM => self.on_close_request(),
@@ -936,6 +1045,9 @@ impl<'a> Supervisor<'a> {
         };
         let fd = if self.relay.master.is_some() { 1 } else { 2 };
         let _ = write_fd(fd, line.as_bytes());
+        if let Some(r) = &mut self.recorder {
+            r.output(line.as_bytes());
+        }
         (self.controls.on_notice)(n.kind(), &text);
     }
 
@@ -965,12 +1077,29 @@ impl<'a> Supervisor<'a> {
         }
         self.relay.restore();
         let (bytes_in, bytes_out) = self.relay.counts();
+        let reason = self.reason.unwrap_or(EndReason::Exit);
+        let recording = self.recorder.take().and_then(|r| {
+            r.finish(&record::EndInfo {
+                reason: reason.as_str().to_owned(),
+                exit_status: match self.status {
+                    ExitStatus::Code(c) => Some(c),
+                    _ => None,
+                },
+                signal: match self.status {
+                    ExitStatus::Signal(s) => Some(s),
+                    _ => None,
+                },
+                bytes_in,
+                bytes_out,
+            })
+        });
         Outcome {
-            reason: self.reason.unwrap_or(EndReason::Exit),
+            reason,
             status: self.status,
             bytes_in,
             bytes_out,
             message: self.message,
+            recording,
         }
     }
 }

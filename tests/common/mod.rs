@@ -284,6 +284,12 @@ impl TestHost {
             KeysSource::Url(u) => put("control_plane.url", u.clone().into()),
         }
         put("cache.dir", d("cache").display().to_string().into());
+        // Session recordings stay in the test directory (made 0700 by the
+        // shell on first use), never the host's /var/log.
+        put(
+            "recording.dir",
+            d("recordings").display().to_string().into(),
+        );
         put("log.socket", d("log.sock").display().to_string().into());
         put(
             "runtime.roots",
@@ -369,6 +375,11 @@ impl TestHost {
     /// `runtime.roots[0]`: pass to `runc --root`.
     pub fn runc_root(&self) -> PathBuf {
         self.dir.join("runc")
+    }
+
+    /// `recording.dir`: where the session shell writes recordings.
+    pub fn recordings_dir(&self) -> PathBuf {
+        self.dir.join("recordings")
     }
 
     pub fn cache_dir(&self) -> PathBuf {

@@ -666,6 +666,72 @@ pub fn check_picker(data: &[u8]) {
     }
 }
 
+/// What `porthole replay` writes to root's terminal never holds a sequence
+/// that acts on it beyond drawing (OSC, DCS/APC/PM/SOS, C1, `ESC Z`, CSI
+/// requests the terminal answers), whatever the recording holds; damaged
+/// recordings are errors, never panics.
+pub fn check_replay(data: &[u8]) {
+    use porthole::admin::replay::{play, Pace, TerminalFilter};
+    let mut out = Vec::new();
+    let pace = Pace {
+        speed: 1.0,
+        idle_limit: None,
+        sleep: false,
+    };
+    let _ = play(&mut std::io::Cursor::new(data), &mut out, pace);
+    assert_terminal_safe(&String::from_utf8(out).expect("replay writes UTF-8"));
+    // The filter alone, on the raw bytes, cut anywhere into two events.
+    let text = String::from_utf8_lossy(data);
+    let cut = text
+        .char_indices()
+        .map(|(i, _)| i)
+        .nth(text.chars().count() / 2)
+        .unwrap_or(0);
+    let mut f = TerminalFilter::default();
+    let mut shown = f.filter(&text[..cut]);
+    shown.push_str(&f.filter(&text[cut..]));
+    assert_terminal_safe(&shown);
+}
+
+fn assert_terminal_safe(s: &str) {
+    let c: Vec<char> = s.chars().collect();
+    let mut i = 0;
+    while i < c.len() {
+        assert!(
+            !('\u{80}'..='\u{9f}').contains(&c[i]),
+            "C1 control in {s:?}"
+        );
+        if c[i] == '\u{1b}' {
+            let next = c.get(i + 1).copied();
+            assert!(next.is_some(), "lone ESC at the end of {s:?}");
+            assert!(
+                !matches!(next, Some(']' | 'P' | '_' | '^' | 'X' | 'Z')),
+                "string or identify sequence in {s:?}"
+            );
+            if next == Some('[') {
+                let mut j = i + 2;
+                while j < c.len() && ('\u{20}'..='\u{3f}').contains(&c[j]) {
+                    assert_ne!(c[j], '$', "mode request in {s:?}");
+                    j += 1;
+                }
+                let fin = c.get(j).copied();
+                assert!(
+                    fin.is_some_and(|f| ('\u{40}'..='\u{7e}').contains(&f)),
+                    "unfinished CSI in {s:?}"
+                );
+                assert!(
+                    !matches!(fin, Some('n' | 'c' | 't' | 'x')),
+                    "a CSI the terminal answers in {s:?}"
+                );
+                i = j;
+            } else {
+                i += 1;
+            }
+        }
+        i += 1;
+    }
+}
+
 /// A property check over raw fuzzer input.
 pub type Check = fn(&[u8]);
 
@@ -681,4 +747,5 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("runtime", check_runtime),
     ("config", check_config),
     ("picker", check_picker),
+    ("replay", check_replay),
 ];
