@@ -28,3 +28,4 @@ pub mod fleet;
 #[cfg(feature = "http")]
 pub mod keys_hook;
 pub mod session;
+pub mod sftp;
