@@ -74,11 +74,15 @@ impl World {
 
     /// `sftp -b -` with `batch` on stdin; stdout and stderr together.
     fn sftp(&self, batch: &str) -> (bool, String) {
+        self.sftp_to(INST, batch)
+    }
+
+    fn sftp_to(&self, login: &str, batch: &str) -> (bool, String) {
         let out = util::run_with_timeout(
             Command::new("sftp")
                 .args(self.client_opts())
                 .args(["-P", &self.host.port().to_string(), "-b", "-"])
-                .arg(REMOTE),
+                .arg(format!("{login}@127.0.0.1")),
             Some(batch.as_bytes().to_vec()),
             Duration::from_secs(120),
         )
@@ -103,6 +107,40 @@ impl World {
     fn local(&self, name: &str) -> PathBuf {
         self.host.dir().join(name)
     }
+
+    fn porthole(&self, args: &[&str]) -> Output {
+        let mut v = vec![env!("CARGO_BIN_EXE_porthole")];
+        v.extend_from_slice(args);
+        self.host.in_ns(&v)
+    }
+
+    /// The events named `name` so far.
+    fn events(&self, name: &str) -> Vec<LogEvent> {
+        self.host
+            .events()
+            .into_iter()
+            .filter(|e| e.name() == name)
+            .collect()
+    }
+
+    fn wait_event(&self, what: &str, f: impl Fn(&LogEvent) -> bool) -> LogEvent {
+        self.host.expect_event(what, f, WAIT)
+    }
+}
+
+fn sha256(path: &Path) -> Vec<u8> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).unwrap();
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    h.finalize().to_vec()
 }
 
 fn both(out: &Output) -> String {
@@ -135,4 +173,397 @@ fn scp_up_and_down_into_an_image_without_sftp_server() {
     let down = w.scp(&[&format!("{REMOTE}:up.bin"), back.to_str().unwrap()]);
     assert!(down.status.success(), "scp down: {}", both(&down));
     assert_eq!(std::fs::read(&back).unwrap(), data);
+}
+
+#[test]
+fn the_server_is_a_static_executable_without_an_interpreter() {
+    // busybox-static and distroless images have no ELF loader: an
+    // interpreter (PT_INTERP) would make every sftp session fail there.
+    let elf = std::fs::read(env!("CARGO_BIN_EXE_porthole-sftp")).unwrap();
+    let shell = std::fs::read(env!("CARGO_BIN_EXE_porthole-shell")).unwrap();
+    let has_interp = |b: &[u8]| {
+        assert_eq!(&b[..4], b"\x7fELF");
+        let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as usize;
+        let phoff = u64::from_le_bytes(b[0x20..0x28].try_into().unwrap()) as usize;
+        let (size, num) = (u16_at(0x36), u16_at(0x38));
+        (0..num).any(|i| {
+            let o = phoff + i * size;
+            u32::from_le_bytes(b[o..o + 4].try_into().unwrap()) == 3
+        })
+    };
+    // Control: the dynamically linked shell has one, and the check sees it.
+    assert!(has_interp(&shell));
+    assert!(!has_interp(&elf), "porthole-sftp has an ELF interpreter");
+}
+
+#[test]
+fn scp_recursive_and_the_audit_events() {
+    let w = world();
+    let i = app_instance(&w);
+    let tree = w.local("tree");
+    std::fs::create_dir_all(tree.join("sub/deeper")).unwrap();
+    let files = [
+        ("a.txt", pattern(1000, 2)),
+        ("sub/b.bin", pattern(70_000, 3)),
+        ("sub/deeper/c.bin", pattern(300_000, 4)),
+    ];
+    for (name, data) in &files {
+        std::fs::write(tree.join(name), data).unwrap();
+    }
+    let up = w.scp(&[
+        "-r",
+        tree.to_str().unwrap(),
+        &format!("{REMOTE}:/home/app/"),
+    ]);
+    assert!(up.status.success(), "scp -r up: {}", both(&up));
+    for (name, data) in &files {
+        let inside = i.rootfs().join("home/app/tree").join(name);
+        assert_eq!(&std::fs::read(&inside).unwrap(), data, "{name}");
+    }
+    let back = w.local("back");
+    let down = w.scp(&["-r", &format!("{REMOTE}:tree"), back.to_str().unwrap()]);
+    assert!(down.status.success(), "scp -r down: {}", both(&down));
+    for (name, data) in &files {
+        assert_eq!(&std::fs::read(back.join(name)).unwrap(), data, "{name}");
+    }
+    // The audit: the session's command, and one sftp.write per file with
+    // its path and size, tied to the session.
+    let start = w.wait_event("session.start", |e| {
+        e.name() == "session.start" && e.str("command") == Some("subsystem:sftp")
+    });
+    let write = w.wait_event("sftp.write of c.bin", |e| {
+        e.name() == "sftp.write" && e.str("path") == Some("/home/app/tree/sub/deeper/c.bin")
+    });
+    assert_eq!(write.u64("bytes"), Some(300_000));
+    assert_eq!(write.str("owner"), Some(OWNER));
+    assert_eq!(write.str("instance"), Some(INST));
+    assert!(write.str("session_id").is_some());
+    assert!(start.str("session_id").is_some());
+    assert_eq!(w.events("sftp.write").len(), files.len());
+}
+
+#[test]
+fn sftp_batch_commands_work_and_are_audited() {
+    let w = world();
+    let i = app_instance(&w);
+    let a = w.local("a.txt");
+    std::fs::write(&a, b"hello from the host\n").unwrap();
+    let got = w.local("a.back");
+    let batch = format!(
+        "put {a} a.txt\nget a.txt {got}\nmkdir dir\nrename a.txt dir/b.txt\nls -l dir\n\
+         chmod 600 dir/b.txt\nsymlink dir/b.txt link\nls -l\ndf -h\nrm link\n\
+         mkdir gone\nrmdir gone\npwd\n",
+        a = a.display(),
+        got = got.display()
+    );
+    let (ok, out) = w.sftp(&batch);
+    assert!(ok, "{out}");
+    assert_eq!(std::fs::read(&got).unwrap(), b"hello from the host\n");
+    let home = i.rootfs().join("home/app");
+    let b = home.join("dir/b.txt");
+    assert_eq!(std::fs::read(&b).unwrap(), b"hello from the host\n");
+    assert_eq!(std::fs::metadata(&b).unwrap().mode() & 0o777, 0o600);
+    assert!(!home.join("a.txt").exists());
+    assert!(!home.join("gone").exists());
+    assert!(std::fs::symlink_metadata(home.join("link")).is_err());
+    // ls -l lines as ls makes them (type, mode, numeric owner), df's table
+    // from statvfs@openssh.com, and the working directory.
+    assert!(out.contains("b.txt"), "{out}");
+    assert!(out.contains("lrwxrwxrwx"), "{out}");
+    assert!(out.contains("1000"), "{out}");
+    assert!(out.contains("%Capacity"), "{out}");
+    assert!(out.contains("Remote working directory: /home/app"), "{out}");
+    w.wait_event("sftp.rename", |e| {
+        e.is(
+            "sftp.rename",
+            &[("path", "/home/app/a.txt"), ("to", "/home/app/dir/b.txt")],
+        )
+    });
+    w.wait_event("sftp.remove of link", |e| {
+        e.is("sftp.remove", &[("path", "/home/app/link")])
+    });
+    w.wait_event("sftp.remove of gone", |e| {
+        e.is("sftp.remove", &[("path", "/home/app/gone")])
+    });
+    let write = w.wait_event("sftp.write", |e| e.name() == "sftp.write");
+    assert_eq!(write.str("path"), Some("/home/app/a.txt"));
+    assert_eq!(write.u64("bytes"), Some(20));
+}
+
+#[test]
+fn a_large_file_round_trips_with_its_checksum_and_reput_resumes() {
+    // A 1 s idle timeout: the transfers below take longer, and are not idle
+    // (bytes moving either way count; see also an_idle_sftp_session_is_closed).
+    let w = world_with(TestHostOpts::default().set("limits.idle_timeout_secs", 1));
+    let i = app_instance(&w);
+    let size: usize = 200 * 1024 * 1024;
+    let big = w.local("big.bin");
+    std::fs::write(&big, pattern(size, 5)).unwrap();
+    let want = sha256(&big);
+    let t = Instant::now();
+    let up = w.scp(&[big.to_str().unwrap(), &format!("{REMOTE}:big.bin")]);
+    let took_up = t.elapsed();
+    assert!(up.status.success(), "{}", both(&up));
+    let inside = i.rootfs().join("home/app/big.bin");
+    assert_eq!(sha256(&inside), want);
+    let back = w.local("big.back");
+    let t = Instant::now();
+    let down = w.scp(&[&format!("{REMOTE}:big.bin"), back.to_str().unwrap()]);
+    let took_down = t.elapsed();
+    assert!(down.status.success(), "{}", both(&down));
+    assert_eq!(sha256(&back), want);
+    eprintln!(
+        "200 MiB through porthole-sftp: up {took_up:?} ({:.0} MiB/s), down {took_down:?} ({:.0} MiB/s)",
+        200.0 / took_up.as_secs_f64(),
+        200.0 / took_down.as_secs_f64()
+    );
+    std::fs::remove_file(&back).unwrap();
+    std::fs::remove_file(&inside).unwrap();
+    if took_up > Duration::from_millis(1500) && took_down > Duration::from_millis(1500) {
+        assert!(
+            !w.events("session.end")
+                .iter()
+                .any(|e| e.str("reason") == Some("idle")),
+            "a transfer was closed as idle"
+        );
+    }
+
+    // Resume: a partial upload (the first 3 MB) is completed by reput.
+    let part = w.local("part.bin");
+    let small = pattern(8_000_000, 6);
+    std::fs::write(&part, &small[..3_000_000]).unwrap();
+    let whole = w.local("whole.bin");
+    std::fs::write(&whole, &small).unwrap();
+    let (ok, out) = w.sftp(&format!(
+        "put {} resume.bin\nreput {} resume.bin\n",
+        part.display(),
+        whole.display()
+    ));
+    assert!(ok, "{out}");
+    assert_eq!(
+        std::fs::read(i.rootfs().join("home/app/resume.bin")).unwrap(),
+        small
+    );
+    // Only the rest travelled the second time.
+    let writes: Vec<u64> = w
+        .events("sftp.write")
+        .iter()
+        .filter(|e| e.str("path") == Some("/home/app/resume.bin"))
+        .filter_map(|e| e.u64("bytes"))
+        .collect();
+    assert_eq!(writes, vec![3_000_000, 5_000_000]);
+}
+
+#[test]
+fn permissions_are_the_container_users() {
+    let w = world();
+    let i = app_instance(&w);
+    let r = Instance::start(
+        &w.host,
+        "srv-web1",
+        "rroot",
+        InstanceOpts::default().root_user(),
+    );
+    let x = w.local("x.txt");
+    std::fs::write(&x, b"x\n").unwrap();
+    // uid 1000: /etc is root's.
+    let (ok, out) = w.sftp(&format!("put {} /etc/x.txt\n", x.display()));
+    assert!(!ok, "{out}");
+    assert!(out.contains("Permission denied"), "{out}");
+    assert!(!i.rootfs().join("etc/x.txt").exists());
+    // root in its instance: allowed, and the file is root's there.
+    let (ok, out) = w.sftp_to(
+        "srv-web1-rroot",
+        &format!("put {} /etc/x.txt\n", x.display()),
+    );
+    assert!(ok, "{out}");
+    let m = std::fs::metadata(r.rootfs().join("etc/x.txt")).unwrap();
+    assert_eq!((m.uid(), m.gid()), (0, 0));
+    // The app user's own files are its own.
+    let (ok, out) = w.sftp(&format!("put {} mine.txt\n", x.display()));
+    assert!(ok, "{out}");
+    let m = std::fs::metadata(i.rootfs().join("home/app/mine.txt")).unwrap();
+    assert_eq!((m.uid(), m.gid()), (1000, 1000));
+}
+
+#[test]
+fn escape_attempts_stay_inside_the_instance() {
+    let w = world();
+    let tag = w.host.tag().to_owned();
+    let i = Instance::start(
+        &w.host,
+        "srv-web1",
+        "aaaaa",
+        InstanceOpts::default()
+            .app_user()
+            .file("/inside-marker", "inside\n", 0o644),
+    );
+    let m = |n: &str| w.local(n).display().to_string();
+    let escape = format!("escape-{tag}");
+    let x = w.local("x.txt");
+    std::fs::write(&x, b"x\n").unwrap();
+    let batch = format!(
+        "get ../../../../../../../inside-marker {m1}\n\
+         get /../../../inside-marker {m2}\n\
+         symlink / rootlink\n\
+         get rootlink/inside-marker {m3}\n\
+         symlink ../../../../../../../.. uplink\n\
+         get uplink/inside-marker {m4}\n\
+         get /etc/passwd {pw}\n\
+         symlink /home/app/dir abslink\n\
+         mkdir dir\n\
+         put {x} abslink/{escape}\n\
+         cd ../../../../..\n\
+         pwd\n",
+        m1 = m("m1"),
+        m2 = m("m2"),
+        m3 = m("m3"),
+        m4 = m("m4"),
+        pw = m("pw"),
+        x = x.display(),
+    );
+    let (ok, out) = w.sftp(&batch);
+    assert!(ok, "{out}");
+    for f in ["m1", "m2", "m3", "m4"] {
+        assert_eq!(std::fs::read(w.local(f)).unwrap(), b"inside\n", "{f}");
+    }
+    assert!(!Path::new("/inside-marker").exists());
+    // The container's passwd (its `app` user), not the host's.
+    assert_eq!(
+        std::fs::read(w.local("pw")).unwrap(),
+        std::fs::read(i.rootfs().join("etc/passwd")).unwrap()
+    );
+    // Written through an absolute symlink: inside the container's tree.
+    assert!(i.rootfs().join("home/app/dir").join(&escape).exists());
+    assert!(!Path::new("/home/app/dir").join(&escape).exists());
+    assert!(out.contains("Remote working directory: /\n"), "{out}");
+}
+
+/// The live porthole-sftp process, found by its executable: the sealed
+/// memfd, never a path.
+fn sftp_server_pids() -> Vec<i32> {
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) {
+            if exe.to_string_lossy().starts_with("/memfd:porthole-sftp") {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+#[test]
+fn the_server_runs_from_its_sealed_copy_and_holds_no_host_fd() {
+    let w = world();
+    let _i = app_instance(&w);
+    let before = sftp_server_pids();
+    let mut child = Command::new("sftp")
+        .args(w.client_opts())
+        .args(["-P", &w.host.port().to_string(), "-b", "-"])
+        .arg(REMOTE)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = util::wait_for(WAIT, || {
+        sftp_server_pids().into_iter().find(|p| !before.contains(p))
+    })
+    .expect("a porthole-sftp process");
+    let mut fds = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        let target = std::fs::read_link(e.path()).unwrap();
+        fds.push((e.file_name().to_string_lossy().into_owned(), target));
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    drop(child.stdin.take());
+    let _ = child.wait();
+    // stdio and the event pipe: pipes of the supervisor, nothing else.
+    assert_eq!(fds.len(), 4, "{fds:?}");
+    for (fd, target) in &fds {
+        assert!(
+            target.to_string_lossy().starts_with("pipe:"),
+            "fd {fd} -> {}",
+            target.display()
+        );
+    }
+    // As the container user, with the instance's seccomp mode.
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert_eq!(
+        uid_line.split_whitespace().nth(1),
+        Some("1000"),
+        "{uid_line}"
+    );
+    let sealed = std::fs::File::open(format!("/proc/{pid}/exe"));
+    if let Ok(mut f) = sealed {
+        use std::io::Write;
+        assert!(f.write_all(b"x").is_err());
+    }
+}
+
+#[test]
+fn a_drained_instance_says_why_in_sftps_output() {
+    let w = world();
+    let _i = app_instance(&w);
+    let out = w.porthole(&[
+        "drain",
+        "--instance",
+        INST,
+        "--grace",
+        "5s",
+        "--message",
+        "kernel upgrade on this host",
+    ]);
+    assert!(out.status.success(), "{}", util::lossy(&out.stderr));
+    let (ok, out) = w.sftp("ls\n");
+    assert!(!ok, "{out}");
+    // sshd does not pass a subsystem's stderr on: this is the SFTP status
+    // message the shell answered with.
+    assert!(
+        out.contains("srv-web1-aaaaa is closed for maintenance: kernel upgrade on this host"),
+        "{out}"
+    );
+    // OpenSSH's scp prints only the status code of a failed open ("dest
+    // open: Failure", not the server's message): it fails at once, not
+    // with a dropped connection after a wait.
+    let x = w.local("x.txt");
+    std::fs::write(&x, b"x\n").unwrap();
+    let t = Instant::now();
+    let scp = w.scp(&[x.to_str().unwrap(), &format!("{REMOTE}:x.txt")]);
+    assert!(!scp.status.success());
+    assert!(both(&scp).contains("Failure"), "{}", both(&scp));
+    assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
+    w.wait_event("session.rejected drained", |e| {
+        e.name() == "session.rejected"
+            && e.str("message").is_some_and(|m| m.contains("maintenance"))
+    });
+}
+
+#[test]
+fn an_idle_sftp_session_is_closed() {
+    let w = world_with(TestHostOpts::default().set("limits.idle_timeout_secs", 1));
+    let _i = app_instance(&w);
+    // Connected, initialised, then nothing moves either way.
+    let mut child = Command::new("sftp")
+        .args(w.client_opts())
+        .args(["-P", &w.host.port().to_string(), "-b", "-"])
+        .arg(REMOTE)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let end = w.wait_event("idle end", |e| {
+        e.name() == "session.end" && e.str("reason") == Some("idle")
+    });
+    drop(child.stdin.take());
+    let _ = child.wait();
+    assert!(end.u64("bytes_in").unwrap() > 0);
 }

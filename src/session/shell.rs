@@ -449,8 +449,7 @@ pub fn run(cfg: &Config, log: &Logger, h: &Handover) -> i32 {
         let code = cx.reject(r, who);
         if sftp {
             let sentence = format!("porthole: {}", r.message);
-            let stdin = std::io::stdin();
-            crate::sftp::refuse::answer(0, stdin.lock(), std::io::stdout().lock(), &sentence);
+            crate::sftp::refuse::answer(0, std::io::stdout().lock(), &sentence);
         }
         code
     };
@@ -1443,6 +1442,7 @@ fn controls<'a>(
         }),
         close_message: Box::new(move || registry::close_message(&cfg.session.state_dir, &sid)),
         key_revoked: Box::new(move || key_watch.poll()),
+        transfer: login.request == Request::Sftp,
         on_notice: Box::new(move |kind, text| {
             cx.log.emit(
                 &Event::new("session.notice", Severity::Info)

@@ -16,7 +16,7 @@
 //! each at most [`MAX_PACKET`] bytes, and [`DEADLINE`] in all.
 
 use std::io::{Read, Write};
-use std::os::fd::RawFd;
+use std::os::fd::{FromRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 const SSH_FXP_INIT: u8 = 1;
@@ -108,11 +108,16 @@ fn wait_readable(fd: RawFd, deadline: Instant) -> bool {
     n > 0
 }
 
-/// Plays the refusing server on `input`/`output` (the shell's stdin and
+/// Plays the refusing server on `input_fd`/`output` (the shell's stdin and
 /// stdout, sshd's channel): reads each packet whole and answers it, until
 /// EOF, [`MAX_REQUESTS`], an oversized packet or [`DEADLINE`]. Errors end
-/// it quietly: the sentence also went to stderr and syslog.
-pub fn answer(input_fd: RawFd, mut input: impl Read, mut output: impl Write, message: &str) {
+/// it quietly: the sentence also went to stderr and syslog. The fd is read
+/// unbuffered (each read follows a `poll` of it) and not closed.
+pub fn answer(input_fd: RawFd, mut output: impl Write, message: &str) {
+    // SAFETY: the caller lends us `input_fd` for the call; ManuallyDrop
+    // keeps it open afterwards (we only read through it).
+    let file = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(input_fd) });
+    let mut input: &std::fs::File = &file;
     let deadline = Instant::now() + DEADLINE;
     let mut read_exact = |buf: &mut [u8]| -> bool {
         let mut got = 0;
@@ -199,7 +204,7 @@ mod tests {
         drop(w);
         let mut out = Vec::new();
         use std::os::fd::AsRawFd;
-        answer(r.as_raw_fd(), &r, &mut out, "no");
+        answer(r.as_raw_fd(), &mut out, "no");
         assert_eq!(decode_all(&out).len(), 2);
     }
 }
