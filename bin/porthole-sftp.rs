@@ -19,14 +19,12 @@ fn main() {
                 };
                 // Only a pipe (or nothing) is taken: the flag comes from the
                 // session shell, which passes the write end it made.
-                // SAFETY: fstat on an integer fd with a pointer to a local
-                // struct; all-zero is a valid `stat`.
+                // SAFETY: all-zero is a valid `stat` (integers only).
                 let mut st: libc::stat = unsafe { std::mem::zeroed() };
-                // SAFETY: see above.
-                if fd > 2
-                    && unsafe { libc::fstat(fd, &mut st) } == 0
-                    && st.st_mode & libc::S_IFMT == libc::S_IFIFO
-                {
+                // SAFETY: fstat on an integer fd with a pointer to a live,
+                // writable local struct.
+                let fstat_ok = fd > 2 && unsafe { libc::fstat(fd, &mut st) } == 0;
+                if fstat_ok && st.st_mode & libc::S_IFMT == libc::S_IFIFO {
                     // SAFETY: the fd is open (fstat succeeded) and nothing
                     // else in this process owns it.
                     events = Some(unsafe { std::fs::File::from_raw_fd(fd) });

@@ -567,3 +567,112 @@ fn an_idle_sftp_session_is_closed() {
     let _ = child.wait();
     assert!(end.u64("bytes_in").unwrap() > 0);
 }
+
+/// Copies host programs and the shared libraries they need into the
+/// instance's rootfs (an image with OpenSSH's sftp-server).
+fn with_host_programs(mut opts: InstanceOpts, programs: &[&str]) -> InstanceOpts {
+    let mut files = std::collections::BTreeSet::new();
+    for p in programs {
+        files.insert(p.to_string());
+        let out = util::run_ok(Command::new("ldd").arg(p));
+        for l in util::lossy(&out.stdout).lines() {
+            if let Some(path) = l.split_whitespace().find(|w| w.starts_with('/')) {
+                files.insert(path.to_owned());
+            }
+        }
+    }
+    for f in files {
+        let bytes = std::fs::read(&f).unwrap_or_else(|e| panic!("{f}: {e}"));
+        opts = opts.file(&f, bytes, 0o755);
+    }
+    opts
+}
+
+/// What a tree holds, for comparing: relative path, kind, mode, size or
+/// link target.
+fn tree_listing(root: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().flatten().collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            if m.file_type().is_symlink() {
+                out.push(format!(
+                    "{rel} -> {}",
+                    std::fs::read_link(&p).unwrap().display()
+                ));
+            } else if m.is_dir() {
+                out.push(format!("{rel}/ {:o}", m.mode() & 0o7777));
+                walk(root, &p, out);
+            } else {
+                out.push(format!("{rel} {:o} {}", m.mode() & 0o7777, m.len()));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out
+}
+
+#[test]
+fn the_batch_gives_the_same_results_as_openssh_sftp_server() {
+    // Interop: the same batch against porthole-sftp (an image without a
+    // server) and OpenSSH's sftp-server (an image with one, preferred).
+    let w = world_with(TestHostOpts::default().set("session.sftp_prefer_image", true));
+    let ours = app_instance(&w);
+    let theirs = Instance::start(
+        &w.host,
+        "srv-web1",
+        "bbbbb",
+        with_host_programs(
+            InstanceOpts::default().app_user(),
+            &["/usr/lib/openssh/sftp-server"],
+        ),
+    );
+    let src = w.local("src");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    std::fs::write(src.join("one.txt"), b"one\n").unwrap();
+    std::fs::write(src.join("sub/two.bin"), pattern(100_000, 9)).unwrap();
+    let part = w.local("part.bin");
+    let whole = pattern(500_000, 10);
+    std::fs::write(&part, &whole[..123_456]).unwrap();
+    let full = w.local("full.bin");
+    std::fs::write(&full, &whole).unwrap();
+    let run = |login: &str| {
+        let got = w.local("got.bin");
+        let batch = format!(
+            "mkdir t\ncd t\nput -r {src} s\nput {part} r.bin\nreput {full} r.bin\n\
+             get r.bin {got}\nmkdir d\nrename s/one.txt d/1.txt\nchmod 640 d/1.txt\n\
+             symlink d/1.txt l\nln s/sub/two.bin hard\nrm s/sub/two.bin\nls -1\nls -1 d\n\
+             -rm nothing-here\n-rmdir d\n-mkdir d\npwd\n",
+            src = src.display(),
+            part = part.display(),
+            full = full.display(),
+            got = got.display(),
+        );
+        let (ok, out) = w.sftp_to(login, &batch);
+        assert!(ok, "{login}: {out}");
+        assert_eq!(std::fs::read(&got).unwrap(), whole, "{login}");
+        std::fs::remove_file(&got).unwrap();
+        out.lines()
+            .map(|l| l.trim_end().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let out_ours = run("srv-web1-aaaaa");
+    let out_theirs = run("srv-web1-bbbbb");
+    assert_eq!(out_ours, out_theirs);
+    let t_ours = tree_listing(&ours.rootfs().join("home/app/t"));
+    let t_theirs = tree_listing(&theirs.rootfs().join("home/app/t"));
+    assert_eq!(t_ours, t_theirs);
+    assert!(t_ours.iter().any(|l| l == "l -> d/1.txt"), "{t_ours:?}");
+    // Which server ran: only porthole-sftp reports per-file events.
+    let writes = w.events("sftp.write");
+    assert!(writes
+        .iter()
+        .any(|e| e.str("instance") == Some("srv-web1-aaaaa")));
+    assert!(!writes
+        .iter()
+        .any(|e| e.str("instance") == Some("srv-web1-bbbbb")));
+}

@@ -153,7 +153,8 @@ pub fn answer(input_fd: RawFd, mut output: impl Write, message: &str) {
     }
 }
 
-#[cfg(all(test, feature = "sftp"))]
+#[cfg(test)]
+#[cfg(feature = "sftp")]
 mod tests {
     use super::*;
     use bytes::Bytes;

@@ -142,13 +142,34 @@ fn status(id: u32, code: StatusCode, msg: impl Into<String>) -> Packet {
     })
 }
 
+/// A request that failed: its STATUS reply, kept small until it is sent.
+struct Failed {
+    id: u32,
+    code: StatusCode,
+    msg: String,
+}
+
+impl From<Failed> for Packet {
+    fn from(f: Failed) -> Packet {
+        status(f.id, f.code, f.msg)
+    }
+}
+
+fn fail(id: u32, code: StatusCode, msg: impl Into<String>) -> Failed {
+    Failed {
+        id,
+        code,
+        msg: msg.into(),
+    }
+}
+
 fn ok(id: u32) -> Packet {
     status(id, StatusCode::Ok, "Success")
 }
 
 /// The status for an I/O error: its kind as the code, its text (without
 /// Rust's "(os error N)") as the message.
-fn io_status(id: u32, e: &std::io::Error) -> Packet {
+fn io_fail(id: u32, e: &std::io::Error) -> Failed {
     use std::io::ErrorKind as K;
     let code = match e.kind() {
         K::NotFound => StatusCode::NoSuchFile,
@@ -157,11 +178,11 @@ fn io_status(id: u32, e: &std::io::Error) -> Packet {
     };
     let text = e.to_string();
     let text = text.split(" (os error").next().unwrap_or("Failure");
-    status(id, code, text)
+    fail(id, code, text)
 }
 
 /// What an I/O step gives: a reply either way.
-type Reply = Result<Packet, Packet>;
+type Reply = Result<Packet, Failed>;
 
 fn attrs_of(m: &Metadata) -> FileAttributes {
     FileAttributes {
@@ -393,13 +414,13 @@ fn extended_reply<T: serde::Serialize>(id: u32, value: &T) -> Reply {
                 data: b.to_vec(),
             })
         })
-        .map_err(|_| status(id, StatusCode::Failure, "cannot encode the reply"))
+        .map_err(|_| fail(id, StatusCode::Failure, "cannot encode the reply"))
 }
 
-fn decode_ext<T: serde::de::DeserializeOwned>(id: u32, data: Vec<u8>) -> Result<T, Packet> {
+fn decode_ext<T: serde::de::DeserializeOwned>(id: u32, data: Vec<u8>) -> Result<T, Failed> {
     let mut b = Bytes::from(data);
     russh_sftp::de::from_bytes(&mut b)
-        .map_err(|_| status(id, StatusCode::BadMessage, "malformed extended request"))
+        .map_err(|_| fail(id, StatusCode::BadMessage, "malformed extended request"))
 }
 
 impl<W: Write> Server<W> {
@@ -514,7 +535,7 @@ impl<W: Write> Server<W> {
             };
         }
         let r: Reply = match p {
-            Packet::Init(_) => Err(status(id, StatusCode::BadMessage, "already initialised")),
+            Packet::Init(_) => Err(fail(id, StatusCode::BadMessage, "already initialised")),
             Packet::Open(o) => self.open(o.id, &o.filename, o.pflags, &o.attrs),
             Packet::Close(c) => Ok(if self.close(&c.handle) {
                 ok(id)
@@ -530,7 +551,7 @@ impl<W: Write> Server<W> {
                         attrs: attrs_of(&m),
                     })
                 })
-                .map_err(|e| io_status(id, &e)),
+                .map_err(|e| io_fail(id, &e)),
             Packet::Stat(s) => fs::metadata(&s.path)
                 .map(|m| {
                     Packet::Attrs(Attrs {
@@ -538,7 +559,7 @@ impl<W: Write> Server<W> {
                         attrs: attrs_of(&m),
                     })
                 })
-                .map_err(|e| io_status(id, &e)),
+                .map_err(|e| io_fail(id, &e)),
             Packet::Fstat(s) => match self.handles.get(&s.handle) {
                 Some(Handle::File { file, .. }) => file
                     .metadata()
@@ -548,17 +569,17 @@ impl<W: Write> Server<W> {
                             attrs: attrs_of(&m),
                         })
                     })
-                    .map_err(|e| io_status(id, &e)),
-                _ => Err(status(id, StatusCode::Failure, "no such file handle")),
+                    .map_err(|e| io_fail(id, &e)),
+                _ => Err(fail(id, StatusCode::Failure, "no such file handle")),
             },
             Packet::SetStat(s) => apply_attrs(&s.path, None, &s.attrs)
                 .map(|()| ok(id))
-                .map_err(|e| io_status(id, &e)),
+                .map_err(|e| io_fail(id, &e)),
             Packet::FSetStat(s) => match self.handles.get(&s.handle) {
                 Some(Handle::File { file, path, .. }) => apply_attrs(path, Some(file), &s.attrs)
                     .map(|()| ok(id))
-                    .map_err(|e| io_status(id, &e)),
-                _ => Err(status(id, StatusCode::Failure, "no such file handle")),
+                    .map_err(|e| io_fail(id, &e)),
+                _ => Err(fail(id, StatusCode::Failure, "no such file handle")),
             },
             Packet::OpenDir(o) => match fs::read_dir(&o.path) {
                 Ok(entries) => Ok(self.new_handle(
@@ -569,7 +590,7 @@ impl<W: Write> Server<W> {
                         dots_sent: false,
                     },
                 )),
-                Err(e) => Err(io_status(id, &e)),
+                Err(e) => Err(io_fail(id, &e)),
             },
             Packet::ReadDir(r) => self.read_dir(id, &r.handle),
             Packet::Remove(r) => fs::remove_file(&r.filename)
@@ -578,14 +599,14 @@ impl<W: Write> Server<W> {
                     self.audit(FileEvent::Remove { path });
                     ok(id)
                 })
-                .map_err(|e| io_status(id, &e)),
+                .map_err(|e| io_fail(id, &e)),
             Packet::MkDir(m) => {
                 let mode = m.attrs.permissions.unwrap_or(0o777) & 0o7777;
                 fs::DirBuilder::new()
                     .mode(mode)
                     .create(&m.path)
                     .map(|()| ok(id))
-                    .map_err(|e| io_status(id, &e))
+                    .map_err(|e| io_fail(id, &e))
             }
             Packet::RmDir(r) => fs::remove_dir(&r.path)
                 .map(|()| {
@@ -593,12 +614,12 @@ impl<W: Write> Server<W> {
                     self.audit(FileEvent::Remove { path });
                     ok(id)
                 })
-                .map_err(|e| io_status(id, &e)),
+                .map_err(|e| io_fail(id, &e)),
             Packet::RealPath(r) => Ok(name_reply(id, &real_path(&r.path))),
             Packet::Rename(r) => {
                 // SFTP v3 rename never replaces (OpenSSH: link + unlink).
                 if fs::symlink_metadata(&r.newpath).is_ok() {
-                    Err(status(id, StatusCode::Failure, "the target exists"))
+                    Err(fail(id, StatusCode::Failure, "the target exists"))
                 } else {
                     self.rename(id, &r.oldpath, &r.newpath)
                 }
@@ -615,17 +636,17 @@ impl<W: Write> Server<W> {
                         }],
                     })
                 })
-                .map_err(|e| io_status(id, &e)),
+                .map_err(|e| io_fail(id, &e)),
             // OpenSSH's clients send (target, link) in that order; the
             // crate names the first field `linkpath`. Served as OpenSSH's
             // sftp-server does: symlink(first, second).
             Packet::Symlink(s) => std::os::unix::fs::symlink(&s.linkpath, &s.targetpath)
                 .map(|()| ok(id))
-                .map_err(|e| io_status(id, &e)),
+                .map_err(|e| io_fail(id, &e)),
             Packet::Extended(e) => self.extended(id, &e.request, e.data),
-            _ => Err(status(id, StatusCode::OpUnsupported, "not a request")),
+            _ => Err(fail(id, StatusCode::OpUnsupported, "not a request")),
         };
-        r.unwrap_or_else(|e| e)
+        r.unwrap_or_else(Packet::from)
     }
 
     fn open(&mut self, id: u32, name: &str, flags: OpenFlags, attrs: &FileAttributes) -> Reply {
@@ -635,10 +656,10 @@ impl<W: Write> Server<W> {
         if !flags.contains(OpenFlags::READ) && !flags.contains(OpenFlags::WRITE) {
             opts.read(true);
         }
-        let file = opts.open(name).map_err(|e| io_status(id, &e))?;
-        let meta = file.metadata().map_err(|e| io_status(id, &e))?;
+        let file = opts.open(name).map_err(|e| io_fail(id, &e))?;
+        let meta = file.metadata().map_err(|e| io_fail(id, &e))?;
         if meta.is_dir() {
-            return Err(status(id, StatusCode::Failure, "is a directory"));
+            return Err(fail(id, StatusCode::Failure, "is a directory"));
         }
         let writable = flags.contains(OpenFlags::WRITE) || flags.contains(OpenFlags::APPEND);
         let path = path_string(&lexical_absolute(name));
@@ -655,7 +676,7 @@ impl<W: Write> Server<W> {
 
     fn read(&mut self, id: u32, handle: &str, offset: u64, len: u32) -> Reply {
         let Some(Handle::File { file, .. }) = self.handles.get(handle) else {
-            return Err(status(id, StatusCode::Failure, "no such file handle"));
+            return Err(fail(id, StatusCode::Failure, "no such file handle"));
         };
         let mut buf = vec![0u8; len.min(MAX_IO) as usize];
         let mut got = 0;
@@ -664,12 +685,12 @@ impl<W: Write> Server<W> {
                 Ok(0) => break,
                 Ok(n) => got += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) if got == 0 => return Err(io_status(id, &e)),
+                Err(e) if got == 0 => return Err(io_fail(id, &e)),
                 Err(_) => break,
             }
         }
         if got == 0 && !buf.is_empty() {
-            return Err(status(id, StatusCode::Eof, "End of file"));
+            return Err(fail(id, StatusCode::Eof, "End of file"));
         }
         buf.truncate(got);
         Ok(Packet::Data(Data { id, data: buf }))
@@ -677,10 +698,10 @@ impl<W: Write> Server<W> {
 
     fn write(&mut self, id: u32, handle: &str, offset: u64, data: &[u8]) -> Reply {
         let Some(Handle::File { file, written, .. }) = self.handles.get_mut(handle) else {
-            return Err(status(id, StatusCode::Failure, "no such file handle"));
+            return Err(fail(id, StatusCode::Failure, "no such file handle"));
         };
         file.write_all_at(data, offset)
-            .map_err(|e| io_status(id, &e))?;
+            .map_err(|e| io_fail(id, &e))?;
         *written += data.len() as u64;
         Ok(ok(id))
     }
@@ -692,7 +713,7 @@ impl<W: Write> Server<W> {
             dots_sent,
         }) = self.handles.get_mut(handle)
         else {
-            return Err(status(id, StatusCode::Failure, "no such directory handle"));
+            return Err(fail(id, StatusCode::Failure, "no such directory handle"));
         };
         let mut files = Vec::new();
         if !*dots_sent {
@@ -717,13 +738,13 @@ impl<W: Write> Server<W> {
             }
         }
         if files.is_empty() {
-            return Err(status(id, StatusCode::Eof, "End of file"));
+            return Err(fail(id, StatusCode::Eof, "End of file"));
         }
         Ok(Packet::Name(Name { id, files }))
     }
 
     fn rename(&mut self, id: u32, from: &str, to: &str) -> Reply {
-        fs::rename(from, to).map_err(|e| io_status(id, &e))?;
+        fs::rename(from, to).map_err(|e| io_fail(id, &e))?;
         self.audit(FileEvent::Rename {
             from: path_string(&lexical_absolute(from)),
             to: path_string(&lexical_absolute(to)),
@@ -741,11 +762,11 @@ impl<W: Write> Server<W> {
                 let r: HardlinkExtension = decode_ext(id, data)?;
                 fs::hard_link(&r.oldpath, &r.newpath)
                     .map(|()| ok(id))
-                    .map_err(|e| io_status(id, &e))
+                    .map_err(|e| io_fail(id, &e))
             }
             "statvfs@openssh.com" => {
                 let r: StatvfsExtension = decode_ext(id, data)?;
-                let st = statvfs(&r.path).map_err(|e| io_status(id, &e))?;
+                let st = statvfs(&r.path).map_err(|e| io_fail(id, &e))?;
                 extended_reply(id, &st)
             }
             "fsync@openssh.com" => {
@@ -754,8 +775,8 @@ impl<W: Write> Server<W> {
                     Some(Handle::File { file, .. }) => file
                         .sync_all()
                         .map(|()| ok(id))
-                        .map_err(|e| io_status(id, &e)),
-                    _ => Err(status(id, StatusCode::Failure, "no such file handle")),
+                        .map_err(|e| io_fail(id, &e)),
+                    _ => Err(fail(id, StatusCode::Failure, "no such file handle")),
                 }
             }
             "limits@openssh.com" => extended_reply(
@@ -779,7 +800,7 @@ impl<W: Write> Server<W> {
                 };
                 Ok(name_reply(id, &real_path(&p)))
             }
-            other => Err(status(
+            other => Err(fail(
                 id,
                 StatusCode::OpUnsupported,
                 format!("unsupported extension {other}"),
