@@ -536,6 +536,7 @@ impl Config {
             ("log.socket", &self.log.socket),
             ("session.state_dir", &self.session.state_dir),
             ("session.keys_command", &self.session.keys_command),
+            ("session.sftp_binary", &self.session.sftp_binary),
         ];
         if let Some(t) = &cp.token_file {
             paths.push(("control_plane.token_file", t));

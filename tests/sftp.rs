@@ -676,3 +676,137 @@ fn the_batch_gives_the_same_results_as_openssh_sftp_server() {
         .iter()
         .any(|e| e.str("instance") == Some("srv-web1-bbbbb")));
 }
+
+/// Issue 17's benchmark: 1 GiB up and down with `scp` (SFTP mode) into the
+/// instance (porthole-sftp behind the session shell's relay) and into a
+/// plain sshd user on the same host (OpenSSH's sftp-server), interleaved.
+/// Reports only (`--ignored`); run it with release binaries:
+/// `cargo test --release --test sftp bench_ -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn bench_scp_one_gib_against_a_plain_sshd_user() {
+    let w = world_with(
+        TestHostOpts::default()
+            .set("limits.memory_reserve_mib", 0)
+            .set("cache.fresh_secs", 3600),
+    );
+    w.host.authorize_plainuser(&w.key);
+    // Room for the page cache of the file, as the plain user has.
+    let mut opts = InstanceOpts::default().app_user();
+    opts.memory_limit = 4 * 1024 * 1024 * 1024;
+    let i = Instance::start(&w.host, "srv-web1", "aaaaa", opts);
+    let size: usize = std::env::var("PORTHOLE_SFTP_BENCH_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024)
+        * 1024
+        * 1024;
+    let src = w.local("bench.bin");
+    std::fs::write(&src, pattern(size, 11)).unwrap();
+    let back = w.local("bench.back");
+    let mib = size as f64 / (1024.0 * 1024.0);
+    let mut rows = Vec::new();
+    for round in 0..2 {
+        for (who, remote, inside) in [
+            (
+                "porthole-sftp",
+                format!("{REMOTE}:bench.bin"),
+                i.rootfs().join("home/app/bench.bin"),
+            ),
+            (
+                "plain sshd user",
+                format!("{PLAIN_USER}@127.0.0.1:bench.bin"),
+                w.host.plain_home().join("bench.bin"),
+            ),
+        ] {
+            let t = Instant::now();
+            let up = w.scp(&[src.to_str().unwrap(), &remote]);
+            let up_s = t.elapsed().as_secs_f64();
+            assert!(up.status.success(), "{who} up: {}", both(&up));
+            let t = Instant::now();
+            let down = w.scp(&[&remote, back.to_str().unwrap()]);
+            let down_s = t.elapsed().as_secs_f64();
+            assert!(down.status.success(), "{who} down: {}", both(&down));
+            assert_eq!(std::fs::metadata(&back).unwrap().len(), size as u64);
+            std::fs::remove_file(&back).unwrap();
+            std::fs::remove_file(&inside).unwrap();
+            rows.push((round, who, mib / up_s, mib / down_s));
+        }
+    }
+    for (round, who, up, down) in &rows {
+        eprintln!("round {round} {who:>16}: up {up:6.1} MiB/s, down {down:6.1} MiB/s");
+    }
+    let avg = |who: &str, f: fn(&(i32, &str, f64, f64)) -> f64| {
+        let v: Vec<f64> = rows.iter().filter(|r| r.1 == who).map(f).collect();
+        v.iter().sum::<f64>() / v.len() as f64
+    };
+    let (pu, pd) = (avg("porthole-sftp", |r| r.2), avg("porthole-sftp", |r| r.3));
+    let (au, ad) = (
+        avg("plain sshd user", |r| r.2),
+        avg("plain sshd user", |r| r.3),
+    );
+    eprintln!(
+        "{mib:.0} MiB scp: porthole-sftp up {pu:.1} / down {pd:.1} MiB/s; plain sshd user up {au:.1} / down {ad:.1} MiB/s; ratio up {:.2}x, down {:.2}x (goal >= 0.9x)",
+        pu / au,
+        pd / ad
+    );
+}
+
+fn seccomp_profile(deny: &[&str]) -> serde_json::Value {
+    serde_json::json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+        "syscalls": [{"names": deny, "action": "SCMP_ACT_ERRNO"}]
+    })
+}
+
+#[test]
+fn the_instances_seccomp_profile_applies_and_one_without_execveat_is_refused() {
+    let w = world();
+    // A filtered instance: porthole-sftp runs under its filter.
+    let _f = Instance::start(
+        &w.host,
+        "srv-web1",
+        "aaaaa",
+        InstanceOpts::default()
+            .app_user()
+            .linux("seccomp", seccomp_profile(&["keyctl"])),
+    );
+    let before = sftp_server_pids();
+    let mut child = Command::new("sftp")
+        .args(w.client_opts())
+        .args(["-P", &w.host.port().to_string(), "-b", "-"])
+        .arg(REMOTE)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = util::wait_for(WAIT, || {
+        sftp_server_pids().into_iter().find(|p| !before.contains(p))
+    })
+    .expect("a porthole-sftp process");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    drop(child.stdin.take());
+    let _ = child.wait();
+    assert!(status.contains("Seccomp:\t2"), "{status}");
+    // A profile that denies execveat: refused before entering, with the
+    // sentence in sftp's output.
+    let _d = Instance::start(
+        &w.host,
+        "srv-web1",
+        "noexe",
+        InstanceOpts::default()
+            .app_user()
+            .linux("seccomp", seccomp_profile(&["execveat"])),
+    );
+    let (ok, out) = w.sftp_to("srv-web1-noexe", "ls\n");
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("the seccomp profile of instance srv-web1-noexe does not allow execveat"),
+        "{out}"
+    );
+    w.wait_event("session.rejected confinement", |e| {
+        e.is("session.rejected", &[("reason", "confinement")])
+    });
+}
