@@ -810,3 +810,34 @@ fn the_instances_seccomp_profile_applies_and_one_without_execveat_is_refused() {
         e.is("session.rejected", &[("reason", "confinement")])
     });
 }
+
+#[test]
+fn an_instance_stop_closes_an_sftp_session() {
+    let w = world();
+    let i = app_instance(&w);
+    let before = sftp_server_pids();
+    let mut child = Command::new("sftp")
+        .args(w.client_opts())
+        .args(["-P", &w.host.port().to_string(), "-b", "-"])
+        .arg(REMOTE)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    util::wait_for(WAIT, || {
+        sftp_server_pids().into_iter().find(|p| !before.contains(p))
+    })
+    .expect("a porthole-sftp process");
+    i.kill();
+    w.wait_event("session.end instance_stopped", |e| {
+        e.is("session.end", &[("reason", "instance_stopped")])
+    });
+    // The client notices at its next request (it waits for its batch).
+    use std::io::Write;
+    let mut stdin = child.stdin.take().unwrap();
+    let _ = stdin.write_all(b"ls\n");
+    drop(stdin);
+    let st = util::wait_for(WAIT, || child.try_wait().unwrap());
+    assert!(st.is_some_and(|s| !s.success()), "{st:?}");
+}
