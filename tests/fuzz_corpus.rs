@@ -106,6 +106,11 @@ fn corpus_config() {
     replay("config");
 }
 
+#[test]
+fn corpus_sftp_events() {
+    replay("sftp_events");
+}
+
 /// The key-rendering corpus: every property, and every rendered line read
 /// back by `ssh-keygen -l -f` with the fingerprint porthole computed.
 #[test]
