@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 secs="${1:-60}"
-targets="${TARGETS:-names api keys container user_auth runtime config picker replay}"
+targets="${TARGETS:-names api keys container user_auth runtime config picker replay sftp_events}"
 
 export PATH="$HOME/.cargo/bin:$PATH"
 if ! command -v cargo-fuzz >/dev/null 2>&1; then

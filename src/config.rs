@@ -132,6 +132,14 @@ pub struct Session {
     pub fallback_shell: String,
     /// Subsystem command sshd passes for sftp; mapped to the container's server.
     pub sftp_server_paths: Vec<String>,
+    /// porthole's own SFTP server (static), copied into a sealed memfd for
+    /// each sftp session and run inside the instance. Must be a root-owned
+    /// regular file writable by no one else.
+    pub sftp_binary: PathBuf,
+    /// Run the image's own sftp-server (the first of `sftp_server_paths`
+    /// it has) instead of `sftp_binary` where there is one. Off: every
+    /// image gets the same server, with per-file audit events.
+    pub sftp_prefer_image: bool,
     /// Root-owned runtime directory: live sessions, slots, drains.
     pub state_dir: PathBuf,
     /// The picker (`ssh srv@host`, issue 20): the session shell runs it
@@ -674,6 +682,8 @@ impl Default for Session {
                 "/usr/lib/ssh/sftp-server".into(),
                 "/usr/libexec/openssh/sftp-server".into(),
             ],
+            sftp_binary: "/usr/lib/porthole/porthole-sftp".into(),
+            sftp_prefer_image: false,
             state_dir: "/run/porthole".into(),
             picker_command: "/usr/lib/porthole/porthole-picker".into(),
         }
@@ -772,6 +782,7 @@ impl Config {
             ("session.state_dir", &self.session.state_dir),
             ("session.keys_command", &self.session.keys_command),
             ("session.picker_command", &self.session.picker_command),
+            ("session.sftp_binary", &self.session.sftp_binary),
         ];
         if let Some(t) = &cp.token_file {
             paths.push(("control_plane.token_file", t));

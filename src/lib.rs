@@ -36,5 +36,6 @@ pub mod fleet;
 pub mod keys_hook;
 pub mod picker;
 pub mod session;
+pub mod sftp;
 #[cfg(feature = "web")]
 pub mod web;

@@ -46,6 +46,28 @@ fn the_setuid_shell_links_no_http_or_async_code() {
     }
 }
 
+/// porthole-sftp (issue 17) uses only russh-sftp's packet types: none of
+/// its async server (tokio) nor any HTTP code is linked into it, and the
+/// protocol crate is not linked into the setuid shell (which answers a
+/// refused sftp client with two hand-encoded packet types).
+#[test]
+fn the_sftp_server_links_no_async_code_and_the_shell_no_sftp_crate() {
+    let sftp = fs::read(env!("CARGO_BIN_EXE_porthole-sftp")).unwrap();
+    let shell = fs::read(env!("CARGO_BIN_EXE_porthole-shell")).unwrap();
+    // Control: the server does link the protocol crate, and the check sees it.
+    assert!(
+        links_crate(&sftp, "russh_sftp"),
+        "control: no russh_sftp symbol found in porthole-sftp"
+    );
+    assert!(!links_crate(&shell, "russh_sftp"));
+    for krate in NETWORK_CRATES {
+        assert!(
+            !links_crate(&sftp, krate),
+            "porthole-sftp links {krate}: it runs inside instances and needs no async or HTTP code"
+        );
+    }
+}
+
 #[test]
 fn the_nss_module_imports_no_network_thread_or_process_call() {
     let lib = Path::new(env!("CARGO_BIN_EXE_porthole-shell"))

@@ -116,6 +116,11 @@ fn corpus_replay() {
     replay("replay");
 }
 
+#[test]
+fn corpus_sftp_events() {
+    replay("sftp_events");
+}
+
 /// The key-rendering corpus: every property, and every rendered line read
 /// back by `ssh-keygen -l -f` with the fingerprint porthole computed.
 #[test]

@@ -2991,3 +2991,138 @@ fn history_with_escape_sequences_in_the_header() {
         "{out}"
     );
 }
+
+// ----- hostile SFTP packets (issue 17) ------------------------------------------
+//
+// porthole-sftp runs inside the instance as its user, so what a hostile
+// client can reach is only what that user can; still, every malformed input
+// gets a clean SFTP status (never a crash, a hang or a huge allocation), and
+// the session and the instance stay usable.
+
+fn sftp_packet(body: &[u8]) -> Vec<u8> {
+    let mut v = (body.len() as u32).to_be_bytes().to_vec();
+    v.extend_from_slice(body);
+    v
+}
+
+const SFTP_INIT: [u8; 5] = [1, 0, 0, 0, 3];
+
+/// The (type, request id, status code) of each reply packet; the status
+/// code only for SSH_FXP_STATUS.
+fn sftp_replies(mut b: &[u8]) -> Vec<(u8, u32, Option<u32>)> {
+    let mut out = Vec::new();
+    while b.len() >= 5 {
+        let len = u32::from_be_bytes(b[..4].try_into().unwrap()) as usize;
+        let body = &b[4..4 + len];
+        let word = |o: usize| u32::from_be_bytes(body[o..o + 4].try_into().unwrap());
+        let (ty, id) = (body[0], if body.len() >= 5 { word(1) } else { 0 });
+        out.push((ty, id, (ty == 101).then(|| word(5))));
+        b = &b[4 + len..];
+    }
+    out
+}
+
+/// Sends `bytes` on the sftp subsystem of the instance; the raw replies.
+fn raw_sftp(b: &Bastion, bytes: Vec<u8>) -> SshRun {
+    b.host
+        .ssh_cmd(INSTANCE, &b.key)
+        .flags(&["-s"])
+        .arg("sftp")
+        .stdin(bytes)
+        .run()
+}
+
+/// The normal session after a hostile one: sftp still works, and the
+/// session that received the hostile packets ended and was audited.
+fn assert_sftp_still_works(b: &Bastion, i: &Instance) {
+    let mut input = sftp_packet(&SFTP_INIT);
+    let mut rp = vec![16, 0, 0, 0, 9, 0, 0, 0, 1];
+    rp.push(b'.');
+    input.extend(sftp_packet(&rp));
+    let r = raw_sftp(b, input);
+    let replies = sftp_replies(&r.output.stdout);
+    assert_eq!(
+        replies.get(1).map(|r| (r.0, r.1)),
+        Some((104, 9)),
+        "{}",
+        r.describe()
+    );
+    assert!(i.status().as_deref() == Some("running"));
+    b.host.expect_event(
+        "session.end of the sftp sessions",
+        |e| e.name() == "session.end",
+        WAIT,
+    );
+}
+
+#[test]
+fn sftp_packet_with_a_huge_length() {
+    let (b, i) = shell_world();
+    let mut input = sftp_packet(&SFTP_INIT);
+    // 4 GiB announced: refused before anything is allocated for it.
+    input.extend_from_slice(&0xffff_fff0u32.to_be_bytes());
+    input.extend_from_slice(&[3; 64]);
+    let r = raw_sftp(&b, input);
+    let replies = sftp_replies(&r.output.stdout);
+    assert_eq!(replies[0].0, 2, "VERSION first: {}", r.describe());
+    // SSH_FX_BAD_MESSAGE (5), then the server ends the session.
+    assert_eq!(replies.get(1), Some(&(101, 0, Some(5))), "{}", r.describe());
+    assert!(!r.timed_out);
+    assert_sftp_still_works(&b, &i);
+}
+
+#[test]
+fn sftp_packet_of_zero_length() {
+    let (b, i) = shell_world();
+    let mut input = sftp_packet(&SFTP_INIT);
+    input.extend_from_slice(&[0, 0, 0, 0]);
+    let r = raw_sftp(&b, input);
+    let replies = sftp_replies(&r.output.stdout);
+    assert_eq!(replies.get(1), Some(&(101, 0, Some(5))), "{}", r.describe());
+    assert_sftp_still_works(&b, &i);
+}
+
+#[test]
+fn sftp_packet_with_a_malformed_body() {
+    let (b, i) = shell_world();
+    let mut input = sftp_packet(&SFTP_INIT);
+    // OPEN id 6 whose file name claims 4 GiB inside a 10-byte packet.
+    input.extend(sftp_packet(&[3, 0, 0, 0, 6, 0xff, 0xff, 0xff, 0xf0, b'a']));
+    // A WRITE id 7 to a handle that was never opened.
+    let mut w = vec![6, 0, 0, 0, 7, 0, 0, 0, 2, b'4', b'2'];
+    w.extend_from_slice(&[0; 8]);
+    w.extend_from_slice(&[0, 0, 0, 1, b'x']);
+    input.extend(sftp_packet(&w));
+    // A valid STAT id 8 afterwards is still answered.
+    input.extend(sftp_packet(&[17, 0, 0, 0, 8, 0, 0, 0, 1, b'/']));
+    let r = raw_sftp(&b, input);
+    let replies = sftp_replies(&r.output.stdout);
+    assert_eq!(replies.get(1), Some(&(101, 6, Some(5))), "{}", r.describe());
+    assert_eq!(replies.get(2), Some(&(101, 7, Some(4))), "{}", r.describe());
+    assert_eq!(
+        replies.get(3).map(|r| (r.0, r.1)),
+        Some((105, 8)),
+        "{}",
+        r.describe()
+    );
+    assert!(r.success(), "{}", r.describe());
+    assert_sftp_still_works(&b, &i);
+}
+
+#[test]
+fn sftp_packet_of_an_unknown_type() {
+    let (b, i) = shell_world();
+    let mut input = sftp_packet(&SFTP_INIT);
+    input.extend(sftp_packet(&[99, 0, 0, 0, 5, 1, 2, 3]));
+    // An unknown extension, too.
+    let mut ext = vec![200, 0, 0, 0, 6, 0, 0, 0, 12];
+    ext.extend_from_slice(b"evil@example");
+    input.extend(sftp_packet(&ext));
+    let r = raw_sftp(&b, input);
+    let replies = sftp_replies(&r.output.stdout);
+    // SSH_FX_OP_UNSUPPORTED (8) for both, and the session ends cleanly.
+    assert_eq!(replies.get(1), Some(&(101, 5, Some(8))), "{}", r.describe());
+    assert_eq!(replies.get(2), Some(&(101, 6, Some(8))), "{}", r.describe());
+    assert!(r.success(), "{}", r.describe());
+    assert_sftp_still_works(&b, &i);
+}

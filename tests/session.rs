@@ -534,9 +534,13 @@ fn unusable_login_shell_falls_back_to_sh_with_a_notice() {
 }
 
 #[test]
-fn sftp_without_a_server_in_the_image_is_explained() {
+fn sftp_without_a_server_is_explained_in_the_protocol() {
     let w = world();
     let _i = Instance::start(&w.host, "srv-web1", "aaaaa", app(InstanceOpts::default()));
+    // The image has no sftp-server and porthole-sftp is not installed.
+    let missing = w.host.dir().join("bin/no-such-porthole-sftp");
+    w.host
+        .set_config("session.sftp_binary", missing.display().to_string());
     // The real sftp client asks for the "sftp" subsystem.
     let out = util::run_with_timeout(
         std::process::Command::new("sftp")
@@ -559,8 +563,13 @@ fn sftp_without_a_server_in_the_image_is_explained() {
     )
     .output;
     assert!(!out.status.success(), "{}", util::lossy(&out.stdout));
-    // sshd does not forward a subsystem's stderr, so the sentence reaches
-    // the admin's log; the client sees the connection close at once.
+    // sshd does not forward a subsystem's stderr: the shell answers the
+    // client's SFTP requests with the sentence (sftp prints it).
+    let said = util::lossy(&out.stderr);
+    assert!(
+        said.contains("sftp is not available on this host"),
+        "{said}"
+    );
     let e = w.host.expect_event(
         "session.rejected no_sftp",
         |e| e.name() == "session.rejected" && e.str("reason") == Some("no_sftp"),
@@ -568,7 +577,7 @@ fn sftp_without_a_server_in_the_image_is_explained() {
     );
     let msg = e.str("message").unwrap();
     assert!(
-        msg.contains("sftp is not available: instance srv-web1-aaaaa has no sftp-server"),
+        msg.contains("sftp is not available on this host") && msg.contains("no-such-porthole-sftp"),
         "{msg}"
     );
 }

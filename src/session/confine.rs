@@ -580,6 +580,25 @@ pub fn seccomp_for(
     }
 }
 
+/// Whether the instance's seccomp profile (from its bundle's config.json)
+/// surely lets the session call `name` (with any arguments). No profile:
+/// yes. A rule without conditions decides; otherwise the default action,
+/// and then only if every conditional rule for it allows too. Used before
+/// entering for `execveat`, which starts porthole-sftp (issue 17).
+pub fn allows_syscall(config: Option<&[u8]>, name: &str) -> bool {
+    let p = match config.map(parse_profile) {
+        None | Some(Ok(None)) => return true,
+        Some(Err(_)) => return false,
+        Some(Ok(Some(p))) => p,
+    };
+    let allowed = |a: &Action| matches!(a, Action::Allow | Action::Log);
+    let rules: Vec<&Rule> = p.rules.iter().filter(|r| r.name == name).collect();
+    if let Some(r) = rules.iter().find(|r| r.conditions.is_empty()) {
+        return allowed(&r.action);
+    }
+    allowed(&p.default) && rules.iter().all(|r| allowed(&r.action))
+}
+
 /// Parses the LSM label of a process from its `attr/current` text.
 /// AppArmor: `profile (enforce)` → the profile; `unconfined` → none.
 pub fn parse_label(lsm: &str, current: &str) -> Option<LsmLabel> {
@@ -728,6 +747,20 @@ mod tests {
 
     fn profile(json: &str) -> Result<Option<Profile>, ConfineError> {
         parse_profile(json.as_bytes())
+    }
+
+    #[test]
+    fn execveat_is_allowed_only_when_the_profile_surely_allows_it() {
+        let allow_all = br#"{"linux":{"seccomp":{"defaultAction":"SCMP_ACT_ALLOW"}}}"#;
+        let deny_one = br#"{"linux":{"seccomp":{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["execveat"],"action":"SCMP_ACT_ERRNO"}]}}}"#;
+        let allow_list = br#"{"linux":{"seccomp":{"defaultAction":"SCMP_ACT_ERRNO","syscalls":[{"names":["execve","execveat"],"action":"SCMP_ACT_ALLOW"}]}}}"#;
+        let no_execveat = br#"{"linux":{"seccomp":{"defaultAction":"SCMP_ACT_ERRNO","syscalls":[{"names":["execve"],"action":"SCMP_ACT_ALLOW"}]}}}"#;
+        assert!(allows_syscall(None, "execveat"));
+        assert!(allows_syscall(Some(b"{}"), "execveat"));
+        assert!(allows_syscall(Some(allow_all), "execveat"));
+        assert!(!allows_syscall(Some(deny_one), "execveat"));
+        assert!(allows_syscall(Some(allow_list), "execveat"));
+        assert!(!allows_syscall(Some(no_execveat), "execveat"));
     }
 
     #[test]

@@ -535,9 +535,11 @@ fn spawn_refresh(cfg: &Config, service: &ServiceId) -> Result<i32, RefreshError>
     let max_fd = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
         .map(|(soft, _)| soft.min(65_536) as i32)
         .unwrap_or(1024);
-    // SAFETY: the supervisor is single-threaded; the child only makes
+    // SAFETY: the supervisor is single-threaded (an sftp session adds only
+    // its audit thread, see shell::sftp_audit); the child only makes
     // async-signal-safe calls on memory prepared above, then execs or
-    // _exits. Everything it needs (argv, envp, ids, fd) exists already.
+    // _exits, so no lock another thread held at the fork is ever needed.
+    // Everything it needs (argv, envp, ids, fd) exists already.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         return Err(RefreshError::Spawn(

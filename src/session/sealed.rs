@@ -72,7 +72,7 @@ pub fn is_sealed_self() -> bool {
     seals >= 0 && seals & SEALS == SEALS
 }
 
-fn memfd() -> std::io::Result<OwnedFd> {
+fn memfd(name: &CStr) -> std::io::Result<OwnedFd> {
     let mut last = std::io::Error::from_raw_os_error(libc::EINVAL);
     for flags in [
         libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING | MFD_EXEC,
@@ -81,7 +81,7 @@ fn memfd() -> std::io::Result<OwnedFd> {
         libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
     ] {
         // SAFETY: the name is NUL-terminated and outlives the call.
-        let fd = unsafe { libc::memfd_create(MEMFD_NAME.as_ptr(), flags) };
+        let fd = unsafe { libc::memfd_create(name.as_ptr(), flags) };
         if fd >= 0 {
             // SAFETY: memfd_create just returned this fd; nothing else owns it.
             return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
@@ -94,10 +94,17 @@ fn memfd() -> std::io::Result<OwnedFd> {
 /// Copies the running executable into a sealed memfd.
 pub fn sealed_copy() -> Result<OwnedFd, SealError> {
     let mut src = File::open("/proc/self/exe").map_err(step("open /proc/self/exe"))?;
-    let fd = memfd().map_err(step("memfd_create"))?;
+    sealed_copy_of(&mut src, MEMFD_NAME)
+}
+
+/// Copies `src` (an executable the caller opened and checked) into a
+/// memfd named `name`, sealed like our own copy. The session shell runs
+/// porthole-sftp from one of these inside an instance (issue 17).
+pub fn sealed_copy_of(src: &mut File, name: &CStr) -> Result<OwnedFd, SealError> {
+    let fd = memfd(name).map_err(step("memfd_create"))?;
     let mut dst = File::from(fd);
     // std::io::copy uses copy_file_range/sendfile where it can.
-    std::io::copy(&mut src, &mut dst).map_err(step("copying the executable"))?;
+    std::io::copy(src, &mut dst).map_err(step("copying the executable"))?;
     dst.flush().map_err(step("copying the executable"))?;
     // SAFETY: fcntl with integer arguments on an fd we own.
     if unsafe { libc::fcntl(dst.as_raw_fd(), libc::F_ADD_SEALS, SEALS) } != 0 {

@@ -618,9 +618,20 @@ pub fn run(cfg: &Config, log: &Logger, h: &Handover) -> i32 {
         h
     };
     let cx = Context::new(cfg, log, h);
+    // An sftp client shows only protocol errors: a refusal is also said
+    // in SFTP (issue 17).
+    let sftp = classify_request(h, &cfg.session.sftp_server_paths) == Request::Sftp;
+    let refused = |r: &Refusal, who| {
+        let code = cx.reject(r, who);
+        if sftp {
+            let sentence = format!("porthole: {}", r.message);
+            crate::sftp::refuse::answer(0, std::io::stdout().lock(), &sentence);
+        }
+        code
+    };
     let login = match authorize(cfg, h) {
         Ok(login) => login,
-        Err(r) => return cx.reject(&r, picker_who.as_ref()),
+        Err(r) => return refused(&r, picker_who.as_ref()),
     };
     // From here on the key is known: a refusal names its owner.
     let result = match destination(cfg, &login) {
@@ -637,7 +648,7 @@ pub fn run(cfg: &Config, log: &Logger, h: &Handover) -> i32 {
     };
     match result {
         Ok(code) => code,
-        Err(r) => cx.reject(&r, Some(&login.identity)),
+        Err(r) => refused(&r, Some(&login.identity)),
     }
 }
 
@@ -834,7 +845,7 @@ fn hop_session(
 /// registration until the end is logged.
 fn enter_and_supervise(cx: &Context<'_>, login: &Authorized) -> Result<i32, Refusal> {
     let instance = find_instance(cx, login)?;
-    let (pinned, plan) = prepare(cx, login, &instance)?;
+    let (pinned, mut plan) = prepare(cx, login, &instance)?;
     sweep(cx);
     let limits = crate::session::limits::effective(&cx.cfg.limits, login.service_limits.as_ref());
     let admitted = admit(
@@ -849,7 +860,11 @@ fn enter_and_supervise(cx: &Context<'_>, login: &Authorized) -> Result<i32, Refu
     let session_id = record.id.clone();
     let mut registration = register(cx, &record)?;
     let recorded = record.clone();
+    let events = sftp_event_pipe(&mut plan)?;
     let spawned = spawn(&pinned, &plan, &instance, &mut registration, record)?;
+    // Only porthole-sftp holds the write end now: EOF when it is gone.
+    drop(plan.pass_fd.take());
+    let audit = events.map(|r| sftp_audit(cx, login, &instance, &session_id, r));
     // After the fork: the recorder's writer is a thread (entering forks a
     // single-threaded process).
     let recorder = crate::session::record::for_session(cx.cfg, cx.log, login.recording, &recorded);
@@ -864,6 +879,12 @@ fn enter_and_supervise(cx: &Context<'_>, login: &Authorized) -> Result<i32, Refu
     );
     let controls = controls(cx, login, &instance, &session_id, &limits);
     let outcome = supervise::run_recorded(spawned, &pinned.pidfd, controls, recorder);
+    if let Some(done) = audit {
+        // Its last lines come at porthole-sftp's exit; a writer that keeps
+        // the pipe open (a process of the instance that took the fd) does
+        // not hold the end of the session.
+        let _ = done.recv_timeout(std::time::Duration::from_secs(2));
+    }
     drop(admitted);
     Ok(end(
         cx,
@@ -1119,6 +1140,20 @@ fn plan_entry(
     let env_config = inst.bundle.as_ref().and(config.as_deref());
     let env = environment(h, inst, env_config, &user, tty);
     let confinement = confinement(inst, &pinned, &status, config.as_deref())?;
+    let program_fd = if *req == Request::Sftp && program == OWN_SFTP {
+        if !crate::session::confine::allows_syscall(config.as_deref(), "execveat") {
+            return Err(refuse(
+                RefusalReason::Confinement,
+                format!(
+                    "sftp is not available: the seccomp profile of instance {} does not allow execveat, which starts porthole's sftp server",
+                    inst.name()
+                ),
+            ));
+        }
+        Some(own_sftp(cfg)?)
+    } else {
+        None
+    };
     let host_proc = match confinement.lsm {
         Some(_) => Some(crate::session::confine::host_proc().map_err(|e| {
             refuse(
@@ -1151,6 +1186,8 @@ fn plan_entry(
         cgroups,
         confinement,
         host_proc,
+        program_fd,
+        pass_fd: None,
     };
     Ok((pinned, plan, user.notices))
 }
@@ -1291,23 +1328,136 @@ fn command_line(
             vec![shell.to_owned(), "-c".into(), cmd.clone()],
         ),
         Request::Sftp => {
-            let server = cfg
+            let image = cfg
                 .session
                 .sftp_server_paths
                 .iter()
-                .find(|p| container::usable_shell(&pinned.root, p))
-                .ok_or_else(|| {
-                    refuse(
-                        RefusalReason::NoSftp,
-                        format!(
-                            "sftp is not available: instance {} has no sftp-server; use scp -O or rsync if the image has them",
-                            inst.name()
-                        ),
-                    )
-                })?;
-            (server.clone(), vec![server.clone()])
+                .find(|p| container::usable_shell(&pinned.root, p));
+            match image {
+                Some(server) if cfg.session.sftp_prefer_image => {
+                    (server.clone(), vec![server.clone()])
+                }
+                // porthole-sftp, from its sealed copy (`plan_entry`).
+                _ => (OWN_SFTP.to_owned(), vec![OWN_SFTP.to_owned()]),
+            }
         }
     })
+}
+
+/// The program name of porthole's own SFTP server. Never looked up in the
+/// container: a plan with it always carries the sealed copy (`own_sftp`).
+const OWN_SFTP: &str = "porthole-sftp";
+
+/// A sealed memfd copy of `session.sftp_binary`, made as root on the host
+/// before entering: a root-owned executable regular file that no one else
+/// may write, opened without following a final symlink.
+fn own_sftp(cfg: &Config) -> Result<std::os::fd::OwnedFd, Refusal> {
+    use std::os::unix::fs::MetadataExt;
+    let path = &cfg.session.sftp_binary;
+    let unavailable = |why: String| {
+        refuse(
+            RefusalReason::NoSftp,
+            format!("sftp is not available on this host: {why}"),
+        )
+    };
+    let mut f = container::open_host_regular(path)
+        .map_err(|e| unavailable(format!("{}: {e}", path.display())))?;
+    let m = f
+        .metadata()
+        .map_err(|e| unavailable(format!("{}: {e}", path.display())))?;
+    if m.uid() != 0 || m.mode() & 0o022 != 0 || m.mode() & 0o111 == 0 {
+        return Err(unavailable(format!(
+            "{} must be a root-owned executable writable only by root",
+            path.display()
+        )));
+    }
+    crate::session::sealed::sealed_copy_of(&mut f, c"porthole-sftp")
+        .map_err(|e| unavailable(e.to_string()))
+}
+
+/// For porthole-sftp: the pipe its audit lines come back on. The write end
+/// goes into the plan (kept across exec, its number in argv), the read end
+/// is returned for [`sftp_audit`].
+fn sftp_event_pipe(plan: &mut Plan) -> Result<Option<std::os::fd::OwnedFd>, Refusal> {
+    use std::os::fd::AsRawFd;
+    if plan.program_fd.is_none() {
+        return Ok(None);
+    }
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| {
+        refuse(
+            RefusalReason::EnterFailed,
+            format!("cannot make the sftp event pipe: {e}"),
+        )
+    })?;
+    let arg = |s: String| CString::new(s).unwrap_or_default();
+    plan.argv.push(arg("--events-fd".into()));
+    plan.argv.push(arg(w.as_raw_fd().to_string()));
+    plan.pass_fd = Some(w);
+    Ok(Some(r))
+}
+
+/// Logs porthole-sftp's per-file lines (`sftp::events`) as `sftp.write`,
+/// `sftp.remove` and `sftp.rename` events, from a thread of its own (the
+/// supervisor's loop stays as it is; nothing forks after this point). The
+/// lines are the instance's claims, parsed strictly and bounded. The
+/// receiver gets a message when the pipe is done.
+fn sftp_audit(
+    cx: &Context<'_>,
+    login: &Authorized,
+    instance: &Instance,
+    session_id: &str,
+    events: std::os::fd::OwnedFd,
+) -> std::sync::mpsc::Receiver<()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let log = Logger::syslog_only("porthole-shell", &cx.cfg.log.socket);
+    let base = [
+        ("service", login.target.service.to_string()),
+        ("instance", instance.name()),
+        ("owner", login.identity.owner.clone()),
+        ("session_id", session_id.to_owned()),
+    ];
+    let spawned = std::thread::Builder::new()
+        .name("sftp-audit".into())
+        .spawn(move || {
+            let with_base = |mut ev: Event| {
+                for (k, v) in &base {
+                    ev = ev.field(k, v.as_str());
+                }
+                ev
+            };
+            let skipped = crate::sftp::events::relay(std::fs::File::from(events), |e| {
+                use crate::sftp::events::FileEvent;
+                let ev = with_base(Event::new(e.name(), Severity::Info));
+                log.emit(&match e {
+                    FileEvent::Write { path, bytes } => ev.field("path", path).field("bytes", bytes),
+                    FileEvent::Remove { path } => ev.field("path", path),
+                    FileEvent::Rename { from, to } => ev.field("path", from).field("to", to),
+                });
+            });
+            if skipped != crate::sftp::events::Skipped::default() {
+                log.emit(
+                    &with_base(Event::new("sftp.events_skipped", Severity::Warning))
+                        .field("malformed", skipped.malformed)
+                        .field("over_limit", skipped.over_limit)
+                        .field(
+                            "message",
+                            "porthole-sftp sent audit lines that were malformed or over the per-session limit",
+                        ),
+                );
+            }
+            let _ = tx.send(());
+        });
+    if spawned.is_err() {
+        cx.log.emit(
+            &Event::new("sftp.events_skipped", Severity::Warning)
+                .field("session_id", session_id)
+                .field(
+                    "message",
+                    "cannot start the sftp audit thread: per-file events are not logged",
+                ),
+        );
+    }
+    rx
 }
 
 /// The instance's own environment, with the login variables set for the
@@ -1704,6 +1854,7 @@ fn controls<'a>(
         close_message: Box::new(move || registry::close_message(&cfg.session.state_dir, &sid)),
         // A web-shell session has no key to watch (its ticket was single use).
         key_revoked: Box::new(move || if watch_key { key_watch.poll() } else { None }),
+        transfer: login.request == Request::Sftp,
         on_notice: Box::new(move |kind, text| {
             cx.log.emit(
                 &Event::new("session.notice", Severity::Info)

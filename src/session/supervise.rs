@@ -476,6 +476,10 @@ pub struct Controls<'a> {
     pub key_revoked: Box<dyn FnMut() -> Option<String> + 'a>,
     /// Called with (kind, text) for every notice shown to the user, for audit.
     pub on_notice: NoticeHook<'a>,
+    /// A file transfer (the sftp subsystem): the idle timeout applies
+    /// without a terminal, and bytes relayed either way count as activity
+    /// (a long upload or download is not idle).
+    pub transfer: bool,
 }
 
 impl Controls<'_> {
@@ -490,6 +494,7 @@ impl Controls<'_> {
             close_message: Box::new(|| None),
             key_revoked: Box::new(|| None),
             on_notice: Box::new(|_, _| {}),
+            transfer: false,
         }
     }
 }
@@ -678,8 +683,11 @@ impl<'a> Supervisor<'a> {
         let interactive = relay.master.is_some();
         let clock = SessionClock::new(clock::Limits {
             max_duration: controls.max_duration,
-            // A command without a terminal gets no input and is not idle.
-            idle_timeout: controls.idle_timeout.filter(|_| interactive),
+            // A command without a terminal gets no input and is not idle;
+            // a file transfer is idle when nothing moves either way.
+            idle_timeout: controls
+                .idle_timeout
+                .filter(|_| interactive || controls.transfer),
             warn_before: controls.warn_before.clone(),
             drain_notices: controls.drain_notices.clone(),
         });
@@ -893,7 +901,10 @@ impl<'a> Supervisor<'a> {
                 }
             }
         }
-        let (to_client, input) = (p.to_client(), p.src == 0 && p.count > before);
+        // Transfers (sftp) count both ways as activity: a long upload is
+        // not idle.
+        let counts = p.src == 0 || self.controls.transfer;
+        let (to_client, input) = (p.to_client(), counts && p.count > before);
         if !dst_ok && to_client {
             self.end(EndReason::ClientDisconnect);
         }

@@ -305,6 +305,10 @@ impl TestHost {
             "session.picker_command",
             d("bin/porthole-picker").display().to_string().into(),
         );
+        put(
+            "session.sftp_binary",
+            d("bin/porthole-sftp").display().to_string().into(),
+        );
         for (k, v) in &opts.config {
             put(k, v.clone());
         }
@@ -948,6 +952,11 @@ fn install_binaries(dir: &Path, ids: Ids) {
     let shell = bin.join("porthole-shell");
     fs::copy(env!("CARGO_BIN_EXE_porthole-shell"), &shell).expect("copy porthole-shell");
     util::set_owner_mode(&shell, 0o4750, 0, ids.session);
+    // Root-owned and writable only by root, as the shell demands before
+    // it copies it into a sealed memfd for an sftp session.
+    let sftp = bin.join("porthole-sftp");
+    fs::copy(env!("CARGO_BIN_EXE_porthole-sftp"), &sftp).expect("copy porthole-sftp");
+    util::set_owner_mode(&sftp, 0o755, 0, 0);
     let so = dir.join("lib/libnss_porthole.so.2");
     fs::copy(nss_module(), &so).expect("copy libnss_porthole.so");
     util::set_owner_mode(&so, 0o644, 0, 0);

@@ -732,6 +732,33 @@ fn assert_terminal_safe(s: &str) {
     }
 }
 
+/// porthole-sftp's audit lines (issue 17), read by the root supervisor from
+/// inside the instance: never a panic; every event passed on is one of the
+/// three kinds with paths of at most `MAX_PATH` bytes, re-encodes to a line
+/// that decodes to itself, and their count plus the skipped lines never
+/// exceeds the number of lines in the input.
+pub fn check_sftp_events(data: &[u8]) {
+    use porthole::sftp::events::{relay, FileEvent, MAX_EVENTS, MAX_PATH};
+    let mut got = Vec::new();
+    let skipped = relay(data, |e| got.push(e));
+    let lines = data.split(|b| *b == b'\n').count() as u64;
+    assert!(got.len() as u64 + skipped.malformed + skipped.over_limit <= lines);
+    assert!(got.len() as u64 <= MAX_EVENTS);
+    for e in &got {
+        let paths: Vec<&String> = match e {
+            FileEvent::Write { path, .. } | FileEvent::Remove { path } => vec![path],
+            FileEvent::Rename { from, to } => vec![from, to],
+        };
+        // Lossy UTF-8 may widen a byte to three; the raw bytes were capped.
+        assert!(paths.iter().all(|p| p.len() <= 3 * MAX_PATH));
+        let line = e.encode();
+        let back = FileEvent::decode(line.trim_end_matches('\n').as_bytes());
+        if paths.iter().all(|p| p.len() <= MAX_PATH) {
+            assert_eq!(back.as_ref(), Some(e), "{line:?}");
+        }
+    }
+}
+
 /// A property check over raw fuzzer input.
 pub type Check = fn(&[u8]);
 
@@ -748,4 +775,5 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("config", check_config),
     ("picker", check_picker),
     ("replay", check_replay),
+    ("sftp_events", check_sftp_events),
 ];

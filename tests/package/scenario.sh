@@ -156,6 +156,17 @@ login_ok() {
 	fi
 	[ "$out" = "inside $CID" ] && [ $rc = 7 ] || { diagnose; return 1; }
 }
+# sftp_ok USER: the packaged porthole-sftp serves a file of the container
+# (its image has no sftp-server) through the installed shell.
+sftp_ok() {
+	local got=$P/sftp-got
+	rm -f "$got"
+	echo "get /etc/porthole-pkgtest $got" |
+		timeout 60 sftp -F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=no \
+			-o UserKnownHostsFile=/dev/null -o IdentitiesOnly=yes -o LogLevel=ERROR \
+			-P "$SSHD_PORT" -i "$P/client/id_ed25519" -b - "$1@127.0.0.1" || { diagnose; return 1; }
+	[ "$(cat "$got")" = "inside $CID" ] || { diagnose; return 1; }
+}
 diagnose() {
 	echo "--- sshd.log (tail)"
 	tail -n 15 "$L/sshd.log"
@@ -240,6 +251,7 @@ check "deb: porthole-shell shipped 0755 root (setuid only through dpkg-statoverr
 check "deb: porthole 0755 root in /usr/sbin" in_deb -rwxr-xr-x 0/0 ./usr/sbin/porthole
 check "deb: porthole-web 0755 root in /usr/lib/porthole" in_deb -rwxr-xr-x 0/0 ./usr/lib/porthole/porthole-web
 check "deb: porthole-web.service (disabled) in /lib/systemd/system" in_deb -rw-r--r-- 0/0 ./lib/systemd/system/porthole-web.service
+check "deb: porthole-sftp 0755 root in /usr/lib/porthole" in_deb -rwxr-xr-x 0/0 ./usr/lib/porthole/porthole-sftp
 check "deb: libnss_porthole.so.2 0644 at the multiarch path" \
 	in_deb -rw-r--r-- 0/0 ./usr/lib/x86_64-linux-gnu/libnss_porthole.so.2
 check "deb: sshd drop-in 0644" in_deb -rw-r--r-- 0/0 ./etc/ssh/sshd_config.d/10-porthole.conf
@@ -344,6 +356,7 @@ icheck "login: sshd accepts srv-abc123-d4e5f with the key the control plane list
 icheck "login: 'ssh srv-abc123-d4e5f@host cmd' runs in the container and passes exit status 7 back" login_ok srv-abc123-d4e5f
 icheck "login: 'ssh srv-abc123@host cmd' reaches the service's running instance" login_ok srv-abc123
 icheck "login: the keys hook logged its decision to syslog (authpriv)" keys_decision_logged
+icheck "sftp: porthole-sftp serves the container's files (the image has no sftp-server)" sftp_ok srv-abc123-d4e5f
 check "login: a key the control plane does not list is refused" refused "$P/client/stranger" srv-abc123
 check "login: a name outside the grammar is refused" refused "$P/client/id_ed25519" srv-NOPE
 

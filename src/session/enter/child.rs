@@ -153,6 +153,10 @@ pub fn run_step(step: Step, cx: &mut Child<'_>) -> Result<Next, ChildError> {
         Step::LsmExecLabel => set_lsm_exec_label(plan)?,
         Step::CloseHostFds => {
             let mut keep = vec![cx.pty_sock.as_raw_fd(), cx.status.as_raw_fd()];
+            // The sealed program and the audit pipe (porthole-sftp): made
+            // on the host for this session, nothing of the host's.
+            keep.extend(plan.program_fd.iter().map(|f| f.as_raw_fd()));
+            keep.extend(plan.pass_fd.iter().map(|f| f.as_raw_fd()));
             if let Some(io) = &cx.io {
                 keep.extend(io.iter().map(|f| f.as_raw_fd()));
             }
@@ -236,12 +240,35 @@ pub fn run_step(step: Step, cx: &mut Child<'_>) -> Result<Next, ChildError> {
             // Every fd but stdio must close at exec: nothing of the host leaks.
             let r = sys::close_range(3, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
             at(step, "close_range", r)?;
+            // Except the one pipe the program is told about (argv).
+            if let Some(f) = &plan.pass_fd {
+                at(
+                    step,
+                    "keeping the event pipe",
+                    sys::clear_cloexec(f.as_raw_fd()),
+                )?;
+            }
         }
         Step::Exec => {
             // Still non-dumpable (cleared after every change above); exec
             // turns it back on for the container's program.
-            let e = sys::execve(&plan.program, &cx.exec.argv, &cx.exec.envp);
-            let what = format!("cannot run {}", plan.program.to_string_lossy());
+            let Some(fd) = &plan.program_fd else {
+                let e = sys::execve(&plan.program, &cx.exec.argv, &cx.exec.envp);
+                let what = format!("cannot run {}", plan.program.to_string_lossy());
+                return Err(ChildError::io(step, what, &e));
+            };
+            // The sealed copy (porthole-sftp). The seccomp filter is
+            // already installed: execveat must be allowed by the instance's
+            // profile like execve (shell.rs refuses before entering when
+            // the profile says otherwise; this catches an errno action).
+            let e = sys::execveat_fd(fd.as_raw_fd(), &cx.exec.argv, &cx.exec.envp);
+            let what = match e.raw_os_error() {
+                Some(libc::EPERM | libc::ENOSYS) => format!(
+                    "cannot run {}: the instance's seccomp profile does not allow execveat",
+                    plan.program.to_string_lossy()
+                ),
+                _ => format!("cannot run {}", plan.program.to_string_lossy()),
+            };
             return Err(ChildError::io(step, what, &e));
         }
     }

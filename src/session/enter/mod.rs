@@ -218,6 +218,15 @@ pub struct Plan {
     /// The host's procfs, opened before forking, for writing the LSM exec
     /// label (only when there is one to write).
     pub host_proc: Option<OwnedFd>,
+    /// Some: the program is this sealed memfd (porthole-sftp, copied from
+    /// the host file as root before entering), executed with `execveat`;
+    /// `program` is then only its name. Never a path the container can
+    /// reopen or replace.
+    pub program_fd: Option<OwnedFd>,
+    /// Some: the write end of a host pipe the program keeps across exec
+    /// (porthole-sftp's audit events; its number is in `argv`). Every
+    /// other fd but stdio is closed or close-on-exec.
+    pub pass_fd: Option<OwnedFd>,
 }
 
 /// Opens what joining each cgroup takes: for a v1 hierarchy its `tasks`

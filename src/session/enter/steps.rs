@@ -268,6 +268,8 @@ mod tests {
                 oom_score_adj: Some(0),
             },
             host_proc: None,
+            program_fd: None,
+            pass_fd: None,
         }
     }
 

@@ -469,6 +469,42 @@ pub fn reset_signals() {
 }
 
 /// execve(2); returns only on failure, with the error.
+/// Executes the program in `fd` (a sealed memfd: porthole-sftp) with
+/// `execveat(fd, "", ..., AT_EMPTY_PATH)`: nothing is looked up in the
+/// container's filesystem, so the image cannot substitute anything for it.
+/// Only returns on failure. The fd may be close-on-exec: the kernel has
+/// read the ELF program before it closes it (only a script could not run).
+pub fn execveat_fd(
+    fd: RawFd,
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+) -> io::Error {
+    if argv.last().map_or(true, |p| !p.is_null()) || envp.last().map_or(true, |p| !p.is_null()) {
+        return io::Error::from_raw_os_error(libc::EINVAL);
+    }
+    // SAFETY: an empty NUL-terminated path; argv/envp are NULL-terminated
+    // (checked above) arrays of pointers to C strings the caller keeps
+    // alive (see `ExecArgs`); `fd` is an integer the kernel checks.
+    unsafe {
+        libc::syscall(
+            libc::SYS_execveat,
+            fd,
+            c"".as_ptr(),
+            argv.as_ptr(),
+            envp.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    io::Error::last_os_error()
+}
+
+/// Clears close-on-exec on `fd`, so the program exec'd next keeps it.
+pub fn clear_cloexec(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl with integer arguments on an fd of ours.
+    cvt(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) })?;
+    Ok(())
+}
+
 pub fn execve(
     program: &CStr,
     argv: &[*const libc::c_char],
