@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod fetch;
+pub mod temporary;
 
 use crate::config::Config;
 use crate::control_plane::api::ServiceDoc;

@@ -31,3 +31,4 @@ pub mod runtime;
 pub mod sealed;
 pub mod shell;
 pub mod supervise;
+pub mod temporary;
