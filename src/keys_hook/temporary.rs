@@ -8,7 +8,8 @@
 //!
 //! The answer is printed as one JSON object on stdout, `outcome` being
 //! `created` (with `slug` and `host`), `deleted`, `refused` (a 4xx, with
-//! the platform's message) or `failed` (with why). The platform's answer
+//! the platform's message), `bad_answer` (a 201 that is not usable: size,
+//! slug, host) or `failed` (with why). The platform's answer
 //! is hostile: size-capped, read before the deadline, its slug checked
 //! against the name grammar and its host against the placement rules, so
 //! what reaches the shell is already sane (the shell checks again).
@@ -63,21 +64,25 @@ fn reason(body: &[u8]) -> String {
     }
 }
 
+fn bad_answer(m: &str) -> Value {
+    json!({"outcome": "bad_answer", "message": m})
+}
+
 /// Checks a 201 body: `slug` an instance slug, `host` (optional) a host
-/// name or address.
+/// name or address. Anything else is a `bad_answer` (the platform's
+/// words are not repeated: they may be anything).
 pub fn check_created(body: &[u8]) -> Value {
-    let v = match crate::control_plane::api::parse_json(body) {
-        Ok(v) => v,
-        Err(e) => return failed(format!("malformed answer: {e}")),
+    let Ok(v) = crate::control_plane::api::parse_json(body) else {
+        return bad_answer("not JSON");
     };
     let slug = match v.get("slug") {
         Some(Value::String(s)) if crate::names::is_instance_slug(s) => s.clone(),
-        _ => return failed("the answer's \"slug\" is not an instance slug"),
+        _ => return bad_answer("\"slug\" is not an instance slug"),
     };
     let host = match v.get("host") {
         None | Some(Value::Null) => Value::Null,
         Some(Value::String(h)) if crate::control_plane::api::valid_host(h) => json!(h),
-        Some(_) => return failed("the answer's \"host\" is not a DNS name or an IP address"),
+        Some(_) => return bad_answer("\"host\" is not a DNS name or an IP address"),
     };
     json!({"outcome": "created", "slug": slug, "host": host})
 }
@@ -99,7 +104,7 @@ pub fn run(
         .unwrap_or("failed")
         .to_owned();
     let severity = match outcome.as_str() {
-        "failed" => Severity::Warning,
+        "failed" | "bad_answer" => Severity::Warning,
         _ => Severity::Info,
     };
     log.emit(
@@ -177,10 +182,11 @@ fn request(cfg: &Config, service: &ServiceId, action: &Action, deadline: Instant
     };
     let status = resp.status().as_u16();
     if resp.content_length().is_some_and(|n| n > MAX_BODY) {
-        return failed(format!("answer larger than {MAX_BODY} bytes"));
+        return bad_answer(&format!("answer larger than {MAX_BODY} bytes"));
     }
     let body = match read_capped(resp, MAX_BODY, Some(deadline)) {
         Ok(b) => b,
+        Err(FetchError::Unavailable(m)) if m.contains("larger than") => return bad_answer(&m),
         Err(FetchError::Unavailable(m)) => return failed(m),
         Err(e) => return failed(e.to_string()),
     };
@@ -211,7 +217,7 @@ mod tests {
             br#"{"host":"n"}"#,
             b"<html>",
         ] {
-            assert_eq!(check_created(bad)["outcome"], "failed", "{bad:?}");
+            assert_eq!(check_created(bad)["outcome"], "bad_answer", "{bad:?}");
         }
         assert_eq!(reason(br#"{"message":"quota exceeded"}"#), "quota exceeded");
         assert_eq!(reason(b"plain words"), "plain words");

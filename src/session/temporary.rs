@@ -900,6 +900,8 @@ pub enum HookAnswer {
     Refused(String),
     /// The hook or the platform failed: why.
     Failed(String),
+    /// The platform's answer was not usable (size, slug, host): why.
+    BadAnswer(String),
 }
 
 /// Control characters and overlong text out of a message from outside.
@@ -953,6 +955,9 @@ pub fn parse_hook_answer(bytes: &[u8]) -> Result<HookAnswer, String> {
             text("message").unwrap_or("no reason given"),
         ))),
         Some("failed") => Ok(HookAnswer::Failed(clean_message(
+            text("message").unwrap_or("no reason given"),
+        ))),
+        Some("bad_answer") => Ok(HookAnswer::BadAnswer(clean_message(
             text("message").unwrap_or("no reason given"),
         ))),
         _ => Err("unknown outcome".into()),
@@ -1070,6 +1075,7 @@ fn create_platform(
         HookAnswer::Created { slug, host } => (slug, host),
         HookAnswer::Refused(m) => return Err(TempError::Refused(m)),
         HookAnswer::Failed(m) => return Err(TempError::Failed(m)),
+        HookAnswer::BadAnswer(m) => return Err(TempError::BadAnswer(m)),
         HookAnswer::Deleted => return Err(TempError::BadAnswer("unexpected outcome".into())),
     };
     let record = Record {
@@ -1100,7 +1106,9 @@ fn create_platform(
 fn delete_platform(cfg: &Config, record: &Record) -> Result<(), TempError> {
     match run_hook(cfg, &["delete", &record.service, &record.slug])? {
         HookAnswer::Deleted => Ok(()),
-        HookAnswer::Refused(m) | HookAnswer::Failed(m) => Err(TempError::Failed(m)),
+        HookAnswer::Refused(m) | HookAnswer::Failed(m) | HookAnswer::BadAnswer(m) => {
+            Err(TempError::Failed(m))
+        }
         HookAnswer::Created { .. } => Err(TempError::BadAnswer("unexpected outcome".into())),
     }
 }

@@ -1,7 +1,8 @@
 #!/bin/bash
 # Demo smoke test (run by .ci/run as root): bring the demo bastion up,
 # log in with the generated demo key and run a command in an instance, see
-# the cron-job refusal, tear it down, and check that nothing is left:
+# a cron job's temporary instance come and go, tear it down, and check
+# that nothing is left:
 # no state directory, no process, no container, no cgroup, no mount.
 set -euo pipefail
 
@@ -34,12 +35,16 @@ fi
 out=$(ssh_demo srv-demo1@demo 'exit 7' 2>&1) && rc=0 || rc=$?
 [ "$rc" = 7 ] && ok "exit status passes through" || bad "exit status was $rc: $out"
 
-out=$(ssh_demo srv-demo2@demo true 2>&1) && rc=0 || rc=$?
-if [ "$rc" = 1 ] && grep -q "cron job; there is no SSH for cron jobs" <<<"$out"; then
-    ok "cron job refused with its sentence"
+out=$(ssh_demo srv-demo2@demo 'echo $JOB; id -u; test -e /tmp/nightly-report || echo job-not-run' 2>&1) && rc=0 || rc=$?
+if [ "$rc" = 0 ] && grep -q "starting a temporary instance of srv-demo2 (latest build)" <<<"$out" \
+    && grep -qx "nightly-report" <<<"$out" && grep -qx 1000 <<<"$out" && grep -qx job-not-run <<<"$out"; then
+    ok "cron job login in a temporary instance of its build"
 else
     bad "cron job login: rc=$rc: $out"
 fi
+left=$(runc --root "$STATE/runc" list -q | grep -v '^srv-demo1-' || true)
+[ -z "$left" ] && [ -z "$(ls -A "$STATE/state/temporary" 2>/dev/null)" ] \
+    && ok "the temporary instance is gone after the session" || bad "temporary left: $left $(ls "$STATE/state/temporary")"
 
 sleep 0.5
 if grep -q '"event":"keys.decision"' "$STATE/events.log" && grep -q '"event":"session.end"' "$STATE/events.log"; then
