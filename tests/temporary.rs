@@ -546,3 +546,84 @@ fn over_http_an_instance_that_never_runs_times_out_and_is_deleted() {
         p.host.control_plane().temporary_requests()
     );
 }
+
+/// Issue 16's benchmark (not run by `cargo test`; `--ignored` to run):
+/// `ssh srv-cron@host true` (provision + enter + remove, local provider)
+/// against `runc run -d` + `runc delete --force` of the same bundle, the
+/// samples interleaved. Goal: at most 1.2 × runc's own cost plus what an
+/// ordinary login costs; it reports, it does not fail.
+#[test]
+#[ignore]
+fn bench_temporary_login_against_runc_run_and_delete() {
+    let n: usize = std::env::var("PORTHOLE_BENCH_SAMPLES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(15);
+    let w = world(TestHostOpts::default());
+    let bundle = w.host.dir().join("services/srv-cron.bundle");
+    let root = w.host.runc_root();
+    // The same bundle, as its own runc container (same rootfs, same spec).
+    let plain = w.host.dir().join("bundles/plain");
+    util::mkdir(&plain, 0o755, 0, 0);
+    let mut spec: Value =
+        serde_json::from_str(&util::read_to_string(&bundle.join("config.json"))).unwrap();
+    spec["root"]["path"] = json!(bundle.join("rootfs"));
+    spec["process"]["args"] = json!(["sleep", "2147483647"]);
+    util::write_file(&plain.join("config.json"), spec.to_string(), 0o644, 0, 0);
+    let _ = w.ssh("srv-cron", &["true"]); // warm the cache
+                                          // An ordinary login into a running instance of the same build.
+    w.host.write_service_file(
+        "srv-web",
+        &service_body(&w.host, &w.key, "srv-web", "web_service"),
+    );
+    let _live = Instance::start(&w.host, "srv-web", "aaaaa", build_opts());
+    let _ = w.ssh("srv-web", &["true"]);
+    let (mut ours, mut runc, mut plain_login) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..n {
+        let t = Instant::now();
+        let r = w.ssh("srv-web", &["true"]);
+        plain_login.push(t.elapsed());
+        assert!(r.success(), "{}", r.describe());
+        let t = Instant::now();
+        let r = w.ssh("srv-cron", &["true"]);
+        ours.push(t.elapsed());
+        assert!(r.success(), "{}", r.describe());
+        let id = format!("plain-{i}");
+        let t = Instant::now();
+        let run = std::process::Command::new("runc")
+            .arg("--root")
+            .arg(&root)
+            .args(["run", "-d", "--bundle"])
+            .arg(&plain)
+            .arg(&id)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(run.success());
+        let del = container::runc(&root, &["delete", "--force", &id]);
+        runc.push(t.elapsed());
+        assert!(del.status.success());
+    }
+    let med = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let (o, r, p) = (med(&mut ours), med(&mut runc), med(&mut plain_login));
+    eprintln!(
+        "temporary login (ssh srv-cron@host true): median {o:?}; runc run -d + delete --force: median {r:?}; \
+         ordinary login (ssh srv-web@host true): median {p:?}; ratio to runc {:.2}, to runc + ordinary login {:.2} ({n} samples each, interleaved)",
+        o.as_secs_f64() / r.as_secs_f64(),
+        o.as_secs_f64() / (r + p).as_secs_f64()
+    );
+    for e in w
+        .host
+        .events()
+        .iter()
+        .filter(|e| e.name() == "temporary.created")
+        .take(3)
+    {
+        eprintln!("temporary.created after {:?} ms", e.u64("ms"));
+    }
+}
