@@ -257,6 +257,49 @@ fn a_killed_supervisor_leaves_an_orphan_the_next_sweep_removes() {
     );
 }
 
+/// After a host restart `/run` is empty; a runc root elsewhere could still
+/// hold a local temporary container without a record: the sweep deletes it
+/// (only when runc's own bundle label is porthole's temporary directory).
+#[test]
+fn a_local_temporary_container_without_a_record_is_deleted_by_the_sweep() {
+    let w = world(TestHostOpts::default());
+    let mut first = w.spawn("srv-cron", "sleep 60");
+    let names = w.wait_containers(1);
+    let s = util::wait_for(WAIT, || {
+        let s = w.sessions();
+        (s.len() == 1).then_some(s)
+    })
+    .expect("one live session");
+    util::kill(s[0]["pid"].as_i64().unwrap() as i32, libc::SIGKILL);
+    let _ = first.wait();
+    // The record is gone (as after a restart), the container is not.
+    std::fs::remove_file(w.temporary_dir().join(format!("{}.json", names[0]))).unwrap();
+    // A tenant's container with the annotation but not our bundle stays.
+    let tenant = Instance::start(
+        &w.host,
+        "srv-cron",
+        "ttttt",
+        build_opts().annotation("io.porthole.temporary", "local"),
+    );
+    let out = w.porthole(&["sessions"]);
+    assert!(out.status.success(), "{}", util::lossy(&out.stderr));
+    let gone = util::wait_for(WAIT, || {
+        (w.containers() == [tenant.id().to_owned()]).then_some(())
+    });
+    assert!(gone.is_some(), "{:?}", w.containers());
+    assert!(w.state_left().is_empty(), "{:?}", w.state_left());
+    w.host.expect_event(
+        "leftover removed",
+        |e| {
+            e.is(
+                "temporary.removed",
+                &[("instance", names[0].as_str()), ("reason", "leftover")],
+            )
+        },
+        WAIT,
+    );
+}
+
 #[test]
 fn a_vanished_client_removes_its_temporary_instance() {
     let w = world(TestHostOpts::default());

@@ -269,6 +269,11 @@ pub fn create(
         "on this host",
     )?);
     crate::session::limits::ensure_dir(&dir(cfg)).map_err(|e| TempError::State(e.to_string()))?;
+    if Provider::of(cfg) == Provider::Local && cfg.fleet.role == crate::config::Role::FrontDoor {
+        return Err(TempError::Failed(
+            "this host is a front door and runs no containers; with a file:// control plane it cannot start one (the platform's temporary-instance API can)".into(),
+        ));
+    }
     match Provider::of(cfg) {
         Provider::Local => create_local(cfg, service, session_id, slots, say),
         Provider::Platform => create_platform(cfg, service, session_id, slots),
