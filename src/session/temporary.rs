@@ -298,6 +298,9 @@ fn create_local(
     let mut attempt = 0;
     let (record, path, lock) = loop {
         attempt += 1;
+        if attempt > 20 {
+            return Err(TempError::Failed("no free slug was found".into()));
+        }
         let slug = new_slug()?;
         let record = Record {
             service: service.to_string(),
@@ -315,7 +318,7 @@ fn create_local(
         }
         match lock_record(&path, &record) {
             Ok(lock) => break (record, path, lock),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 10 => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(TempError::State(format!("{}: {e}", path.display()))),
         }
     };
