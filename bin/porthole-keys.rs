@@ -25,7 +25,13 @@ struct Args {
     /// sessions of revoked keys). Exit 0 when a fresh answer is cached.
     #[arg(long, conflicts_with_all = ["fingerprint", "key_type", "key"])]
     refresh: bool,
-    /// Login name (%u), or the service with --refresh.
+    /// `create` or `delete` a temporary instance of the service named by
+    /// USER (delete: its slug follows USER) through the control plane, and
+    /// print the answer as one JSON object (run by the session shell; see
+    /// src/session/temporary.rs).
+    #[arg(long, value_name = "create|delete", conflicts_with_all = ["refresh", "key_type", "key"])]
+    temporary: Option<String>,
+    /// Login name (%u), or the service with --refresh and --temporary.
     user: String,
     /// Fingerprint of the offered key (%f).
     fingerprint: Option<String>,
@@ -89,6 +95,9 @@ fn main() {
             .is_some_and(|t| keys_hook::refresh(&cfg, &log, &t, started));
         std::process::exit(if fresh { 0 } else { 1 });
     }
+    if let Some(action) = &args.temporary {
+        std::process::exit(temporary(&cfg, &log, action, &args, started));
+    }
     let call = Call {
         user: args.user,
         fingerprint: args.fingerprint,
@@ -109,5 +118,28 @@ fn main() {
         || lines.is_empty()
     {
         std::process::exit(1);
+    }
+}
+
+/// `--temporary create|delete USER [SLUG]`: one JSON answer on stdout.
+fn temporary(cfg: &Config, log: &Logger, action: &str, args: &Args, started: Instant) -> i32 {
+    use porthole::keys_hook::temporary::{run, Action};
+    let Some(service) = porthole::names::ServiceId::parse(&args.user) else {
+        return 2;
+    };
+    let action = match (action, args.fingerprint.as_deref()) {
+        ("create", None) => Action::Create,
+        ("delete", Some(slug)) if porthole::names::is_instance_slug(slug) => {
+            Action::Delete(slug.to_owned())
+        }
+        _ => return 2,
+    };
+    let answer = run(cfg, log, &service, &action, started);
+    let mut out = std::io::stdout().lock();
+    let ok = writeln!(out, "{answer}").and_then(|()| out.flush()).is_ok();
+    if ok {
+        0
+    } else {
+        1
     }
 }

@@ -457,6 +457,11 @@ fn run() -> Result<()> {
         Command::Sessions { json, .. } => {
             let cfg = Config::load(&cli.config)?;
             let sessions = registry::list(&cfg.session.state_dir);
+            // Temporary instances whose supervisor is gone go too.
+            porthole::session::temporary::report(
+                &porthole::log::Logger::new("porthole", &cfg.log.socket),
+                &porthole::session::temporary::sweep(&cfg),
+            );
             if json {
                 let text = serde_json::to_string_pretty(&sessions)?;
                 println!("{}", json_printable(&text));

@@ -59,6 +59,7 @@ pub struct Config {
     pub fleet: Fleet,
     pub web: Web,
     pub recording: Recording,
+    pub temporary: Temporary,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -175,6 +176,38 @@ pub struct Limits {
 pub struct Log {
     /// The syslog socket; events go to facility authpriv.
     pub socket: PathBuf,
+}
+
+/// `[temporary]`: temporary instances, for cron jobs (which have no
+/// running instance) and the explicit `srv-…-fresh` login (see
+/// src/session/temporary.rs).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Temporary {
+    /// Temporary instances of one service on this host at once (0 = no
+    /// limit); the control plane's `limits.max_temporary_instances`
+    /// overrides it per service.
+    pub max_per_service: u32,
+    /// Temporary instances on this host at once, all services together
+    /// (0 = no limit).
+    pub max_per_host: u32,
+    /// Longest wait for a temporary instance to be running, in seconds.
+    pub start_timeout_secs: u64,
+    /// The OCI runtime the local provider (a `file://` control plane)
+    /// starts a service's latest bundle with; its state goes under the
+    /// first of `runtime.roots`.
+    pub runc: PathBuf,
+}
+
+impl Default for Temporary {
+    fn default() -> Self {
+        Temporary {
+            max_per_service: 2,
+            max_per_host: 10,
+            start_timeout_secs: 30,
+            runc: "/usr/sbin/runc".into(),
+        }
+    }
 }
 
 /// What this host is in a region (DESIGN.md Part 2).
@@ -807,6 +840,17 @@ impl Config {
         {
             return Err(ConfigError::Invalid(
                 "runtime annotations must not be empty".into(),
+            ));
+        }
+        let t = &self.temporary;
+        if t.start_timeout_secs == 0 || t.start_timeout_secs > 600 {
+            return Err(ConfigError::Invalid(
+                "temporary.start_timeout_secs must be between 1 and 600".into(),
+            ));
+        }
+        if !t.runc.is_absolute() {
+            return Err(ConfigError::Invalid(
+                "temporary.runc must be an absolute path".into(),
             ));
         }
         self.fleet.validate()?;

@@ -136,6 +136,20 @@ pub fn is_slug(s: &str) -> bool {
     s.len() == SLUG_LEN && all_lower_alnum(s.as_bytes())
 }
 
+/// The reserved slug of the login name that asks for a temporary instance
+/// of a service: `ssh srv-abc123-fresh@host` starts a fresh instance of
+/// the service's latest build for this session alone and removes it when
+/// the session ends. It is a slug of the grammar (the NSS module and every
+/// hook accept the name as they are), but never an instance's: a container
+/// or placement entry claiming it is not an instance ([`is_instance_slug`]).
+pub const TEMPORARY_SLUG: &str = "fresh";
+
+/// True for a slug a real instance may have: the grammar's, minus the
+/// reserved [`TEMPORARY_SLUG`].
+pub fn is_instance_slug(s: &str) -> bool {
+    is_slug(s) && s != TEMPORARY_SLUG
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,5 +227,10 @@ mod tests {
             "srv-x1-aaaaa"
         );
         assert!(is_slug("d4e5f") && !is_slug("D4e5f") && !is_slug("d4e5"));
+        // The temporary spelling is a login name, never an instance's slug.
+        let fresh = Target::parse("srv-abc123-fresh").unwrap();
+        assert_eq!(fresh.slug.as_deref(), Some(TEMPORARY_SLUG));
+        assert!(is_slug(TEMPORARY_SLUG) && !is_instance_slug(TEMPORARY_SLUG));
+        assert!(is_instance_slug("d4e5f") && !is_instance_slug("D4e5f"));
     }
 }

@@ -3126,3 +3126,142 @@ fn sftp_packet_of_an_unknown_type() {
     assert!(r.success(), "{}", r.describe());
     assert_sftp_still_works(&b, &i);
 }
+
+// ----- issue 16: the platform's temporary-instance answers ----------------
+
+const CRON: &str = "srv-cron1";
+
+/// A bastion whose control plane lists alice's key for the cron job
+/// `srv-cron1` and answers its `POST …/temporary-instances` with `reply`.
+fn temporary_bastion(reply: Reply) -> Bastion {
+    let b = bastion();
+    b.host.control_plane().set_body(
+        CRON,
+        &v1_body(CRON, "cron_job", "starter", &[KeySpec::new(&b.key, OWNER)]),
+    );
+    b.host.control_plane().set_temporary_create(CRON, reply);
+    b
+}
+
+/// The login is refused with `needle`, a `session.rejected` event with
+/// reason `temporary`, and nothing was entered or hopped to.
+fn temporary_refused(b: &Bastion, needle: &str) -> String {
+    let r = b.ssh(CRON, &["echo ENTERED"]);
+    assert_eq!(r.code(), Some(1), "{}", r.describe());
+    assert!(!r.stdout_str().contains("ENTERED"), "{}", r.describe());
+    assert!(
+        r.stderr_str().contains(needle),
+        "wanted {needle:?}: {}",
+        r.describe()
+    );
+    b.host.expect_event(
+        "temporary rejection",
+        |e| e.is("session.rejected", &[("reason", "temporary")]),
+        WAIT,
+    );
+    assert!(
+        !b.host.events().iter().any(|e| e.name() == "session.start"),
+        "a session started"
+    );
+    r.stderr_str()
+}
+
+#[test]
+fn temporary_answer_with_a_slug_outside_the_grammar() {
+    let b = temporary_bastion(Reply::raw(201, r#"{"slug":"../../etc","host":null}"#));
+    let err = temporary_refused(&b, "is not usable");
+    assert!(!err.contains("../../etc"), "{err}");
+}
+
+#[test]
+fn temporary_answer_with_the_reserved_slug() {
+    let b = temporary_bastion(Reply::raw(201, r#"{"slug":"fresh"}"#));
+    temporary_refused(&b, "is not usable");
+}
+
+#[test]
+fn temporary_answer_beyond_the_size_cap() {
+    let huge = format!(r#"{{"slug":"abcde","pad":"{}"}}"#, "x".repeat(200 * 1024));
+    let b = temporary_bastion(Reply::raw(201, huge));
+    temporary_refused(&b, "larger than");
+}
+
+#[test]
+fn temporary_answer_with_a_host_ssh_would_read_as_an_option() {
+    let canary = "/tmp/porthole-temporary-host-canary";
+    let _ = fs::remove_file(canary);
+    let b = temporary_bastion(Reply::raw(
+        201,
+        json!({"slug": "abcde", "host": format!("-oProxyCommand=touch {canary}")}).to_string(),
+    ));
+    temporary_refused(&b, "is not usable");
+    assert!(!Path::new(canary).exists(), "the host became an ssh option");
+}
+
+#[test]
+fn temporary_answer_naming_another_host_at_a_node() {
+    let b = temporary_bastion(Reply::raw(
+        201,
+        r#"{"slug":"abcde","host":"node-9.oregon.internal"}"#,
+    ));
+    let r = b.ssh(CRON, &["echo ENTERED"]);
+    assert_eq!(r.code(), Some(1), "{}", r.describe());
+    assert!(
+        r.stderr_str().contains(
+            "the platform started srv-cron1-abcde on node-9.oregon.internal, not on this host"
+        ),
+        "{}",
+        r.describe()
+    );
+    b.host.expect_event(
+        "elsewhere",
+        |e| e.is("session.rejected", &[("reason", "elsewhere")]),
+        WAIT,
+    );
+    // What the platform started for nothing is given back at once.
+    let deleted = util::wait_for(WAIT, || {
+        b.host
+            .control_plane()
+            .temporary_requests()
+            .iter()
+            .any(|(m, p, _)| m == "DELETE" && p.ends_with("/temporary-instances/abcde"))
+            .then_some(())
+    });
+    assert!(
+        deleted.is_some(),
+        "{:?}",
+        b.host.control_plane().temporary_requests()
+    );
+}
+
+#[test]
+fn container_claiming_the_reserved_temporary_slug_is_no_instance() {
+    let b = bastion();
+    // A tenant names a container after the temporary spelling.
+    let _i = Instance::start(&b.host, SVC, "fresh", InstanceOpts::default().app_user());
+    let r = b.ssh(SVC, &["echo ENTERED"]);
+    assert_eq!(r.code(), Some(1), "{}", r.describe());
+    assert!(!r.stdout_str().contains("ENTERED"));
+    assert!(
+        r.stderr_str()
+            .contains("srv-web1 has no running instance on this host"),
+        "{}",
+        r.describe()
+    );
+    b.host.expect_event(
+        "no instance",
+        |e| e.is("session.rejected", &[("reason", "no_instance")]),
+        WAIT,
+    );
+    // `srv-web1-fresh` asks the platform for a temporary instance instead
+    // (this one has none to give): the tenant's container is not entered.
+    let r = b.ssh("srv-web1-fresh", &["echo ENTERED"]);
+    assert_eq!(r.code(), Some(1), "{}", r.describe());
+    assert!(!r.stdout_str().contains("ENTERED"));
+    assert!(
+        r.stderr_str()
+            .contains("the platform refused a temporary instance"),
+        "{}",
+        r.describe()
+    );
+}

@@ -485,7 +485,7 @@ fn services_without_ssh_are_refused_with_a_sentence() {
             "srv-cron1",
             "cron_job",
             "starter",
-            "no SSH for cron jobs, use the dashboard shell",
+            "the platform refused a temporary instance",
         ),
         ("srv-site1", "static_site", "starter", "static site"),
         ("srv-pg1", "postgres", "pro", "datastore"),

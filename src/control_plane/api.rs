@@ -68,6 +68,9 @@ pub struct Instance {
     pub host: String,
     /// The node's sshd port; `None`: the front door's `fleet.node_port`.
     pub port: Option<u16>,
+    /// `"temporary": true`: a temporary instance (one session's), never a
+    /// random choice of [`route`].
+    pub temporary: bool,
 }
 
 /// Why a placement entry was skipped (logged with its index).
@@ -125,7 +128,7 @@ fn parse_instance(v: Value) -> Result<Instance, InstanceReject> {
         return Err(InstanceReject::NotAnObject);
     };
     let slug = match o.get("slug") {
-        Some(Value::String(s)) if crate::names::is_slug(s) => s.clone(),
+        Some(Value::String(s)) if crate::names::is_instance_slug(s) => s.clone(),
         _ => return Err(InstanceReject::Slug),
     };
     let host = match o.get("host") {
@@ -142,7 +145,15 @@ fn parse_instance(v: Value) -> Result<Instance, InstanceReject> {
         ),
         Some(_) => return Err(InstanceReject::Port),
     };
-    Ok(Instance { slug, host, port })
+    // Anything but `true` is an ordinary instance: a mistake here can only
+    // keep an instance out of random choice, never put one in.
+    let temporary = o.get("temporary") == Some(&Value::Bool(true));
+    Ok(Instance {
+        slug,
+        host,
+        port,
+        temporary,
+    })
 }
 
 /// Parses the `instances` array entry by entry; a slug placed twice keeps
@@ -233,10 +244,15 @@ pub fn route<'a>(
                     .map(|i| service.instance_name(&i.slug))
                     .collect(),
             }),
-        None if instances.is_empty() => Err(RouteRefusal::NoneRunning {
-            service: service.to_string(),
-        }),
         None => {
+            // A temporary instance belongs to one session: never at random.
+            let instances: Vec<&Instance> =
+                instances.iter().copied().filter(|i| !i.temporary).collect();
+            if instances.is_empty() {
+                return Err(RouteRefusal::NoneRunning {
+                    service: service.to_string(),
+                });
+            }
             let n = instances.len() as u64;
             let at = usize::try_from(random % n).unwrap_or(0);
             instances
@@ -399,6 +415,9 @@ impl ServiceDoc {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ShellPolicy {
     Allowed,
+    /// Only in a temporary instance of the service's latest build (a cron
+    /// job: nothing of it runs between its runs).
+    Temporary,
     /// No shell; the text is shown to the user as is.
     Refused(String),
 }
@@ -417,9 +436,8 @@ pub fn shell_policy(service: &ServiceInfo) -> ShellPolicy {
             "{id} is a free web service; SSH needs a paid instance type (upgrade it in the dashboard)"
         )),
         "web_service" | "private_service" | "background_worker" => ShellPolicy::Allowed,
-        "cron_job" => ShellPolicy::Refused(format!(
-            "{id} is a cron job; there is no SSH for cron jobs, use the dashboard shell"
-        )),
+        // A cron job has no running instance: its shell is a temporary one.
+        "cron_job" => ShellPolicy::Temporary,
         "static_site" => ShellPolicy::Refused(format!(
             "{id} is a static site; static sites have no running instance to SSH into"
         )),
@@ -533,12 +551,15 @@ mod tests {
         );
         let msg = |p: ShellPolicy| match p {
             ShellPolicy::Refused(m) => m,
-            ShellPolicy::Allowed => String::new(),
+            ShellPolicy::Allowed | ShellPolicy::Temporary => String::new(),
         };
         assert!(
             msg(shell_policy(&info("web_service", Some("free")))).contains("paid instance type")
         );
-        assert!(msg(shell_policy(&info("cron_job", None))).contains("dashboard shell"));
+        assert_eq!(
+            shell_policy(&info("cron_job", None)),
+            ShellPolicy::Temporary
+        );
         assert!(msg(shell_policy(&info("static_site", None))).contains("static site"));
         assert!(msg(shell_policy(&info("postgres", None))).contains("datastore"));
         assert!(msg(shell_policy(&info("key_value", None))).contains("datastore"));
@@ -766,6 +787,16 @@ mod tests {
         assert_eq!(route(&s, &p, None, 0).unwrap().host, "node-1");
         assert_eq!(route(&s, &p, None, 1).unwrap().host, "node-2");
         assert_eq!(route(&s, &p, None, u64::MAX).unwrap().host, "node-2");
+        let with_temp = placed(serde_json::json!({"service": svc(), "instances": [
+            {"slug": "ttttt", "host": "node-9", "temporary": true},
+            {"slug": "aaaaa", "host": "node-1", "temporary": "yes"},
+            {"slug": "fresh", "host": "node-9"}]}));
+        let pt = with_temp.placement().unwrap();
+        assert_eq!(pt.len(), 2, "the reserved slug is no instance's");
+        for r in 0..10 {
+            assert_eq!(route(&s, &pt, None, r).unwrap().slug, "aaaaa");
+        }
+        assert_eq!(route(&s, &pt, Some("ttttt"), 0).unwrap().host, "node-9");
         let e = route(&s, &p, Some("zzzzz"), 0).unwrap_err();
         assert_eq!(
             e.to_string(),

@@ -167,7 +167,7 @@ fn get(cfg: &ControlPlane, path: &str, deadline: Instant) -> Result<FetchOutcome
 
 /// Reads at most `max` bytes, checking the deadline between reads: the
 /// client's own timeout bounds each read, not a body that drips slowly.
-fn read_capped(
+pub(crate) fn read_capped(
     mut r: impl Read,
     max: u64,
     deadline: Option<Instant>,
@@ -206,7 +206,7 @@ fn fetch_file(path: PathBuf, max: u64) -> Result<FetchOutcome, FetchError> {
     }
 }
 
-fn describe(e: &reqwest::Error) -> String {
+pub(crate) fn describe(e: &reqwest::Error) -> String {
     if e.is_timeout() {
         "timed out".into()
     } else if e.is_connect() {

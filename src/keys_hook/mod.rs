@@ -18,6 +18,7 @@
 
 pub mod fetch;
 pub mod picker;
+pub mod temporary;
 
 use crate::config::Config;
 use crate::control_plane::api::ServiceDoc;

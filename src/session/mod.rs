@@ -33,3 +33,4 @@ pub mod runtime;
 pub mod sealed;
 pub mod shell;
 pub mod supervise;
+pub mod temporary;

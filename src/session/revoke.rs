@@ -479,7 +479,7 @@ pub fn refresh_blocking(cfg: &Config, service: &ServiceId) -> Result<(), Refresh
 
 /// The keys user's groups as sshd's initgroups gives them (looked up
 /// before the fork: NSS is not async-signal-safe).
-fn hook_groups(name: &str, gid: u32) -> Result<Vec<libc::gid_t>, RefreshError> {
+pub(crate) fn hook_groups(name: &str, gid: u32) -> Result<Vec<libc::gid_t>, RefreshError> {
     let cname = CString::new(name).map_err(|_| RefreshError::User("NUL in name".into()))?;
     let groups = nix::unistd::getgrouplist(&cname, nix::unistd::Gid::from_raw(gid))
         .map_err(|e| RefreshError::User(format!("{name}: groups: {e}")))?;
@@ -493,7 +493,7 @@ fn hook_groups(name: &str, gid: u32) -> Result<Vec<libc::gid_t>, RefreshError> {
 }
 
 /// uid and gid of the keys user; never root.
-fn hook_user(name: &str) -> Result<(u32, u32), RefreshError> {
+pub(crate) fn hook_user(name: &str) -> Result<(u32, u32), RefreshError> {
     let u = nix::unistd::User::from_name(name)
         .map_err(|e| RefreshError::User(format!("{name}: {e}")))?
         .ok_or_else(|| RefreshError::User(format!("{name} does not exist")))?;

@@ -18,7 +18,7 @@
 //! which one is genuine cannot be told from here, so it is refused and
 //! reported, never settled by sort order.
 
-use crate::names::{is_slug, ServiceId};
+use crate::names::{is_instance_slug, ServiceId};
 use crate::session::container::{open_regular_at, FileError};
 use serde::Deserialize;
 use std::ffi::CString;
@@ -52,7 +52,15 @@ pub struct Instance {
     pub runtime_root: PathBuf,
     /// How the container claims the instance.
     pub claim: Claim,
+    /// It carries the temporary annotation ([`TEMPORARY_ANNOTATION`]): a
+    /// temporary instance, never a random choice (src/session/temporary.rs).
+    pub temporary: bool,
 }
+
+/// The annotation that marks a temporary instance (any value; porthole's
+/// local provider writes `local`). Such an instance belongs to the one
+/// session it was started for: it is never chosen at random.
+pub const TEMPORARY_ANNOTATION: &str = "io.porthole.temporary";
 
 /// How a container says which instance it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -272,12 +280,12 @@ pub fn classify(
     if let Some(svc) = c.label(service_key) {
         let service = ServiceId::parse(svc)?;
         let slug = match c.label(instance_key) {
-            Some(s) if is_slug(s) => s.to_owned(),
+            Some(s) if is_instance_slug(s) => s.to_owned(),
             Some(_) => return None,
             None => {
                 // Annotated service without a slug: the id may still carry it.
                 let rest = c.id.strip_prefix(service.as_str())?.strip_prefix('-')?;
-                if !is_slug(rest) {
+                if !is_instance_slug(rest) {
                     return None;
                 }
                 rest.to_owned()
@@ -287,7 +295,7 @@ pub fn classify(
     }
     let (svc, slug) = c.id.rsplit_once('-')?;
     let service = ServiceId::parse(svc)?;
-    is_slug(slug).then(|| (service, slug.to_owned()))
+    is_instance_slug(slug).then(|| (service, slug.to_owned()))
 }
 
 /// Start time (clock ticks) of `pid` when it is alive and not a zombie.
@@ -581,6 +589,7 @@ pub fn running_instances(
             };
             let bundle = state.bundle();
             let confinement_source = state.runtime_bundle();
+            let temporary = state.label(TEMPORARY_ANNOTATION).is_some();
             scan.instances.push(Instance {
                 container_id: state.id,
                 service,
@@ -591,6 +600,7 @@ pub fn running_instances(
                 confinement_source,
                 runtime_root: root.clone(),
                 claim,
+                temporary,
             });
         }
     }
@@ -653,8 +663,13 @@ pub fn choose(
             })
         }
         None => {
-            let candidates: Vec<Instance> =
-                mine.iter().filter(|i| !is_conflicted(i)).cloned().collect();
+            // A temporary instance belongs to the session it was started
+            // for: never a random choice.
+            let candidates: Vec<Instance> = mine
+                .iter()
+                .filter(|i| !is_conflicted(i) && !i.temporary)
+                .cloned()
+                .collect();
             if candidates.is_empty() {
                 if !conflicted.is_empty() {
                     return Err(ResolveError::Conflicted {
@@ -804,7 +819,29 @@ mod tests {
             confinement_source: None,
             runtime_root: "/run/runc".into(),
             claim: Claim::ContainerId,
+            temporary: false,
         }
+    }
+
+    #[test]
+    fn a_temporary_instance_is_never_a_random_choice() {
+        let a1 = ServiceId::parse("srv-a1").unwrap();
+        let temp = Instance {
+            temporary: true,
+            ..inst("srv-a1", "ttttt")
+        };
+        for _ in 0..50 {
+            let all = vec![temp.clone(), inst("srv-a1", "aaaaa")];
+            assert_eq!(choose(all, &a1, None).unwrap().slug, "aaaaa");
+        }
+        assert_eq!(
+            choose(vec![temp.clone()], &a1, None)
+                .unwrap_err()
+                .to_string(),
+            "srv-a1 has no running instance on this host"
+        );
+        // By slug it is found (the shell decides who may enter it).
+        assert!(choose(vec![temp], &a1, Some("ttttt")).unwrap().temporary);
     }
 
     #[test]

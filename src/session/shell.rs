@@ -166,6 +166,12 @@ pub enum RefusalReason {
     /// The service menu (`ssh srv@host`) could not run or answered
     /// nothing usable.
     Picker,
+    /// No temporary instance could be had: no build, provisioning failed
+    /// or timed out, the platform said no or answered nonsense.
+    Temporary,
+    /// The service or the host already has its maximum of temporary
+    /// instances.
+    LimitTemporary,
 }
 
 impl RefusalReason {
@@ -204,6 +210,8 @@ impl RefusalReason {
             RefusalReason::HopRefused => "hop_refused",
             RefusalReason::HopFailed => "hop_failed",
             RefusalReason::Picker => "picker",
+            RefusalReason::Temporary => "temporary",
+            RefusalReason::LimitTemporary => "limit_temporary",
         }
     }
 
@@ -246,7 +254,9 @@ impl RefusalReason {
             | RefusalReason::Elsewhere
             | RefusalReason::NodeUnreachable
             | RefusalReason::HopFailed
-            | RefusalReason::Picker => Severity::Notice,
+            | RefusalReason::Picker
+            | RefusalReason::Temporary
+            | RefusalReason::LimitTemporary => Severity::Notice,
         }
     }
 }
@@ -373,6 +383,12 @@ pub struct Authorized {
     pub hop: Option<crate::fleet::cert::HopClaim>,
     /// The control plane's recording mode for the service, if it names one.
     pub recording: Option<crate::config::RecordingMode>,
+    /// The login gets a temporary instance of its own (a cron job, or the
+    /// `srv-…-fresh` spelling): src/session/temporary.rs.
+    pub temporary: bool,
+    /// The one temporary instance this login may enter by its slug: the
+    /// one its session started, or on a node the one a hop names.
+    pub own_temporary: Option<String>,
 }
 
 /// Everything up to the choice of instance. Pure checks, no side effects.
@@ -439,9 +455,27 @@ pub fn authorize(cfg: &Config, h: &Handover) -> Result<Authorized, Refusal> {
         };
         (doc, identity, None)
     };
-    if let ShellPolicy::Refused(msg) = shell_policy(&doc.service) {
-        return Err(refuse(RefusalReason::ServiceType, msg));
-    }
+    let temporary = match (shell_policy(&doc.service), target.slug.as_deref(), &hop) {
+        (ShellPolicy::Refused(msg), _, _) => return Err(refuse(RefusalReason::ServiceType, msg)),
+        // A hop names the temporary instance its front door started.
+        (_, Some(slug), Some(_)) if slug != crate::names::TEMPORARY_SLUG => false,
+        (ShellPolicy::Temporary, None, _) => true,
+        (_, Some(crate::names::TEMPORARY_SLUG), _) => true,
+        (ShellPolicy::Temporary, Some(_), _) => {
+            return Err(refuse(
+                RefusalReason::ServiceType,
+                format!(
+                    "{} is a cron job: its instances are not entered by name; log in as {} for a temporary instance of its latest build",
+                    target.service, target.service
+                ),
+            ))
+        }
+        (ShellPolicy::Allowed, _, _) => false,
+    };
+    let own_temporary = match (&hop, target.slug.as_deref()) {
+        (Some(_), Some(slug)) if slug != crate::names::TEMPORARY_SLUG => Some(slug.to_owned()),
+        _ => None,
+    };
     Ok(Authorized {
         target,
         identity,
@@ -455,6 +489,8 @@ pub fn authorize(cfg: &Config, h: &Handover) -> Result<Authorized, Refusal> {
             .map(|listed| listed.into_iter().cloned().collect()),
         hop,
         recording: doc.recording,
+        temporary,
+        own_temporary,
     })
 }
 
@@ -635,6 +671,8 @@ pub fn run(cfg: &Config, log: &Logger, h: &Handover) -> i32 {
     };
     // From here on the key is known: a refusal names its owner.
     let result = match destination(cfg, &login) {
+        // Its own instance, wherever the platform puts it.
+        _ if login.temporary => temporary_session(&cx, &login),
         Ok(Where::Here(None)) => enter_and_supervise(&cx, &login),
         Ok(Where::Here(Some(slug))) => {
             // Placement chose a local instance for a login without a slug:
@@ -702,6 +740,129 @@ fn destination(cfg: &Config, login: &Authorized) -> Result<Where, Refusal> {
         host: chosen.host.clone(),
         port: chosen.port.unwrap_or(cfg.fleet.node_port),
     }))
+}
+
+/// A session in a temporary instance of its own (src/session/temporary.rs):
+/// started (or asked of the platform) for this session, entered here or
+/// through a hop to the host the platform put it on, and removed when the
+/// session ends, whichever way it ends.
+fn temporary_session(cx: &Context<'_>, login: &Authorized) -> Result<i32, Refusal> {
+    use crate::session::temporary::{self, TempError};
+    let cfg = cx.cfg;
+    let service = &login.target.service;
+    sweep(cx);
+    if let Some(d) = registry::active_drain(&cfg.session.state_dir, service, service.as_str()) {
+        return Err(refuse(
+            RefusalReason::Drained,
+            format!("{service} is closed for maintenance: {}", d.message),
+        ));
+    }
+    eprintln!(
+        "porthole: starting a temporary instance of {service} (latest build); it is removed when you leave"
+    );
+    let session_id = registry::new_id();
+    let say = |m: &str| eprintln!("porthole: {m}");
+    let held = temporary::create(
+        cfg,
+        service,
+        login.service_limits.as_ref(),
+        &session_id,
+        &say,
+    )
+    .map_err(|e| {
+        let reason = match &e {
+            TempError::Limit { max, .. } => {
+                return refuse_limit(
+                    RefusalReason::LimitTemporary,
+                    e.to_string(),
+                    u64::from(*max),
+                )
+            }
+            TempError::State(_) => RefusalReason::State,
+            _ => RefusalReason::Temporary,
+        };
+        refuse(reason, e.to_string())
+    })?;
+    let record = held.record.clone();
+    let name = record.name();
+    // Removed when the session ends, however it ends: `end` runs this
+    // before the supervisor exits like the session did.
+    let (end_cfg, end_name, end_id) = (cfg.clone(), name.clone(), session_id.clone());
+    temporary::at_session_end(Box::new(move || {
+        let log = Logger::new("porthole-shell", &end_cfg.log.socket);
+        let (service, provider) = (held.record.service.clone(), held.record.provider);
+        let removed = temporary::remove(&end_cfg, held);
+        let mut event = Event::new(
+            "temporary.removed",
+            if removed.is_ok() {
+                Severity::Info
+            } else {
+                Severity::Error
+            },
+        )
+        .field("service", service)
+        .field("instance", end_name)
+        .field("provider", provider.as_str())
+        .field("temporary_id", end_id)
+        .field("reason", "session_ended");
+        if let Err(e) = &removed {
+            event = event.field("error", format!("{e}; the next sweep tries again"));
+        }
+        log.emit(&event);
+    }));
+    cx.log.emit(
+        &Event::new("temporary.created", Severity::Info)
+            .field("service", service.as_str())
+            .field("instance", name.as_str())
+            .field("provider", record.provider.as_str())
+            .opt("host", record.host.clone())
+            .field("owner", login.identity.owner.as_str())
+            .field("temporary_id", session_id.as_str())
+            .field("ms", elapsed_ms(cx.started)),
+    );
+    let mut entering = login.clone();
+    entering.temporary = false;
+    entering.target.slug = Some(record.slug.clone());
+    entering.own_temporary = Some(record.slug.clone());
+    let elsewhere = record
+        .host
+        .as_ref()
+        .filter(|h| !cfg.fleet.is_own_name(h))
+        .cloned();
+    let result = match elsewhere {
+        Some(host) if cfg.fleet.role.hops() => {
+            let dest = crate::session::hop::Destination {
+                login: name.clone(),
+                host,
+                port: cfg.fleet.node_port,
+            };
+            hop_session(cx, &entering, &dest)
+        }
+        Some(host) => Err(refuse(
+            RefusalReason::Elsewhere,
+            format!(
+                "the platform started {name} on {host}, not on this host; connect through the region's SSH address (its front door)"
+            ),
+        )),
+        None => {
+            let ready = match record.provider {
+                temporary::Provider::Local => Ok(()),
+                // The platform answered: wait until it runs here.
+                temporary::Provider::Platform => temporary::wait_running(
+                    cfg,
+                    service,
+                    &record.slug,
+                    Instant::now(),
+                    Duration::from_secs(cfg.temporary.start_timeout_secs),
+                    &say,
+                )
+                .map_err(|e| refuse(RefusalReason::Temporary, e.to_string())),
+            };
+            ready.and_then(|()| enter_and_supervise(cx, &entering))
+        }
+    };
+    temporary::session_ended();
+    result
 }
 
 /// The front door's session: carried to the node by a hop. Drains and
@@ -969,13 +1130,44 @@ fn find_instance(cx: &Context<'_>, login: &Authorized) -> Result<Instance, Refus
             return Err(refuse(reason, e.to_string()));
         }
     };
-    let all = only_listed(all, login)?;
+    let all = own_temporary(all, login)?;
     runtime::choose(all, &login.target.service, login.target.slug.as_deref()).map_err(|e| {
         if let runtime::ResolveError::Conflicted { .. } = &e {
             return refuse(RefusalReason::InstanceConflict, e.to_string());
         }
         elsewhere(cfg, login).unwrap_or_else(|| refuse(RefusalReason::NoInstance, e.to_string()))
     })
+}
+
+/// A temporary instance belongs to the session that started it: another
+/// login asking for it by slug is refused, and only this login's own one
+/// (`own_temporary`) is exempt from the control plane's listing (a
+/// platform may not list it; the local provider never does).
+fn own_temporary(all: Vec<Instance>, login: &Authorized) -> Result<Vec<Instance>, Refusal> {
+    let service = &login.target.service;
+    let own = login.own_temporary.as_deref();
+    if let Some(slug) = login.target.slug.as_deref() {
+        let theirs = all
+            .iter()
+            .any(|i| &i.service == service && i.slug == slug && i.temporary);
+        if theirs && own != Some(slug) {
+            return Err(refuse(
+                RefusalReason::NoInstance,
+                format!(
+                    "{} is a temporary instance of another session; log in as {}-{} for one of your own",
+                    service.instance_name(slug),
+                    service,
+                    crate::names::TEMPORARY_SLUG
+                ),
+            ));
+        }
+    }
+    let (mine, rest): (Vec<Instance>, Vec<Instance>) = all
+        .into_iter()
+        .partition(|i| &i.service == service && i.temporary && own == Some(i.slug.as_str()));
+    let mut all = only_listed(rest, login)?;
+    all.extend(mine);
+    Ok(all)
 }
 
 /// The sentence for an instance placement puts on another host: a node
@@ -1570,6 +1762,7 @@ fn confinement(
 /// left running (`registry::sweep`): at every login, so leftovers do not
 /// outlive the next one on the host.
 fn sweep(cx: &Context<'_>) {
+    crate::session::temporary::report(cx.log, &crate::session::temporary::sweep(cx.cfg));
     let reaped = registry::sweep(&cx.cfg.session.state_dir);
     if reaped > 0 {
         cx.log.emit(
@@ -1926,6 +2119,8 @@ fn end(
                 outcome.recording.as_ref().map(|r| r.status),
             ),
     );
+    // A temporary instance goes with its session (before the exit below).
+    crate::session::temporary::session_ended();
     match outcome.reason {
         EndReason::Exit | EndReason::ClientDisconnect | EndReason::Signal => {
             supervise::exit_like(outcome.status, 1)
@@ -1969,7 +2164,7 @@ mod tests {
 
     /// The codes as they were strings, before the enum: admins' alerts
     /// and the integration tests match on exactly these.
-    const OLD_CODES: [(RefusalReason, &str); 32] = [
+    const OLD_CODES: [(RefusalReason, &str); 34] = [
         (RefusalReason::BadName, "bad_name"),
         (RefusalReason::Setup, "setup"),
         (RefusalReason::WrongUid, "wrong_uid"),
@@ -2002,6 +2197,8 @@ mod tests {
         (RefusalReason::HopRefused, "hop_refused"),
         (RefusalReason::HopFailed, "hop_failed"),
         (RefusalReason::Picker, "picker"),
+        (RefusalReason::Temporary, "temporary"),
+        (RefusalReason::LimitTemporary, "limit_temporary"),
     ];
 
     /// Fails to compile when a reason is added, pointing here: the new
@@ -2040,6 +2237,8 @@ mod tests {
             RefusalReason::HopRefused => 29,
             RefusalReason::HopFailed => 30,
             RefusalReason::Picker => 31,
+            RefusalReason::Temporary => 32,
+            RefusalReason::LimitTemporary => 33,
         }
     }
 

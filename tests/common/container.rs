@@ -385,6 +385,33 @@ impl Drop for Instance {
     }
 }
 
+/// Builds an OCI bundle at `bundle` (rootfs + config.json, root-owned) for
+/// `service` without starting it: a service's "latest build", which the
+/// local provider of temporary instances starts.
+pub fn build_bundle(host: &TestHost, bundle: &Path, service: &str, opts: &InstanceOpts) {
+    util::mkdir(bundle, 0o755, 0, 0);
+    build_rootfs(&bundle.join("rootfs"), opts);
+    let mut spec = spec(host, &format!("{service}-build"), service, "build", opts);
+    spec["hostname"] = json!(format!("{service}-host"));
+    util::write_file(
+        &bundle.join("config.json"),
+        serde_json::to_vec_pretty(&spec).expect("spec json"),
+        0o644,
+        0,
+        0,
+    );
+}
+
+/// Container ids in a runc root (`runc list -q`).
+pub fn list(root: &Path) -> Vec<String> {
+    let out = runc(root, &["list", "-q"]);
+    util::lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 /// The cgroup path of `pid` for a v1 controller, or the v2 path for "".
 pub fn cgroup_of(pid: i32, controller: &str) -> Option<String> {
     let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;

@@ -163,6 +163,10 @@ struct State {
     /// set; otherwise it is derived from the service replies.
     key_replies: HashMap<String, Reply>,
     requests: Vec<Request>,
+    /// Per service: the answer to `POST …/temporary-instances`, and to
+    /// `DELETE …/temporary-instances/{slug}` (default 404 and 204).
+    temporary_create: HashMap<String, Reply>,
+    temporary_delete: HashMap<String, Reply>,
 }
 
 struct Server {
@@ -235,6 +239,26 @@ impl ControlPlane {
             .iter()
             .filter(|r| r.key.as_deref() == Some(fingerprint))
             .count()
+    }
+
+    /// The answer to `POST /v1/services/{service}/temporary-instances`.
+    pub fn set_temporary_create(&self, service: &str, reply: Reply) {
+        self.lock().temporary_create.insert(service.into(), reply);
+    }
+
+    /// The answer to `DELETE /v1/services/{service}/temporary-instances/…`.
+    pub fn set_temporary_delete(&self, service: &str, reply: Reply) {
+        self.lock().temporary_delete.insert(service.into(), reply);
+    }
+
+    /// `(method, path, authorization)` of every temporary-instance request.
+    pub fn temporary_requests(&self) -> Vec<(String, String, Option<String>)> {
+        self.lock()
+            .requests
+            .iter()
+            .filter(|r| r.path.contains("/temporary-instances"))
+            .map(|r| (r.method.clone(), r.path.clone(), r.authorization.clone()))
+            .collect()
     }
 
     /// Back to the default answer (404) for `service`.
@@ -425,6 +449,17 @@ fn derived_key_services(st: &State, fingerprint: &str) -> Reply {
     Reply::json(&json!({ "services": services }))
 }
 
+/// `/v1/services/{id}/temporary-instances[/{slug}]` → (id, slug).
+fn temporary_of(path: &str) -> Option<(String, Option<String>)> {
+    let rest = path.strip_prefix("/v1/services/")?;
+    let (id, rest) = rest.split_once('/')?;
+    let rest = rest.strip_prefix("temporary-instances")?;
+    match rest {
+        "" => Some((id.to_owned(), None)),
+        r => Some((id.to_owned(), Some(r.strip_prefix('/')?.to_owned()))),
+    }
+}
+
 /// Sleeps `d` in small steps; false when the server is stopping.
 fn nap(d: Duration, stop: &AtomicBool) -> bool {
     let deadline = Instant::now() + d;
@@ -455,6 +490,7 @@ fn handle(conn: TcpStream, state: &Mutex<State>, stop: &AtomicBool) {
     let path = parts.next().unwrap_or("").to_owned();
     let mut authorization = None;
     let mut user_agent = None;
+    let mut content_length = 0usize;
     loop {
         let mut line = String::new();
         if rd.read_line(&mut line).unwrap_or(0) == 0 {
@@ -469,12 +505,18 @@ fn handle(conn: TcpStream, state: &Mutex<State>, stop: &AtomicBool) {
             match k.trim().to_ascii_lowercase().as_str() {
                 "authorization" => authorization = Some(v),
                 "user-agent" => user_agent = Some(v),
+                "content-length" => content_length = v.parse().unwrap_or(0).min(64 * 1024),
                 _ => {}
             }
         }
     }
+    // Read the request body: closing with unread bytes would reset the
+    // connection before the client reads the answer.
+    let mut body = vec![0u8; content_length];
+    let _ = rd.read_exact(&mut body);
     let service = service_of(&path);
     let key = key_of(&path);
+    let temporary = temporary_of(&path);
     let reply = {
         let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
         st.requests.push(Request {
@@ -487,7 +529,22 @@ fn handle(conn: TcpStream, state: &Mutex<State>, stop: &AtomicBool) {
             at: Instant::now(),
         });
         let expected = format!("Bearer {}", st.token);
-        if method != "GET" {
+        if let Some((svc, slug)) = temporary {
+            match (method.as_str(), slug) {
+                _ if authorization.as_deref() != Some(expected.as_str()) => Reply::status(401),
+                ("POST", None) => st
+                    .temporary_create
+                    .get(&svc)
+                    .cloned()
+                    .unwrap_or_else(|| Reply::status(404)),
+                ("DELETE", Some(_)) => st
+                    .temporary_delete
+                    .get(&svc)
+                    .cloned()
+                    .unwrap_or_else(|| Reply::raw(204, "")),
+                _ => Reply::status(405),
+            }
+        } else if method != "GET" {
             Reply::status(405)
         } else if authorization.as_deref() != Some(expected.as_str()) {
             Reply::status(401)

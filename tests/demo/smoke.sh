@@ -1,8 +1,9 @@
 #!/bin/bash
 # Demo smoke test (run by .ci/run as root): bring the demo bastion up,
 # log in with the generated demo key and run a command in an instance, see
-# the cron-job refusal, open the web shell's page with the printed ticket
-# (and see the replay refused), tear it down, and check that nothing is left:
+# a cron job's temporary instance come and go, open the web shell's page
+# with the printed ticket (and see the replay refused), tear it down, and
+# check that nothing is left:
 # no state directory, no process, no container, no cgroup, no mount.
 set -euo pipefail
 
@@ -37,12 +38,16 @@ fi
 out=$(ssh_demo srv-demo1@demo 'exit 7' 2>&1) && rc=0 || rc=$?
 [ "$rc" = 7 ] && ok "exit status passes through" || bad "exit status was $rc: $out"
 
-out=$(ssh_demo srv-demo2@demo true 2>&1) && rc=0 || rc=$?
-if [ "$rc" = 1 ] && grep -q "cron job; there is no SSH for cron jobs" <<<"$out"; then
-    ok "cron job refused with its sentence"
+out=$(ssh_demo srv-demo2@demo 'echo $JOB; id -u; test -e /tmp/nightly-report || echo job-not-run' 2>&1) && rc=0 || rc=$?
+if [ "$rc" = 0 ] && grep -q "starting a temporary instance of srv-demo2 (latest build)" <<<"$out" \
+    && grep -qx "nightly-report" <<<"$out" && grep -qx 1000 <<<"$out" && grep -qx job-not-run <<<"$out"; then
+    ok "cron job login in a temporary instance of its build"
 else
     bad "cron job login: rc=$rc: $out"
 fi
+left=$(runc --root "$STATE/runc" list -q | grep -v '^srv-demo1-' || true)
+[ -z "$left" ] && [ -z "$(ls -A "$STATE/state/temporary" 2>/dev/null)" ] \
+    && ok "the temporary instance is gone after the session" || bad "temporary left: $left $(ls "$STATE/state/temporary")"
 
 url=$(grep -o "http://127.0.0.1:$PORTHOLE_DEMO_WEB_PORT/shell/srv-demo1?ticket=[A-Za-z0-9._-]*" "$up_out" | head -1)
 rm -f "$up_out"
