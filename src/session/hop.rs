@@ -329,6 +329,10 @@ pub fn run(
             Ok(())
         });
     }
+    // SIGCHLD too waits for `wait_signal`: the end of `ssh` wakes the loop
+    // at once instead of at its next tick (the child unblocks everything
+    // before exec).
+    block_sigchld();
     let mut child = cmd
         .spawn()
         .map_err(|e| HopError::Failed(format!("cannot start {SSH_CLIENT}: {e}")))?;
@@ -391,13 +395,31 @@ fn wait(
     }
 }
 
+/// Blocks SIGCHLD in this process, so that a child's exit stays pending
+/// for `wait_signal` (its default disposition would discard it).
+fn block_sigchld() {
+    // SAFETY: sigset manipulation on a local; sigprocmask only reads it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
 /// One of the handled (blocked) signals, or None after `timeout`.
 fn wait_signal(timeout: Duration) -> Option<i32> {
     // SAFETY: sigset manipulation on locals; sigtimedwait only reads them.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        for s in [libc::SIGHUP, libc::SIGTERM, libc::SIGINT, libc::SIGQUIT] {
+        for s in [
+            libc::SIGHUP,
+            libc::SIGTERM,
+            libc::SIGINT,
+            libc::SIGQUIT,
+            libc::SIGCHLD,
+        ] {
             libc::sigaddset(&mut set, s);
         }
         let ts = libc::timespec {
