@@ -196,10 +196,24 @@ fn placement(cfg: &Config, service: &ServiceId) -> Result<Placement, NoPlacement
             let doc = ServiceDoc::parse(&body, service).map_err(|e| {
                 Unavailable(format!("the control plane's answer is unusable: {e:?}"))
             })?;
-            // The node would refuse with the same sentence (cron jobs,
-            // free web services, databases): say it on the page already.
-            if let api::ShellPolicy::Refused(sentence) = api::shell_policy(&doc.service) {
-                return Err(NoPlacement::NoShell(sentence));
+            // The node would refuse with the same sentence (free web
+            // services, databases): say it on the page already.
+            match api::shell_policy(&doc.service) {
+                api::ShellPolicy::Refused(sentence) => return Err(NoPlacement::NoShell(sentence)),
+                // A cron job has no running instance: its shell is a
+                // temporary instance of its latest build (issue 16), asked
+                // for by the reserved slug at this host's sshd, which
+                // starts it and removes it when the terminal closes.
+                api::ShellPolicy::Temporary => {
+                    return Ok(Placement::Listed(vec![api::Instance {
+                        slug: crate::names::TEMPORARY_SLUG.to_owned(),
+                        host: cfg.web.ssh_host.clone(),
+                        port: Some(cfg.web.ssh_port),
+                        // The one choice offered: it may be picked.
+                        temporary: false,
+                    }]));
+                }
+                api::ShellPolicy::Allowed => {}
             }
             Ok(match doc.placement() {
                 Some(list) => Placement::Listed(list.into_iter().cloned().collect()),
@@ -523,7 +537,7 @@ fn pick_target(
             crate::fleet::cert::random_bytes(&mut r).map_err(|e| e.to_string())?;
             let i = api::route(svc, &refs, slug, u64::from_le_bytes(r)).map_err(|e| e.to_string())?;
             // An instance on this host goes to the local sshd.
-            let (host, port) = if cfg.fleet.is_own_name(&i.host) {
+            let (host, port) = if cfg.fleet.is_own_name(&i.host) || i.host == cfg.web.ssh_host {
                 (cfg.web.ssh_host.clone(), cfg.web.ssh_port)
             } else {
                 (i.host.clone(), i.port.unwrap_or(cfg.fleet.node_port))

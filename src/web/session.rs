@@ -355,13 +355,15 @@ impl Tail {
     }
 }
 
-/// Why the session ended, for the page: the node's own last `porthole:`
-/// sentence when it printed one (instance stopped, drained with the
-/// admin's message, idle timeout, limit reached, refusals), the client's
-/// error when it could not connect (exit 255), else the exit status.
+/// Why the session ended, for the page: the node's own `porthole:`
+/// sentence when it is the last thing printed (instance stopped, drained
+/// with the admin's message, idle timeout, limit reached, refusals; a
+/// notice earlier in the session, such as "this session is recorded", is
+/// not why it ended), the client's error when it could not connect (exit
+/// 255), else the exit status.
 pub fn end_reason(tail: &Tail, exit: Option<i32>) -> String {
     let lines = tail.lines();
-    if let Some(l) = lines.iter().rev().find(|l| l.starts_with("porthole: ")) {
+    if let Some(l) = lines.last().filter(|l| l.starts_with("porthole: ")) {
         return l.trim_start_matches("porthole: ").to_owned();
     }
     match exit {
@@ -403,6 +405,10 @@ mod tests {
         );
         let mut t = Tail::default();
         t.push(b"/ # exit 3\r\n");
+        assert_eq!(end_reason(&t, Some(3)), "the session ended (exit status 3)");
+        // A notice at the start of the session is not why it ended.
+        let mut t = Tail::default();
+        t.push(b"porthole: this session is recorded (what you see)\r\n/ # exit 3\r\n");
         assert_eq!(end_reason(&t, Some(3)), "the session ended (exit status 3)");
         let mut t = Tail::default();
         t.push(b"ssh: connect to host 127.0.0.1 port 1: Connection refused\r\n");
