@@ -441,14 +441,22 @@ fn escape_attempts_stay_inside_the_instance() {
 
 /// The live porthole-sftp process, found by its executable: the sealed
 /// memfd, never a path.
-fn sftp_server_pids() -> Vec<i32> {
+/// The porthole-sftp processes running in `inst` (its pid namespace): the
+/// tests run in parallel, and another test's server must not be taken for
+/// this one's.
+fn sftp_server_pids(inst: &Instance) -> Vec<i32> {
+    let ns = |pid: i32| std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok();
+    let theirs = ns(inst.init_pid());
     let mut pids = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
             continue;
         };
         if let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) {
-            if exe.to_string_lossy().starts_with("/memfd:porthole-sftp") {
+            if exe.to_string_lossy().starts_with("/memfd:porthole-sftp")
+                && theirs.is_some()
+                && ns(pid) == theirs
+            {
                 pids.push(pid);
             }
         }
@@ -460,7 +468,7 @@ fn sftp_server_pids() -> Vec<i32> {
 fn the_server_runs_from_its_sealed_copy_and_holds_no_host_fd() {
     let w = world();
     let _i = app_instance(&w);
-    let before = sftp_server_pids();
+    let before = sftp_server_pids(&_i);
     let mut child = Command::new("sftp")
         .args(w.client_opts())
         .args(["-P", &w.host.port().to_string(), "-b", "-"])
@@ -471,7 +479,9 @@ fn the_server_runs_from_its_sealed_copy_and_holds_no_host_fd() {
         .spawn()
         .unwrap();
     let pid = util::wait_for(WAIT, || {
-        sftp_server_pids().into_iter().find(|p| !before.contains(p))
+        sftp_server_pids(&_i)
+            .into_iter()
+            .find(|p| !before.contains(p))
     })
     .expect("a porthole-sftp process");
     let mut fds = Vec::new();
@@ -772,7 +782,7 @@ fn the_instances_seccomp_profile_applies_and_one_without_execveat_is_refused() {
             .app_user()
             .linux("seccomp", seccomp_profile(&["keyctl"])),
     );
-    let before = sftp_server_pids();
+    let before = sftp_server_pids(&_f);
     let mut child = Command::new("sftp")
         .args(w.client_opts())
         .args(["-P", &w.host.port().to_string(), "-b", "-"])
@@ -783,7 +793,9 @@ fn the_instances_seccomp_profile_applies_and_one_without_execveat_is_refused() {
         .spawn()
         .unwrap();
     let pid = util::wait_for(WAIT, || {
-        sftp_server_pids().into_iter().find(|p| !before.contains(p))
+        sftp_server_pids(&_f)
+            .into_iter()
+            .find(|p| !before.contains(p))
     })
     .expect("a porthole-sftp process");
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -815,7 +827,7 @@ fn the_instances_seccomp_profile_applies_and_one_without_execveat_is_refused() {
 fn an_instance_stop_closes_an_sftp_session() {
     let w = world();
     let i = app_instance(&w);
-    let before = sftp_server_pids();
+    let before = sftp_server_pids(&i);
     let mut child = Command::new("sftp")
         .args(w.client_opts())
         .args(["-P", &w.host.port().to_string(), "-b", "-"])
@@ -826,7 +838,9 @@ fn an_instance_stop_closes_an_sftp_session() {
         .spawn()
         .unwrap();
     util::wait_for(WAIT, || {
-        sftp_server_pids().into_iter().find(|p| !before.contains(p))
+        sftp_server_pids(&i)
+            .into_iter()
+            .find(|p| !before.contains(p))
     })
     .expect("a porthole-sftp process");
     i.kill();
