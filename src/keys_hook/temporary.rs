@@ -3,8 +3,10 @@
 //! session shell (which links no HTTP code and runs this as the keys user;
 //! see src/session/temporary.rs).
 //!
-//!     POST   {url}/v1/services/{id}/temporary-instances          -> 201 {"slug": …, "host": …}
-//!     DELETE {url}/v1/services/{id}/temporary-instances/{slug}   -> 200/204 (404: already gone)
+//! ```text
+//! POST   {url}/v1/services/{id}/temporary-instances          -> 201 {"slug": …, "host": …}
+//! DELETE {url}/v1/services/{id}/temporary-instances/{slug}   -> 200/204 (404: already gone)
+//! ```
 //!
 //! The answer is printed as one JSON object on stdout, `outcome` being
 //! `created` (with `slug` and `host`), `deleted`, `refused` (a 4xx, with
