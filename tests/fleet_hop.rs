@@ -165,25 +165,7 @@ fn scp_rsync_and_sftp_work_through_the_hop() {
         c.args(&ns).arg(prog);
         c
     };
-    let opts: Vec<String> = [
-        "-F",
-        "/dev/null",
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "IdentitiesOnly=yes",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "LogLevel=ERROR",
-        "-i",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain([r.key.path.display().to_string()])
-    .collect();
+    let opts = r.key.transfer_opts();
 
     let scp = util::run(
         client("scp")

@@ -632,25 +632,7 @@ fn transfer_world() -> (World, Instance) {
 }
 
 fn client_opts(w: &World) -> Vec<String> {
-    [
-        "-F",
-        "/dev/null",
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "IdentitiesOnly=yes",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "LogLevel=ERROR",
-        "-i",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain([w.key.path.display().to_string()])
-    .collect()
+    w.key.transfer_opts()
 }
 
 #[test]

@@ -50,26 +50,22 @@ fn app_instance(w: &World) -> Instance {
 }
 
 impl World {
+    /// `sftp -b -` left waiting on its stdin: a connected, initialised
+    /// session that sends nothing until stdin is dropped.
+    fn spawn_idle_sftp(&self) -> std::process::Child {
+        Command::new("sftp")
+            .args(self.client_opts())
+            .args(["-P", &self.host.port().to_string(), "-b", "-"])
+            .arg(REMOTE)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
     fn client_opts(&self) -> Vec<String> {
-        [
-            "-F",
-            "/dev/null",
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "LogLevel=ERROR",
-            "-i",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([self.key.path.display().to_string()])
-        .collect()
+        self.key.transfer_opts()
     }
 
     /// `sftp -b -` with `batch` on stdin; stdout and stderr together.
@@ -469,15 +465,7 @@ fn the_server_runs_from_its_sealed_copy_and_holds_no_host_fd() {
     let w = world();
     let _i = app_instance(&w);
     let before = sftp_server_pids(&_i);
-    let mut child = Command::new("sftp")
-        .args(w.client_opts())
-        .args(["-P", &w.host.port().to_string(), "-b", "-"])
-        .arg(REMOTE)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = w.spawn_idle_sftp();
     let pid = util::wait_for(WAIT, || {
         sftp_server_pids(&_i)
             .into_iter()
@@ -561,15 +549,7 @@ fn an_idle_sftp_session_is_closed() {
     let w = world_with(TestHostOpts::default().set("limits.idle_timeout_secs", 1));
     let _i = app_instance(&w);
     // Connected, initialised, then nothing moves either way.
-    let mut child = Command::new("sftp")
-        .args(w.client_opts())
-        .args(["-P", &w.host.port().to_string(), "-b", "-"])
-        .arg(REMOTE)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = w.spawn_idle_sftp();
     let end = w.wait_event("idle end", |e| {
         e.name() == "session.end" && e.str("reason") == Some("idle")
     });
@@ -783,15 +763,7 @@ fn the_instances_seccomp_profile_applies_and_one_without_execveat_is_refused() {
             .linux("seccomp", seccomp_profile(&["keyctl"])),
     );
     let before = sftp_server_pids(&_f);
-    let mut child = Command::new("sftp")
-        .args(w.client_opts())
-        .args(["-P", &w.host.port().to_string(), "-b", "-"])
-        .arg(REMOTE)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = w.spawn_idle_sftp();
     let pid = util::wait_for(WAIT, || {
         sftp_server_pids(&_f)
             .into_iter()
@@ -828,15 +800,7 @@ fn an_instance_stop_closes_an_sftp_session() {
     let w = world();
     let i = app_instance(&w);
     let before = sftp_server_pids(&i);
-    let mut child = Command::new("sftp")
-        .args(w.client_opts())
-        .args(["-P", &w.host.port().to_string(), "-b", "-"])
-        .arg(REMOTE)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = w.spawn_idle_sftp();
     util::wait_for(WAIT, || {
         sftp_server_pids(&i)
             .into_iter()

@@ -54,6 +54,30 @@ pub struct ClientKey {
 }
 
 impl ClientKey {
+    /// Client options for `scp`, `sftp` and `rsync -e ssh` with this key:
+    /// no config file, no host-key prompts, this key only, errors only.
+    pub fn transfer_opts(&self) -> Vec<String> {
+        [
+            "-F",
+            "/dev/null",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "LogLevel=ERROR",
+            "-i",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([self.path.display().to_string()])
+        .collect()
+    }
+
     /// `<type> <base64>` without the comment.
     pub fn type_and_base64(&self) -> String {
         format!("{} {}", self.key_type, self.base64)
